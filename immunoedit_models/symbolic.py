@@ -1,0 +1,179 @@
+"""The symbolic model: states x flows x stoichiometry, right-hand side, Jacobian, outputs.
+
+A `SymbolicModel` is what every backend compiles. It is built from a validated `ModelSpec`
+(`build_symbolic`) or, for tests and small examples, straight from equations
+(`SymbolicModel.from_equations`). Everything here is sympy; nothing is compiled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Mapping, Sequence
+
+import numpy as np
+import sympy as sp
+
+TIME = sp.Symbol("t", real=True)
+
+
+@dataclass(frozen=True)
+class DoseTarget:
+    """Where a drug's dose goes: `amount [amount_unit] * factor(params)` is added to `state`."""
+
+    drug: str
+    state: str
+    factor: sp.Expr
+    amount_unit: str = "dimensionless"
+
+
+@dataclass(frozen=True, eq=False)
+class SymbolicModel:
+    """A compartment model in symbolic form (time in the spec's time unit, days by default).
+
+    Attributes
+    ----------
+    states, parameters: names, in kernel order.
+    param_values: nominal values, shape (n_par,).
+    initial: initial value of each state as an expression of the parameters.
+    flows, flow_rates, stoichiometry: v(x, p, t) and S, shape (n_state, n_flow); dx/dt = S v.
+    outputs: named derived quantities (expressions, then observables) of t, states, parameters.
+    units: unit string of every state, parameter and output.
+    dose_targets: drug name -> DoseTarget.
+    """
+
+    name: str
+    states: tuple[str, ...]
+    parameters: tuple[str, ...]
+    param_values: tuple[float, ...]
+    initial: tuple[sp.Expr, ...]
+    flows: tuple[str, ...]
+    flow_rates: tuple[sp.Expr, ...]
+    stoichiometry: np.ndarray
+    outputs: Mapping[str, sp.Expr] = field(default_factory=dict)
+    units: Mapping[str, str] = field(default_factory=dict)
+    dose_targets: Mapping[str, DoseTarget] = field(default_factory=dict)
+    time_unit: str = "day"
+    source_text: str = ""
+
+    # ---- symbols -------------------------------------------------------------------------
+    @cached_property
+    def state_symbols(self) -> tuple[sp.Symbol, ...]:
+        return tuple(sp.Symbol(s, real=True) for s in self.states)
+
+    @cached_property
+    def param_symbols(self) -> tuple[sp.Symbol, ...]:
+        return tuple(sp.Symbol(s, real=True) for s in self.parameters)
+
+    @property
+    def time(self) -> sp.Symbol:
+        return TIME
+
+    @property
+    def n_states(self) -> int:
+        return len(self.states)
+
+    @property
+    def n_params(self) -> int:
+        return len(self.parameters)
+
+    # ---- derived symbolic objects ----------------------------------------------------------
+    @cached_property
+    def rhs(self) -> tuple[sp.Expr, ...]:
+        """dx/dt = S v, one expression per state."""
+        if not self.flow_rates:
+            return tuple(sp.Integer(0) for _ in self.states)
+        S = sp.Matrix(self.stoichiometry.astype(int).tolist())
+        return tuple(S * sp.Matrix(self.flow_rates))
+
+    @cached_property
+    def jacobian(self) -> sp.Matrix:
+        """d rhs_i / d state_j, shape (n_state, n_state)."""
+        return sp.Matrix(self.rhs).jacobian(sp.Matrix(self.state_symbols))
+
+    @cached_property
+    def tgrad(self) -> tuple[sp.Expr, ...]:
+        """d rhs_i / dt (zero for autonomous models)."""
+        return tuple(sp.diff(e, TIME) for e in self.rhs)
+
+    @cached_property
+    def jacobian_sparsity(self) -> np.ndarray:
+        """Boolean (n_state, n_state): structurally non-zero Jacobian entries."""
+        return np.array([[not sp.sympify(e).is_zero for e in row] for row in self.jacobian.tolist()],
+                        dtype=bool).reshape(self.n_states, self.n_states)
+
+    @cached_property
+    def structure_hash(self) -> str:
+        """Hash of everything that shapes compiled code (not parameter values)."""
+        h = hashlib.sha256()
+        for part in (self.states, self.parameters, self.flows):
+            h.update(repr(part).encode())
+        for e in (*self.rhs, *self.initial, *self.outputs.values(),
+                  *(d.factor for d in self.dose_targets.values())):
+            h.update(sp.srepr(e).encode())
+        h.update(repr(sorted(self.outputs)).encode())
+        h.update(repr(sorted((d.drug, d.state) for d in self.dose_targets.values())).encode())
+        return h.hexdigest()[:16]
+
+    @cached_property
+    def spec_hash(self) -> str:
+        """Hash of the spec text (structure and values), recorded in result provenance."""
+        h = hashlib.sha256(self.source_text.encode())
+        h.update(self.structure_hash.encode())
+        h.update(np.asarray(self.param_values, dtype=float).tobytes())
+        return h.hexdigest()[:16]
+
+    def state_index(self, name: str) -> int:
+        return self.states.index(name)
+
+    # ---- construction from equations (tests, examples) ------------------------------------
+    @classmethod
+    def from_equations(
+        cls,
+        name: str,
+        odes: Mapping[str, str],
+        params: Mapping[str, float],
+        initial: Mapping[str, float | str],
+        outputs: Mapping[str, str] | None = None,
+        doses: Mapping[str, tuple[str, str]] | None = None,
+    ) -> "SymbolicModel":
+        """Build a model from ODE strings (one pseudo-flow per state; trusted text only).
+
+        `doses` maps drug -> (state, factor expression). Intended for tests and hand-written
+        examples; user specs go through `load_spec` and `build_symbolic`.
+        """
+        states = tuple(odes)
+        ns = {s: sp.Symbol(s, real=True) for s in (*states, *params)}
+        ns["t"] = TIME
+        parse = lambda text: sp.sympify(text, locals=ns)  # noqa: E731 (trusted test input)
+        n = len(states)
+        return cls(
+            name=name,
+            states=states,
+            parameters=tuple(params),
+            param_values=tuple(float(v) for v in params.values()),
+            initial=tuple(parse(str(initial[s])) for s in states),
+            flows=tuple(f"d{s}" for s in states),
+            flow_rates=tuple(parse(odes[s]) for s in states),
+            stoichiometry=np.eye(n, dtype=int),
+            outputs={k: parse(v) for k, v in (outputs or {}).items()},
+            dose_targets={d: DoseTarget(d, s, parse(f)) for d, (s, f) in (doses or {}).items()},
+            source_text=repr((odes, params, initial, outputs, doses)),
+        )
+
+
+def substitute_all(expr: sp.Expr, definitions: Mapping[sp.Symbol, sp.Expr]) -> sp.Expr:
+    """Replace named expressions by their definitions until none is left (definitions are acyclic)."""
+    for _ in range(len(definitions) + 1):
+        new = expr.xreplace(dict(definitions))
+        if new == expr:
+            return new
+        expr = new
+    return expr
+
+
+def cse_blocks(exprs: Sequence[sp.Expr]) -> tuple[list[tuple[sp.Symbol, sp.Expr]], list[sp.Expr]]:
+    """Common-subexpression elimination over several outputs at once (sympy.cse)."""
+    replacements, reduced = sp.cse(list(exprs), symbols=sp.numbered_symbols("_c"), optimizations="basic")
+    return replacements, reduced
