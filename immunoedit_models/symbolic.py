@@ -37,7 +37,8 @@ class SymbolicModel:
     states, parameters: names, in kernel order.
     param_values: nominal values, shape (n_par,).
     initial: initial value of each state as an expression of the parameters.
-    flows, flow_rates, stoichiometry: v(x, p, t) and S, shape (n_state, n_flow); dx/dt = S v.
+    flows, flow_rates, stoichiometry: v(x, p, t) and S (a sympy Matrix, shape (n_state, n_flow),
+        entries numbers or expressions of parameters); dx/dt = S v.
     outputs: named derived quantities (expressions, then observables) of t, states, parameters.
     units: unit string of every state, parameter and output.
     dose_targets: drug name -> DoseTarget.
@@ -50,7 +51,7 @@ class SymbolicModel:
     initial: tuple[sp.Expr, ...]
     flows: tuple[str, ...]
     flow_rates: tuple[sp.Expr, ...]
-    stoichiometry: np.ndarray
+    stoichiometry: sp.Matrix
     outputs: Mapping[str, sp.Expr] = field(default_factory=dict)
     units: Mapping[str, str] = field(default_factory=dict)
     dose_targets: Mapping[str, DoseTarget] = field(default_factory=dict)
@@ -84,8 +85,7 @@ class SymbolicModel:
         """dx/dt = S v, one expression per state."""
         if not self.flow_rates:
             return tuple(sp.Integer(0) for _ in self.states)
-        S = sp.Matrix(self.stoichiometry.astype(int).tolist())
-        return tuple(S * sp.Matrix(self.flow_rates))
+        return tuple(self.stoichiometry * sp.Matrix(self.flow_rates))
 
     @cached_property
     def jacobian(self) -> sp.Matrix:
@@ -107,7 +107,7 @@ class SymbolicModel:
     def structure_hash(self) -> str:
         """Hash of everything that shapes compiled code (not parameter values)."""
         h = hashlib.sha256()
-        for part in (self.states, self.parameters, self.flows):
+        for part in (self.states, self.parameters, self.flows, self.time_unit):
             h.update(repr(part).encode())
         for e in (*self.rhs, *self.initial, *self.outputs.values(),
                   *(d.factor for d in self.dose_targets.values())):
@@ -156,7 +156,7 @@ class SymbolicModel:
             initial=tuple(parse(str(initial[s])) for s in states),
             flows=tuple(f"d{s}" for s in states),
             flow_rates=tuple(parse(odes[s]) for s in states),
-            stoichiometry=np.eye(n, dtype=int),
+            stoichiometry=sp.eye(n),
             outputs={k: parse(v) for k, v in (outputs or {}).items()},
             dose_targets={d: DoseTarget(d, s, parse(f)) for d, (s, f) in (doses or {}).items()},
             source_text=repr((odes, params, initial, outputs, doses)),
@@ -177,3 +177,32 @@ def cse_blocks(exprs: Sequence[sp.Expr]) -> tuple[list[tuple[sp.Symbol, sp.Expr]
     """Common-subexpression elimination over several outputs at once (sympy.cse)."""
     replacements, reduced = sp.cse(list(exprs), symbols=sp.numbered_symbols("_c"), optimizations="basic")
     return replacements, reduced
+
+
+def build_symbolic(spec) -> SymbolicModel:
+    """The symbolic model of a validated `ModelSpec` (named expressions substituted away)."""
+    parsed = spec.parsed
+    definitions = {sp.Symbol(n, real=True): p.expr for n, p in parsed["expressions"].items()}
+    expand = lambda e: substitute_all(sp.sympify(e), definitions)  # noqa: E731
+    states = tuple(spec.states)
+    parameters = tuple(spec.parameters)
+    flows = tuple(spec.flows)
+    S = sp.zeros(len(states), len(flows))
+    for j, name in enumerate(flows):
+        for side, sign in (("from", -1), ("to", 1)):
+            for state, coef in parsed["flows"][name][side].items():
+                S[states.index(state), j] += sign * coef.expr
+    outputs = {n: expand(p.expr) for n, p in parsed["expressions"].items()}
+    outputs.update({n: expand(p.expr) for n, p in parsed["observables"].items()})
+    units = {**{n: s.unit for n, s in spec.states.items()}, **{n: p.unit for n, p in spec.parameters.items()},
+             **{n: str(parsed["symbols"].get(n) or "dimensionless") for n in parsed["expressions"]},
+             **{n: o.unit for n, o in spec.observables.items()}}
+    return SymbolicModel(
+        name=spec.name, states=states, parameters=parameters,
+        param_values=tuple(p.value for p in spec.parameters.values()),
+        initial=tuple(parsed["initial"][s].expr for s in states),
+        flows=flows, flow_rates=tuple(expand(parsed["flows"][f]["rate"].expr) for f in flows),
+        stoichiometry=S, outputs=outputs, units=units,
+        dose_targets={d: DoseTarget(d, spec.doses[d].target, parsed["doses"][d].expr, spec.doses[d].amount_unit)
+                      for d in spec.doses},
+        time_unit=spec.time_unit, source_text=spec.source_text)
