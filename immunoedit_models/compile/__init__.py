@@ -1,0 +1,87 @@
+"""Backends: one spec -> kernels for numba (CPU) or JAX (diffrax; CPU or GPU)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import BackendUnavailable, CompileError, SpecError
+from ..spec.schema import ModelSpec
+from ..symbolic import SymbolicModel, build_symbolic
+
+BACKENDS = ("numba", "jax")
+#: The solver each backend uses unless told otherwise (both stiff, both adaptive).
+DEFAULT_METHOD = {"numba": "rodas5p", "jax": "kvaerno5"}
+METHODS = {"numba": ("rodas5p", "tsit5"), "jax": ("kvaerno5", "tsit5")}
+
+
+@dataclass(frozen=True, eq=False)
+class CompiledModel:
+    """A spec compiled for one backend; immutable. Parameters, initial states, doses and
+    tolerances are runtime inputs, so one CompiledModel serves every patient, arm and sample."""
+
+    spec: ModelSpec
+    symbolic: SymbolicModel
+    backend: str
+    kernels: Any
+    compile_seconds: float = field(default=0.0, compare=False)
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def states(self) -> tuple[str, ...]:
+        return self.symbolic.states
+
+    @property
+    def parameters(self) -> tuple[str, ...]:
+        return self.symbolic.parameters
+
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        return tuple(self.kernels.output_names)
+
+    def __reduce__(self):
+        # Workers (Dask) rebuild from the spec file; numba/JAX reuse their on-disk caches.
+        return (_recompile, (self.spec.path, self.backend))
+
+    def __repr__(self) -> str:
+        return f"CompiledModel({self.spec.summary()}, backend={self.backend!r})"
+
+
+def _recompile(path: str, backend: str) -> CompiledModel:
+    from ..spec.loader import load_spec
+
+    return compile_model(load_spec(path), backend)
+
+
+def compile_model(spec: ModelSpec | str | Path, backend: str = "numba") -> CompiledModel:
+    """Compile a spec (or a built-in name / path, loaded first) for `backend` ('numba' | 'jax').
+
+    Code is printed from sympy once per model structure and cached on disk.
+    """
+    if not isinstance(spec, ModelSpec):
+        from ..spec.loader import load_spec
+
+        spec = load_spec(spec)
+    if backend not in BACKENDS:
+        raise CompileError(f"unknown backend '{backend}': choose one of {', '.join(BACKENDS)}")
+    start = time.perf_counter()
+    symbolic = build_symbolic(spec)
+    try:
+        if backend == "numba":
+            from .numba_backend import compile_numba as compile_backend
+        else:
+            from .jax_backend import compile_jax as compile_backend
+    except ImportError as exc:
+        raise BackendUnavailable(f"backend '{backend}' needs {exc.name}: pip install {exc.name}") from exc
+    try:
+        kernels = compile_backend(symbolic)
+    except SpecError:
+        raise
+    except Exception as exc:  # a code-generation failure is a bug or an unsupported construct
+        raise CompileError(f"{spec.path}: could not compile '{spec.name}' for {backend}: {exc}") from exc
+    return CompiledModel(spec, symbolic, backend, kernels, time.perf_counter() - start)

@@ -476,5 +476,5 @@ def load_spec(name_or_path: str | Path) -> ModelSpec:
     spec, more = validate(raw, str(path))
     issues.extend(more)
     if issues:
-        raise SpecError(issues)
+        raise SpecError(sorted(issues, key=lambda i: (i.file, i.line or 0)))
     return spec

@@ -33,9 +33,11 @@ class _Checker:
             return parse_unit(text)
         except (pint.UndefinedUnitError, pint.DefinitionSyntaxError, AttributeError, TypeError,
                 ValueError, AssertionError) as exc:
-            bad = getattr(exc, "unit_names", None) or text
+            names = getattr(exc, "unit_names", None) or (text,)
+            bad = names[0] if isinstance(names, (tuple, list)) else names
             self.issue(loc, item, f"unknown unit '{text}'",
-                       f"'{bad}' is not a unit pint knows; e.g. cell, 1/day, ng/mL, mM, mg, L, fold")
+                       suggest(str(bad), dir(registry()))
+                       or "units are pint expressions such as cell, 1/day, ng/mL, mM, mg, L, fold")
             return None
 
     def parse(self, text: Any, symbols: Mapping[str, Any], loc: Location, item: str,
@@ -61,9 +63,9 @@ def validate(raw: dict[str, Any], path: str) -> tuple[ModelSpec, list[Issue]]:
     c = _Checker(raw, path)
     states, params, exprs = raw["states"], dict(raw["parameters"]), raw["expressions"]
     _check_names(c, raw)
-    _resolve_requires(c, raw, params)
+    unbound = _resolve_requires(c, raw, params)
 
-    symbols: dict[str, pint.Unit | None] = {}
+    symbols: dict[str, pint.Unit | None] = dict.fromkeys(unbound)  # unknown unit: no cascading issues
     for name, s in states.items():
         symbols[name] = c.unit(s.unit, s.loc, f"state '{name}'")
     for name, p in params.items():
@@ -92,10 +94,11 @@ def validate(raw: dict[str, Any], path: str) -> tuple[ModelSpec, list[Issue]]:
     for name, d in raw["doses"].items():
         parsed["doses"][name] = _check_dose(c, d, param_units, symbols, states)
     _check_regimens(c, raw)
+    defined = [*states, *params, *exprs, *raw["flows"], *raw["observables"]]
     for name in raw["provides"]:
-        if name not in symbols and name not in raw["flows"] and name not in raw["observables"]:
+        if name not in defined:
             c.issue(Location(path, None), f"provides '{name}'", "is not defined in this spec",
-                    suggest(name, symbols))
+                    suggest(name, defined))
     parsed["symbols"] = symbols
     spec = ModelSpec(
         name=raw["name"], kind=raw["kind"], description=raw["description"], path=path,
@@ -122,9 +125,12 @@ def _check_names(c: _Checker, raw) -> None:
             seen.setdefault(name, section)
 
 
-def _resolve_requires(c: _Checker, raw, params: dict[str, ParameterSpec]) -> None:
-    """Bind required names to definitions; a module run alone uses the stand-in values."""
+def _resolve_requires(c: _Checker, raw, params: dict[str, ParameterSpec]) -> list[str]:
+    """Bind required names to definitions; a module run alone uses the stand-in values.
+
+    Returns the names that stay unbound (already reported)."""
     defined = {**raw["states"], **raw["parameters"], **raw["expressions"]}
+    unbound = []
     for name, req in raw["requires"].items():
         item = f"required name '{name}'"
         if name in defined:
@@ -139,9 +145,11 @@ def _resolve_requires(c: _Checker, raw, params: dict[str, ParameterSpec]) -> Non
             params[name] = ParameterSpec(name, req.value, req.unit, source="stand-in value for a module run alone",
                                          description=req.description, loc=req.loc)
         else:
+            unbound.append(name)
             c.issue(req.loc, item, "is required by a module but no module or spec defines it",
                     suggest(name, defined) or "add a module that provides it, or bind it with "
                     "uses: [{module: ..., bind: {NAME: EXISTING}}]")
+    return unbound
 
 
 def _check_parameter(c: _Checker, p: ParameterSpec) -> None:
@@ -230,7 +238,8 @@ def _check_flow(c: _Checker, f, symbols, param_units, states) -> dict[str, Any] 
     for side, mapping in (("from", f.source), ("to", f.target)):
         for state, coef in mapping.items():
             if state not in states:
-                c.issue(f.loc, item, f"'{side}' names unknown state '{state}'", suggest(state, states))
+                c.issue(f.loc, item, f"'{side}' names unknown state '{state}'",
+                        suggest(state, states) or "states: " + ", ".join(states))
                 continue
             got = c.parse(coef, param_units, f.loc, item, f"coefficient of '{state}' ")
             if got is None:
@@ -248,7 +257,8 @@ def _check_flow(c: _Checker, f, symbols, param_units, states) -> dict[str, Any] 
 def _check_dose(c: _Checker, d, param_units, symbols, states) -> Parsed | None:
     item = f"dose '{d.drug}'"
     if d.target not in states:
-        c.issue(d.loc, item, f"target '{d.target}' is not a state", suggest(str(d.target), states))
+        c.issue(d.loc, item, f"target '{d.target}' is not a state",
+                suggest(str(d.target), states) or "states: " + ", ".join(states))
         return None
     got = c.parse(d.conversion, param_units, d.loc, item, "conversion ")
     amount = c.unit(d.amount_unit, d.loc, item)

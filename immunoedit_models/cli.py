@@ -1,0 +1,129 @@
+"""The `immunoedit` command line (typer)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .errors import ImmunoeditError, SpecError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="immunoedit: mechanistic models of cancer immunoediting.")
+console = Console()
+err = Console(stderr=True)
+
+
+def _fail(exc: Exception) -> None:
+    err.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True, soft_wrap=True)
+    raise typer.Exit(code=1)
+
+
+@app.command()
+def models() -> None:
+    """List the built-in specs, one line each."""
+    from .spec.loader import builtin_specs, load_spec
+
+    table = Table(show_header=True, header_style="bold", box=None)
+    for col in ("name", "kind", "size", "description"):
+        table.add_column(col)
+    for name in builtin_specs():
+        try:
+            spec = load_spec(name)
+        except SpecError as exc:
+            table.add_row(name, "?", f"[red]{len(exc.issues)} problems[/]", "run `immunoedit validate`")
+            continue
+        size = f"{len(spec.states)} states, {len(spec.parameters)} params"
+        table.add_row(name, spec.kind, size, spec.description.split(". ")[0][:90])
+    console.print(table)
+
+
+@app.command()
+def validate(spec: str = typer.Argument(..., help="built-in name or path to a spec YAML file")) -> None:
+    """Check a spec; on errors print every problem (file:line: item: message) and exit with 1."""
+    from .spec.loader import load_spec
+
+    try:
+        loaded = load_spec(spec)
+    except SpecError as exc:
+        err.print(str(exc), highlight=False, markup=False, soft_wrap=True)
+        raise typer.Exit(code=1)
+    console.print(f"[green]ok[/] {loaded.summary()}", highlight=False)
+
+
+def _parse_assignments(items: list[str], what: str) -> dict[str, float]:
+    out = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        try:
+            out[name.strip()] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep:
+            raise typer.BadParameter(f"{what} '{item}' must look like NAME=NUMBER")
+    return out
+
+
+@app.command()
+def simulate(
+    spec: str = typer.Argument(..., help="built-in name or path to a spec YAML file"),
+    days: float = typer.Option(365.0, help="simulate from day 0 to this day (daily outputs)"),
+    backend: str = typer.Option("numba", help="numba | jax"),
+    param: list[str] = typer.Option([], "--param", "-p", help="parameter override NAME=VALUE (repeatable)"),
+    initial: list[str] = typer.Option([], "--initial", "-i", help="initial state NAME=VALUE (repeatable)"),
+    regimen: Optional[str] = typer.Option(None, help="regimen name from the spec ('none' for untreated)"),
+    rtol: float = typer.Option(1e-6, help="relative tolerance"),
+    atol: float = typer.Option(1e-9, help="absolute tolerance"),
+    steady_state: bool = typer.Option(False, help="start from the untreated steady state"),
+    out: Optional[Path] = typer.Option(None, help="write the result (.nc netCDF or .zarr)"),
+    plot: Optional[Path] = typer.Option(None, help="write a PNG of every state over time"),
+) -> None:
+    """Simulate one dosed trajectory and print a summary."""
+    from . import compile_model, load_spec, save_result
+    from . import simulate as run
+
+    try:
+        params, init = _parse_assignments(param, "--param"), _parse_assignments(initial, "--initial")
+        t0 = time.perf_counter()
+        model = compile_model(load_spec(spec), backend=backend)
+        t1 = time.perf_counter()
+        ds = run(model, times=np.arange(0.0, days + 0.5, 1.0), params=params, initial=init,
+                 regimen=regimen, rtol=rtol, atol=atol, steady_state=steady_state)
+        t2 = time.perf_counter()
+    except (ImmunoeditError, typer.BadParameter) as exc:
+        _fail(exc)
+    _print_summary(ds, t1 - t0, t2 - t1)
+    if out is not None:
+        save_result(ds, out)
+        console.print(f"wrote {out}")
+    if plot is not None:
+        from .plots import plot_trajectories, save_figure
+
+        save_figure(plot_trajectories(ds), plot)
+        console.print(f"wrote {plot}")
+
+
+def _print_summary(ds, compile_s: float, run_s: float) -> None:
+    status = int(ds["status"])
+    console.print(f"[bold]{ds.attrs['model']}[/] | backend {ds.attrs['backend']} ({ds.attrs['solver']}, "
+                  f"rtol {ds.attrs['rtol']:g}, atol {ds.attrs['atol']:g}) | {ds.attrs['regimen']}",
+                  highlight=False)
+    console.print(f"status {status} ({'ok' if status == 0 else 'FAILED'}), {int(ds['n_steps'])} steps, "
+                  f"compile {compile_s:.2f} s, run {run_s * 1e3:.1f} ms", highlight=False)
+    table = Table(box=None, header_style="bold")
+    for col in ("state", "unit", f"day {ds.time.values[0]:g}", "min", "max", f"day {ds.time.values[-1]:g}"):
+        table.add_column(col, justify="right" if col != "state" else "left")
+    for name in (v for v in ds.data_vars if ds[v].attrs.get("kind") == "state"):
+        v = ds[name].values
+        table.add_row(name, ds[name].attrs.get("units", ""), *(f"{x:.4g}" for x in (v[0], np.nanmin(v),
+                                                                                   np.nanmax(v), v[-1])))
+    console.print(table)
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    app()

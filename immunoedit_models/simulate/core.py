@@ -1,0 +1,219 @@
+"""simulate and simulate_batch: dosed trajectories of a compiled model as xarray Datasets."""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from ..compile import DEFAULT_METHOD, METHODS, CompiledModel
+from ..errors import SimulationError
+from ..io.results import STATUS_MEANINGS, provenance
+from ..spec.expressions import suggest
+from ..spec.schema import ModelSpec
+from .regimen import Regimen, event_arrays
+
+RegimenLike = Regimen | str | Sequence[Regimen] | None
+STEADY_STATE_FAILED = 4
+
+
+@dataclass(frozen=True)
+class SolverSettings:
+    """How trajectories are integrated (time in the model's unit, days)."""
+
+    rtol: float = 1e-6
+    atol: float = 1e-9
+    method: str | None = None  # None: the backend's stiff default
+    max_steps: int = 100_000
+
+    def resolved(self, model: CompiledModel) -> "SolverSettings":
+        method = self.method or DEFAULT_METHOD[model.backend]
+        if method not in METHODS[model.backend]:
+            raise SimulationError(f"backend '{model.backend}' has no method '{method}': choose one of "
+                                  f"{', '.join(METHODS[model.backend])}")
+        if not (self.rtol > 0 and self.atol > 0):
+            raise SimulationError(f"tolerances must be positive, got rtol={self.rtol}, atol={self.atol}")
+        return SolverSettings(float(self.rtol), float(self.atol), method, int(self.max_steps))
+
+
+def require_compiled(model: Any, caller: str) -> CompiledModel:
+    """Nothing compiles behind the user's back: a spec must go through compile_model first."""
+    if isinstance(model, CompiledModel):
+        return model
+    if isinstance(model, ModelSpec):
+        raise TypeError(f"{caller}() needs a compiled model, got the spec '{model.name}': "
+                        f"call ie.compile_model(spec, backend='numba') first")
+    raise TypeError(f"{caller}() needs a CompiledModel from ie.compile_model(...), got {type(model).__name__}")
+
+
+# ---- inputs -----------------------------------------------------------------------------------
+def parameter_matrix(model: CompiledModel, table: pd.DataFrame | Mapping[str, Any] | None,
+                     n: int) -> tuple[np.ndarray, list[str]]:
+    """(n, n_par) parameter values: nominal, with the table's columns replacing theirs."""
+    P = np.tile(np.asarray(model.symbolic.param_values, dtype=float), (n, 1))
+    if table is None:
+        return P, []
+    columns = list(table.columns) if isinstance(table, pd.DataFrame) else list(table)
+    for name in columns:
+        if name not in model.parameters:
+            hint = suggest(str(name), model.parameters)
+            raise SimulationError(f"'{name}' is not a parameter of model '{model.name}'"
+                                  + (f" ({hint})" if hint else f"; parameters: {', '.join(model.parameters)}"))
+        P[:, model.parameters.index(name)] = np.broadcast_to(np.asarray(table[name], dtype=float), (n,))
+    return P, [str(c) for c in columns]
+
+
+def initial_matrix(model: CompiledModel, P: np.ndarray,
+                   initial: pd.DataFrame | Mapping[str, Any] | None) -> np.ndarray:
+    """(n, n_state) initial states: the spec's (functions of parameters), then overrides."""
+    Y0 = np.array(model.kernels.initial(P), dtype=float)
+    if initial is None:
+        return Y0
+    for name in (initial.columns if isinstance(initial, pd.DataFrame) else initial):
+        if name not in model.states:
+            hint = suggest(str(name), model.states)
+            raise SimulationError(f"'{name}' is not a state of model '{model.name}'"
+                                  + (f" ({hint})" if hint else f"; states: {', '.join(model.states)}"))
+        Y0[:, model.states.index(name)] = np.broadcast_to(np.asarray(initial[name], dtype=float), (len(Y0),))
+    return Y0
+
+
+def regimen_list(model: CompiledModel, regimen: RegimenLike, n: int) -> list[Regimen]:
+    """One Regimen per trajectory. None: the spec's default; a name: the spec's regimen."""
+    spec = model.spec
+    if regimen is None:
+        regimen = spec.default_regimen or Regimen.none()
+    if isinstance(regimen, str):
+        if regimen in spec.regimens:
+            regimen = Regimen.from_spec(spec.regimens[regimen])
+        elif regimen in ("none", "untreated"):
+            regimen = Regimen.none()
+        else:
+            hint = suggest(regimen, spec.regimens)
+            raise SimulationError(f"model '{model.name}' has no regimen '{regimen}'"
+                                  + (f" ({hint})" if hint else f"; regimens: {', '.join(spec.regimens) or 'none'}"))
+    if isinstance(regimen, Regimen):
+        return [regimen] * n
+    regimens = list(regimen)
+    if len(regimens) != n or not all(isinstance(r, Regimen) for r in regimens):
+        raise SimulationError(f"a list of regimens needs one Regimen per run ({n}), got {len(regimens)}")
+    return regimens
+
+
+def time_grid(times: Any) -> np.ndarray:
+    t = np.asarray(times, dtype=float).ravel()
+    if t.size == 0 or not np.all(np.isfinite(t)) or np.any(np.diff(t) < 0):
+        raise SimulationError("times must be a non-empty, finite, non-decreasing array of days")
+    return t
+
+
+# ---- running ----------------------------------------------------------------------------------
+def run_arrays(model: CompiledModel, Y0: np.ndarray, P: np.ndarray, t0: float, times: np.ndarray,
+               regimens: list[Regimen], settings: SolverSettings) -> dict[str, np.ndarray]:
+    """Integrate a batch; returns Y (n, n_time, n_state), outputs, status, n_steps, n_rejected."""
+    kernels = model.kernels
+    dose_states = {d: model.states.index(t.state) for d, t in model.symbolic.dose_targets.items()}
+    ev = event_arrays(regimens, np.asarray(kernels.dose_factors(P)), list(kernels.drug_names), dose_states)
+    Y, status, n_steps, n_rejected = kernels.solve(
+        Y0, P, float(t0), times, ev.time, ev.state, ev.kind, ev.value, settings.rtol, settings.atol,
+        method=settings.method, max_steps=settings.max_steps)
+    outputs = np.asarray(kernels.outputs(times, Y, P)) if kernels.output_names else np.zeros(Y.shape[:2] + (0,))
+    return {"Y": np.asarray(Y), "outputs": outputs, "status": np.asarray(status, dtype=np.int64),
+            "n_steps": np.asarray(n_steps, dtype=np.int64), "n_rejected": np.asarray(n_rejected, dtype=np.int64)}
+
+
+def preequilibrate(model: CompiledModel, Y0: np.ndarray, P: np.ndarray, settings: SolverSettings,
+                   horizon: float = 1e4, steady_rtol: float = 1e-6) -> tuple[np.ndarray, np.ndarray]:
+    """Run each trajectory untreated to steady state (no doses, up to `horizon` days).
+
+    Steady means y(horizon) and y(horizon/2) agree within steady_rtol*|y| + atol; the others get
+    status 4 and keep NaN states. Returns (steady states (n, n_state), status (n,)).
+    """
+    times = np.array([horizon / 2, horizon])
+    got = run_arrays(model, Y0, P, 0.0, times, [Regimen.none()] * len(Y0), settings)
+    half, end = got["Y"][:, 0], got["Y"][:, 1]
+    steady = np.all(np.abs(end - half) <= steady_rtol * np.abs(end) + settings.atol, axis=1)
+    status = np.where(got["status"] != 0, got["status"], np.where(steady, 0, STEADY_STATE_FAILED))
+    return np.where(status[:, None] == 0, end, np.nan), status
+
+
+def simulate_arrays(model, P, Y0, t0, times, regimens, settings, steady_state: bool) -> dict[str, np.ndarray]:
+    """Pre-equilibrate (optional), then integrate with doses; failed pre-equilibrations are kept."""
+    if not steady_state:
+        return run_arrays(model, Y0, P, t0, times, regimens, settings)
+    Y0, ss_status = preequilibrate(model, Y0, P, settings)
+    got = run_arrays(model, np.nan_to_num(Y0), P, t0, times, regimens, settings)
+    failed = ss_status != 0
+    got["status"] = np.where(failed, ss_status, got["status"])
+    got["Y"][failed] = np.nan
+    got["outputs"][failed] = np.nan
+    return got
+
+
+# ---- results ----------------------------------------------------------------------------------
+def to_dataset(model: CompiledModel, times: np.ndarray, got: Mapping[str, np.ndarray],
+               batch_index: pd.Index | None, P: np.ndarray, varied: list[str], attrs: dict) -> xr.Dataset:
+    """Label arrays: each state and output over ([sample,] time), per-run status and n_steps."""
+    units = model.symbolic.units
+    time_unit = model.symbolic.time_unit
+    coords: dict[str, Any] = {"time": ("time", times, {"units": time_unit})}
+    dims: tuple[str, ...] = ("time",)
+    pick = (lambda a: a[0]) if batch_index is None else (lambda a: a)
+    if batch_index is not None:
+        coords["sample"] = ("sample", np.asarray(batch_index))
+        dims = ("sample", "time")
+    data: dict[str, Any] = {}
+    for i, name in enumerate(model.states):
+        data[name] = (dims, pick(got["Y"][..., i]), {"units": units.get(name, ""), "kind": "state"})
+    for i, name in enumerate(model.output_names):
+        kind = "observable" if name in model.spec.observables else "expression"
+        data[name] = (dims, pick(got["outputs"][..., i]), {"units": units.get(name, ""), "kind": kind})
+    run_dims = dims[:-1]
+    data["status"] = (run_dims, pick(got["status"]), {"meaning": str(STATUS_MEANINGS)})
+    data["n_steps"] = (run_dims, pick(got["n_steps"]), {"description": "accepted solver steps"})
+    data["n_rejected"] = (run_dims, pick(got["n_rejected"]), {"description": "rejected solver steps"})
+    for name in varied:
+        j = model.parameters.index(name)
+        data[name] = (run_dims, pick(P[:, j]), {"units": units.get(name, ""), "kind": "parameter"})
+    return xr.Dataset(data, coords=coords, attrs=attrs)
+
+
+def _attrs(model, settings: SolverSettings, regimens: list[Regimen], steady_state: bool, **extra) -> dict:
+    names = sorted({r.name for r in regimens})
+    described = regimens[0].describe() if len(names) == 1 else f"{len(names)} regimens: {', '.join(names)}"
+    return provenance(model, solver=settings.method, rtol=settings.rtol, atol=settings.atol,
+                      max_steps=settings.max_steps, regimen=described,
+                      preequilibrated=int(steady_state), **extra)
+
+
+def simulate(model: CompiledModel, times: Any, params: Mapping[str, float] | None = None,
+             initial: Mapping[str, float] | None = None, regimen: RegimenLike = None,
+             rtol: float = 1e-6, atol: float = 1e-9, method: str | None = None,
+             max_steps: int = 100_000, steady_state: bool = False, t0: float | None = None) -> xr.Dataset:
+    """One dosed trajectory.
+
+    times: output days (sorted); integration starts at t0 (default times[0]).
+    params / initial: values replacing the spec's (by name). regimen: None for the spec's
+    default, a regimen name from the spec, 'none', or a `Regimen`. steady_state: first run the
+    untreated model to steady state and start from there. A failed run is returned with its
+    `status` (and NaN states) and a warning, never an exception.
+    """
+    model = require_compiled(model, "simulate")
+    settings = SolverSettings(rtol, atol, method, max_steps).resolved(model)
+    times = time_grid(times)
+    P, varied = parameter_matrix(model, {k: [v] for k, v in (params or {}).items()}, 1)
+    Y0 = initial_matrix(model, P, {k: [v] for k, v in (initial or {}).items()})
+    regimens = regimen_list(model, regimen, 1)
+    start = times[0] if t0 is None else float(t0)
+    got = simulate_arrays(model, P, Y0, start, times, regimens, settings, steady_state)
+    ds = to_dataset(model, times, got, None, P, [], _attrs(model, settings, regimens, steady_state))
+    status = int(got["status"][0])
+    if status != 0:
+        warnings.warn(f"simulation of '{model.name}' failed: status {status} ({STATUS_MEANINGS[status]}) "
+                      f"with parameters {dict(params or {})}; states after the failure are NaN. Try a "
+                      "stiff method, tighter tolerances or more max_steps.", RuntimeWarning, stacklevel=2)
+    return ds

@@ -1,0 +1,115 @@
+"""Dosing regimens as data, and their translation into per-trajectory event arrays.
+
+A regimen is a list of doses (bolus, or zero-order infusion over `duration`). Kernels see only
+padded arrays of event times, target states, kinds and values (in state units), so any number of
+patients with their own schedules share one compiled kernel.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable, Mapping, Sequence
+
+import numpy as np
+
+from ..errors import SimulationError
+from ..spec.schema import RegimenSpec
+
+BOLUS, INFUSION_RATE = 0, 1
+
+
+@dataclass(frozen=True)
+class Dose:
+    """One administration: `amount` (in the drug's amount unit) at `time`; infusion if duration > 0."""
+
+    drug: str
+    time: float
+    amount: float
+    duration: float = 0.0
+
+
+@dataclass(frozen=True)
+class Regimen:
+    """A drug schedule: an ordered tuple of `Dose`s (times in the model's time unit, days)."""
+
+    doses: tuple[Dose, ...] = ()
+    name: str = "custom"
+
+    @classmethod
+    def none(cls) -> "Regimen":
+        """No treatment."""
+        return cls((), "untreated")
+
+    @classmethod
+    def repeated(cls, drug: str, amount: float, every: float | None = None, count: int = 1,
+                 start: float = 0.0, duration: float = 0.0, name: str | None = None) -> "Regimen":
+        """`count` doses of `amount` every `every` days from day `start` (infusion over `duration`)."""
+        if count > 1 and not (every and every > 0):
+            raise SimulationError(f"{count} doses of '{drug}' need every > 0 (the dosing interval in days)")
+        doses = tuple(Dose(drug, start + k * (every or 0.0), float(amount), duration) for k in range(count))
+        return cls(doses, name or f"{drug} {amount:g} x{count}")
+
+    @classmethod
+    def from_spec(cls, spec: RegimenSpec) -> "Regimen":
+        """The regimen of a spec's `regimens:` entry."""
+        out = cls.none()
+        for item in spec.doses:
+            out = out + cls.repeated(item.drug, item.amount, item.every, item.count, item.start, item.duration)
+        return cls(out.doses, spec.name)
+
+    def __add__(self, other: "Regimen") -> "Regimen":
+        """Both schedules together (e.g. chemotherapy + antibody)."""
+        return Regimen(tuple(sorted(self.doses + other.doses, key=lambda d: d.time)),
+                       f"{self.name} + {other.name}")
+
+    def describe(self) -> str:
+        by_drug: dict[str, list[Dose]] = {}
+        for d in self.doses:
+            by_drug.setdefault(d.drug, []).append(d)
+        parts = [f"{drug}: {len(ds)} doses, days {ds[0].time:g}-{ds[-1].time:g}" for drug, ds in by_drug.items()]
+        return f"{self.name} ({'; '.join(parts) or 'no doses'})"
+
+
+@dataclass(frozen=True)
+class EventArrays:
+    """Padded per-trajectory events, each (n_traj, n_events); padding has time +inf."""
+
+    time: np.ndarray
+    state: np.ndarray
+    kind: np.ndarray
+    value: np.ndarray
+
+
+def event_arrays(regimens: Sequence[Regimen], dose_factors: np.ndarray, drug_names: Sequence[str],
+                 dose_states: Mapping[str, int]) -> EventArrays:
+    """Events for each trajectory b: regimens[b] with amounts scaled by dose_factors[b, drug].
+
+    dose_factors: (n_traj, n_drugs), the spec's conversion (e.g. 1/V1) per trajectory's parameters.
+    """
+    n_traj = len(regimens)
+    rows = [list(_events_of(regimens[b], dose_factors[b], drug_names, dose_states)) for b in range(n_traj)]
+    width = max([len(r) for r in rows] + [1])
+    out = EventArrays(np.full((n_traj, width), np.inf), np.zeros((n_traj, width), np.int64),
+                      np.zeros((n_traj, width), np.int64), np.zeros((n_traj, width)))
+    for b, row in enumerate(rows):
+        row.sort(key=lambda e: e[0])
+        for k, (t, s, kind, v) in enumerate(row):
+            out.time[b, k], out.state[b, k], out.kind[b, k], out.value[b, k] = t, s, kind, v
+    return out
+
+
+def _events_of(regimen: Regimen, factors: np.ndarray, drug_names: Sequence[str],
+               dose_states: Mapping[str, int]) -> Iterable[tuple[float, int, int, float]]:
+    for dose in regimen.doses:
+        if dose.drug not in drug_names:
+            known = ", ".join(drug_names) or "none"
+            raise SimulationError(f"regimen '{regimen.name}' doses unknown drug '{dose.drug}' (this model's "
+                                  f"drugs: {known}); declare it under 'doses:' in the spec")
+        state = dose_states[dose.drug]
+        amount = dose.amount * factors[list(drug_names).index(dose.drug)]
+        if dose.duration > 0:
+            rate = amount / dose.duration
+            yield dose.time, state, INFUSION_RATE, rate
+            yield dose.time + dose.duration, state, INFUSION_RATE, -rate
+        else:
+            yield dose.time, state, BOLUS, amount
