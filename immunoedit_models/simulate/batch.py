@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -70,8 +71,19 @@ def simulate_batch(model: CompiledModel, params: pd.DataFrame, times: Any,
             parts = (f.result() for f in futures)
         parts = _with_progress(parts, chunks, progress, f"simulating {n} runs of {model.name}")
         if zarr_path is None:
-            return xr.concat(list(parts), dim="sample") if len(chunks) > 1 else next(parts)
-        return _stream_to_zarr(parts, Path(zarr_path), chunks)
+            result = xr.concat(list(parts), dim="sample") if len(chunks) > 1 else next(parts)
+        else:
+            result = _stream_to_zarr(parts, Path(zarr_path), chunks)
+    _warn_failures(result, model.name)
+    return result
+
+
+def _warn_failures(ds: xr.Dataset, name: str) -> None:
+    failed = int((ds["status"].values != 0).sum())
+    if failed:
+        warnings.warn(f"{failed} of {ds.sizes['sample']} runs failed in the batch of '{name}': see the "
+                      "per-run 'status' (meanings in attrs['status_meanings']); their states are NaN",
+                      RuntimeWarning, stacklevel=3)
 
 
 def _dask_submitter(stack: ExitStack, scheduler: Any, model, P, Y0, start, times, regimens, settings,

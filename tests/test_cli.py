@@ -1,0 +1,58 @@
+"""The command line as a user runs it: models, validate, simulate (netCDF + PNG)."""
+
+from __future__ import annotations
+
+import numpy as np
+import xarray as xr
+from typer.testing import CliRunner
+
+from immunoedit_models.cli import app
+
+runner = CliRunner()
+
+
+def test_models_lists_builtin_specs():
+    result = runner.invoke(app, ["models"])
+    assert result.exit_code == 0, result.output
+    assert "benchmark_reference" in result.output and "10 states, 42 params" in result.output
+
+
+def test_validate_ok_and_errors(specs_dir):
+    ok = runner.invoke(app, ["validate", "benchmark_reference"])
+    assert ok.exit_code == 0 and "ok benchmark_reference (model): 10 states" in ok.output
+    bad = runner.invoke(app, ["validate", str(specs_dir / "broken.yaml")])
+    assert bad.exit_code == 1
+    assert "9 problems in model spec:" in bad.output
+    assert "broken.yaml:20: flow 'kill': rate uses undefined symbol 'k_kil' (did you mean 'k_kill'?)" in bad.output
+
+
+def test_simulate_writes_netcdf_and_png(tmp_path):
+    out, png = tmp_path / "r.nc", tmp_path / "r.png"
+    result = runner.invoke(app, ["simulate", "benchmark_reference", "--days", "60", "--param", "kkill=2.5",
+                                 "--out", str(out), "--plot", str(png)])
+    assert result.exit_code == 0, result.output
+    assert "status 0 (ok)" in result.output
+    ds = xr.open_dataset(out)
+    assert ds.sizes["time"] == 61 and ds.attrs["model"] == "benchmark_reference"
+    assert ds.attrs["regimen"].startswith("q21d_x18")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 20_000
+    ds.close()
+
+
+def test_simulate_bad_parameter_is_a_clear_error():
+    result = runner.invoke(app, ["simulate", "benchmark_reference", "--param", "kkil=2"])
+    assert result.exit_code == 1
+    assert "'kkil' is not a parameter of model 'benchmark_reference' (did you mean 'kkill'?)" in result.output
+    malformed = runner.invoke(app, ["simulate", "benchmark_reference", "--param", "kkill"])
+    assert malformed.exit_code == 1 and "must look like NAME=NUMBER" in malformed.output
+
+
+def test_saved_result_round_trips_with_provenance(tmp_path):
+    import immunoedit_models as ie
+
+    model = ie.compile_model("benchmark_reference", backend="numba")
+    ds = ie.simulate(model, np.arange(0.0, 30.0))
+    path = ie.save_result(ds, tmp_path / "x.nc")
+    back = ie.load_result(path)
+    np.testing.assert_array_equal(back["T"].values, ds["T"].values)
+    assert back.attrs["spec_hash"] == ds.attrs["spec_hash"] and back["T"].attrs["units"] == "cell"
