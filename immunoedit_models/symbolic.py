@@ -124,6 +124,15 @@ class SymbolicModel:
         h.update(np.asarray(self.param_values, dtype=float).tobytes())
         return h.hexdigest()[:16]
 
+    @cached_property
+    def conservation_laws(self) -> tuple[dict[str, sp.Expr], ...]:
+        """Weighted sums of states that no flow changes (w with w^T S = 0), as {state: weight}."""
+        laws = []
+        for w in self.stoichiometry.T.nullspace():
+            w = sp.simplify(w / next(x for x in w if x != 0))
+            laws.append({s: wi for s, wi in zip(self.states, w) if wi != 0})
+        return tuple(laws)
+
     def state_index(self, name: str) -> int:
         return self.states.index(name)
 

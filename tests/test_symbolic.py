@@ -1,0 +1,72 @@
+"""The symbolic model: stoichiometry, right-hand side, Jacobian sparsity, conservation laws."""
+
+from __future__ import annotations
+
+import numpy as np
+import sympy as sp
+
+import immunoedit_models as ie
+from immunoedit_models.symbolic import build_symbolic
+
+
+def test_stoichiometry_with_volume_coefficients_conserves_amount(specs_dir):
+    sym = build_symbolic(ie.load_spec(specs_dir / "two_compartment.yaml"))
+    C1, C2 = sym.state_symbols
+    Q, V1, V2 = sym.param_symbols
+    assert sym.stoichiometry == sp.Matrix([[-1 / V1], [1 / V2]])
+    assert sp.simplify(sym.rhs[0] - (-Q * (C1 - C2) / V1)) == 0
+    (law,) = sym.conservation_laws
+    assert sp.simplify(law["C2"] / law["C1"] - V2 / V1) == 0  # V1*C1 + V2*C2 is constant
+    model = ie.compile_model(ie.load_spec(specs_dir / "two_compartment.yaml"), backend="numba")
+    ds = ie.simulate(model, np.linspace(0, 20, 5), rtol=1e-10, atol=1e-12)
+    amount = 3.0 * ds["C1"].values + 4.0 * ds["C2"].values
+    np.testing.assert_allclose(amount, 30.0, rtol=1e-9)
+
+
+def test_reference_model_rhs_matches_antimony_equations():
+    sym = build_symbolic(ie.load_spec("benchmark_reference"))
+    s = {n: sym.state_symbols[i] for i, n in enumerate(sym.states)}
+    p = {n: sym.param_symbols[i] for i, n in enumerate(sym.parameters)}
+    T, E, X, R, I, P, L, A, C1, C2 = (s[k] for k in ["T", "E", "X", "R", "I", "P", "L", "A", "C1", "C2"])
+    B = C1 / (C1 + p["Kd"])
+    fPD = 1 / (1 + P * (1 - B) / p["KPD"])
+    fA = p["KA"] / (p["KA"] + A)
+    ag = T / (T + p["Kag"])
+    kill = p["kkill"] * fPD * fA * E * T / (p["Kkill"] + T)
+    exh = (p["kEX"] * ag + p["kEXL"] * L**2 / (p["KLX"] ** 2 + L**2)) * E
+    written = {  # the ODEs of shared/benchmarks/reference_model.ant, typed in again
+        "T": p["rT"] * T * (1 - T / p["KT"]) - kill,
+        "E": p["sE"] + p["rrec"] * T / (p["Krec"] + T) + p["pE"] * fA * L / (p["KLE"] + L) * E / (1 + R / p["KRE"])
+        - p["dE"] * E - exh,
+        "X": exh - p["dX"] * X,
+        "R": p["sR"] + p["pR"] * L / (p["KLR"] + L) * R - p["dR"] * R,
+        "I": p["pI"] * E * ag - p["dI"] * I,
+        "P": p["kPind"] * I / (p["KIP"] + I) - p["kPrel"] * (P - p["P0"]),
+        "L": p["pL"] * E * ag - p["kcE"] * E * L / (p["KLE"] + L) - p["kcR"] * R * L / (p["KLR"] + L)
+        - p["dL"] * L + p["IL2in"],
+        "A": p["pA"] * T / (p["KAT"] + T) - p["dA"] * A,
+        "C1": (-p["CL"] * C1 - p["Q"] * (C1 - C2)) / p["V1"],
+        "C2": p["Q"] * (C1 - C2) / p["V2"],
+    }
+    for name, rhs in zip(sym.states, sym.rhs):
+        assert sp.simplify(rhs - written[name]) == 0, name
+
+
+def test_jacobian_sparsity_matches_finite_differences():
+    model = ie.compile_model("benchmark_reference", backend="numba")
+    sym = model.symbolic
+    p = np.asarray(sym.param_values)
+    y = np.array([1e8, 1e6, 1e5, 2e5, 0.05, 1.0, 0.05, 5.0, 10.0, 2.0])
+    f0, J = np.zeros(10), np.zeros((10, 10))
+    model.kernels.rhs(0.0, y, p, f0)
+    model.kernels.jac(0.0, y, p, J)
+    fd = np.zeros((10, 10))
+    for j in range(10):
+        h = 1e-7 * max(abs(y[j]), 1e-3)
+        yp = y.copy()
+        yp[j] += h
+        f1 = np.zeros(10)
+        model.kernels.rhs(0.0, yp, p, f1)
+        fd[:, j] = (f1 - f0) / h
+    np.testing.assert_allclose(J, fd, rtol=1e-4, atol=1e-6 * np.abs(fd).max(axis=1, keepdims=True))
+    np.testing.assert_array_equal(sym.jacobian_sparsity, np.abs(fd) > 0)
