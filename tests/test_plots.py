@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import xarray as xr
 
 import immunoedit_models as ie
 from immunoedit_models.plots import plot_trajectories, save_figure
@@ -20,4 +21,11 @@ def test_single_and_batch_plots_render(tmp_path):
         save_figure(fig, tmp_path / name)
         assert (tmp_path / name).stat().st_size > 20_000
     tumour_axis = plot_trajectories(batch, ["T"]).axes[0]
-    assert tumour_axis.get_yscale() == "log" and len(tumour_axis.collections) == 2  # two quantile bands
+    assert len(tumour_axis.collections) == 2 and len(tumour_axis.lines) == 1  # two quantile bands, median
+    assert tumour_axis.get_yscale() == "linear"  # T spans less than two decades here
+
+
+def test_quantities_spanning_decades_get_a_log_axis():
+    ds = xr.Dataset({"T": ("time", np.logspace(6, 10, 5), {"units": "cell", "kind": "state"})},
+                    coords={"time": np.arange(5.0)})
+    assert plot_trajectories(ds).axes[0].get_yscale() == "log"

@@ -65,18 +65,17 @@ def test_random_specs_load_or_raise_spec_error(tmp_path_factory, doc):
 
 @st.composite
 def valid_specs(draw):
-    """Dimensionless specs whose rates only use known names and smooth functions."""
-    names = ["A", "B", "k1", "k2", "time"]
-    leaf = st.one_of(st.sampled_from(names), st.floats(0.1, 3).map(lambda x: f"{x:.3g}"))
+    """Specs whose rates are k1 (1/day) times dimensionless terms of known names and smooth functions."""
+    leaf = st.one_of(st.sampled_from(["A", "B", "k2", "exp(-k1*time)"]), st.floats(0.1, 3).map(lambda x: f"{x:.3g}"))
     op = st.tuples(leaf, st.sampled_from(["+", "-", "*"]), leaf).map(lambda t: f"({t[0]} {t[1]} {t[2]})")
     term = st.one_of(op, st.tuples(st.sampled_from(["exp", "tanh", "abs"]), op).map(lambda t: f"{t[0]}(-{t[1]}^2)"),
                      st.tuples(op, op).map(lambda t: f"min({t[0]}, {t[1]})"),
                      st.tuples(op, op).map(lambda t: f"hill({t[0]}^2, 1 + {t[1]}^2, 2)"))
     return {"name": "valid", "states": {"A": {"initial": 1.0}, "B": {"initial": 0.5}},
-            "parameters": {"k1": {"value": draw(st.floats(0.1, 2)), "source": "hypothesis"},
+            "parameters": {"k1": {"value": draw(st.floats(0.1, 2)), "unit": "1/day", "source": "hypothesis"},
                            "k2": {"value": draw(st.floats(0.1, 2)), "source": "hypothesis"}},
-            "flows": {"f1": {"from": "A", "to": "B", "rate": draw(term)},
-                      "f2": {"to": "A", "rate": draw(term)}}}
+            "flows": {"f1": {"from": "A", "to": "B", "rate": f"k1*{draw(term)}"},
+                      "f2": {"to": "A", "rate": f"k1*{draw(term)}"}}}
 
 
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

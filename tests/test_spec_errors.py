@@ -71,6 +71,9 @@ def test_spec_error_text_lists_count_and_each_issue(specs_dir):
     ("piecewise(kkill*T, time < 1, 0, time)", "flow 'kill': rate 'piecewise(kkill * T, time < 1, 0, time)' "
                                               "needs an odd number of arguments "
                                               "(piecewise(value1, condition1, ..., otherwise))"),
+    ("kkill*T*10^400", "flow 'kill': rate '10 ** 400' is not a finite real number "
+                       "(check the numbers in this power)"),
+    ("kkill*T*1e999", "flow 'kill': rate '1e309' is too large for double precision (write numbers below 1e300)"),
     ("piecewise(kkill*T, time)", "flow 'kill': rate 'piecewise' takes 3 or more arguments, got 2 "
                                  "(piecewise(value1, condition1, ..., otherwise))"),
 ])

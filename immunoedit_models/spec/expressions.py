@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import difflib
+import math
 import keyword
 from dataclasses import dataclass
 from typing import Callable, Mapping
@@ -18,6 +19,9 @@ import sympy as sp
 
 from ..symbolic import TIME
 from .units import format_unit, is_dimensionless, registry, same_unit
+
+#: Largest magnitude of a number in an expression (double precision with room for arithmetic).
+MAX_NUMBER = 1e300
 
 #: Names with a fixed meaning: the independent variable.
 TIME_NAMES = ("time", "t")
@@ -133,6 +137,9 @@ class _Translator:
     def visit_Constant(self, node: ast.Constant):
         if isinstance(node.value, bool) or not isinstance(node.value, (int, float)):
             raise ExpressionError(f"'{ast.unparse(node)}' is not a number")
+        if not math.isfinite(node.value) or abs(node.value) > MAX_NUMBER:
+            raise ExpressionError(f"'{ast.unparse(node)}' is too large for double precision",
+                                  "write numbers below 1e300")
         value = sp.Integer(node.value) if isinstance(node.value, int) else sp.Float(node.value)
         return value, ANY
 
@@ -172,7 +179,20 @@ class _Translator:
             return a * b, (concrete(ua) * concrete(ub) if known else None)
         if op == "/":
             return a / b, (concrete(ua) / concrete(ub) if known else None)
+        if a.is_number and b.is_number:  # fold in floating point: exact powers of big integers explode
+            return self._folded_power(node, a, b), self._power_unit(node, ua, b, ub)
         return sp.Pow(a, b), self._power_unit(node, ua, b, ub)
+
+    def _folded_power(self, node: ast.BinOp, base: sp.Expr, exponent: sp.Expr) -> sp.Expr:
+        try:
+            value = float(base) ** float(exponent)
+        except (OverflowError, ZeroDivisionError, TypeError):
+            value = math.nan
+        if isinstance(value, complex) or not math.isfinite(value) or abs(value) > MAX_NUMBER:
+            raise ExpressionError(f"'{ast.unparse(node)}' is not a finite real number",
+                                  "check the numbers in this power")
+        exact = base.is_Integer and exponent.is_Integer and exponent >= 0
+        return sp.Integer(int(base) ** int(exponent)) if exact else sp.Float(value)
 
     def _power_unit(self, node, base_unit, exponent, exponent_unit):
         if base_unit is None or exponent_unit is None or not self.check_units:
