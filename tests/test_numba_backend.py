@@ -217,8 +217,16 @@ def test_stiff_10_state_model_with_doses_matches_radau():
     d_index, dose, dose_times = sym.state_index("D"), 20.0, np.array([0.0, 14.0, 28.0])
     t_out = np.linspace(0.0, 42.0, 43)
 
-    f = lambda t, y: (lambda out: (kern.rhs(t, y, p, out), out)[1])(np.empty(10))  # noqa: E731
-    jac = lambda t, y: (lambda out: (kern.jac(t, y, p, out), out)[1])(np.empty((10, 10)))  # noqa: E731,E501
+    def f(t, y):
+        out = np.empty(10)
+        kern.rhs(t, y, p, out)
+        return out
+
+    def jac(t, y):
+        out = np.empty((10, 10))
+        kern.jac(t, y, p, out)
+        return out
+
     ref, y = [], y0.copy()
     for start, end in zip(dose_times, [*dose_times[1:], t_out[-1]]):
         y[d_index] += dose

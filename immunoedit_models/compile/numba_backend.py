@@ -1,0 +1,355 @@
+"""Compile a `SymbolicModel` to numba kernels and drive the shared adaptive solvers.
+
+`compile_numba` prints the model (right-hand side, Jacobian, time gradient, initial values,
+outputs, dose factors) with common-subexpression elimination into a generated Python module,
+`<cache_dir>/model_<structure_hash>_<version tag>.py`, whose functions are `njit`-compiled with
+explicit signatures and `cache=True`. The file is reused when present, so a second process
+loads every kernel from numba's on-disk cache. The solvers (`numba_solvers`) take the kernels
+as first-class functions and are compiled once for all models.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import importlib.util
+import os
+import re
+import sys
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numba
+import numpy as np
+import platformdirs
+import sympy as sp
+from numba import float64, int64, njit, prange, types, void
+from sympy.printing.precedence import PRECEDENCE
+from sympy.printing.pycode import PythonCodePrinter
+
+from ..errors import CompileError, SimulationError
+from ..symbolic import SymbolicModel, cse_blocks
+from .numba_solvers import EVENT_BOLUS, EVENT_RATE, METHODS, solve_batch, solve_single
+
+PARAM_SIG = void(float64[::1], float64[::1])                         # initial, dose_factors
+OUTPUT_SIG = void(float64, float64[::1], float64[::1], float64[::1])  # outputs(t, y, p, out)
+
+
+def _package_version() -> str:
+    try:
+        return importlib.metadata.version("immunoedit-models")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+# The code generator's own source is part of the tag, so any change to it invalidates caches.
+_GENERATOR_HASH = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:8]
+VERSION_TAG = re.sub(r"[^0-9A-Za-z]+", "_", f"g{_GENERATOR_HASH}_nb{numba.__version__}"
+                     f"_sp{sp.__version__}_ie{_package_version()}")
+
+
+def default_cache_dir() -> Path:
+    """`$IMMUNOEDIT_CACHE_DIR/numba`, else the user cache directory of immunoedit + `/numba`."""
+    root = os.environ.get("IMMUNOEDIT_CACHE_DIR") or platformdirs.user_cache_dir("immunoedit")
+    return Path(root) / "numba"
+
+
+# ---- printing ---------------------------------------------------------------------------------
+class _NumbaPrinter(PythonCodePrinter):
+    """Python printer for numba kernels: symbols by lookup table, float literals, cheap powers."""
+
+    def __init__(self, names: Mapping[sp.Symbol, str]):
+        super().__init__({"strict": True})
+        self._names = dict(names)
+
+    def _print_Symbol(self, expr: sp.Symbol) -> str:
+        try:
+            return self._names[expr]
+        except KeyError:
+            raise CompileError(f"symbol {expr.name!r} is neither a state, a parameter nor the "
+                               "time; define it in the model spec") from None
+
+    def _print_Integer(self, expr: sp.Integer) -> str:
+        return repr(float(expr))
+
+    def _print_Float(self, expr: sp.Float) -> str:
+        return repr(float(expr))
+
+    def _print_Rational(self, expr: sp.Rational) -> str:
+        return f"({expr.p}.0/{expr.q}.0)"
+
+    def _print_Pow(self, expr: sp.Pow, rational: bool = False) -> str:
+        base, exp = expr.as_base_exp()
+        if exp.is_Integer and 1 <= abs(int(exp)) <= 4:
+            b = self.parenthesize(base, PRECEDENCE["Mul"], strict=True)
+            prod = "*".join([b] * abs(int(exp)))
+            return f"({prod})" if exp > 0 else f"(1.0/({prod}))"
+        if exp == sp.Rational(1, 2):
+            return f"math.sqrt({self._print(base)})"
+        if exp == sp.Rational(-1, 2):
+            return f"(1.0/math.sqrt({self._print(base)}))"
+        return f"(({self._print(base)})**({self._print(exp)}))"
+
+    def _print_Piecewise(self, expr: sp.Piecewise) -> str:
+        code = "math.nan"   # no branch applies
+        for value, cond in reversed(expr.args):
+            if cond == sp.true:
+                code = f"({self._print(value)})"
+            else:
+                code = f"(({self._print(value)}) if ({self._print(cond)}) else {code})"
+        return code
+
+    def _print_Heaviside(self, expr: sp.Heaviside) -> str:
+        x = self._print(expr.args[0])
+        h0 = self._print(expr.args[1]) if len(expr.args) > 1 else "0.5"
+        return f"(1.0 if ({x}) > 0.0 else (0.0 if ({x}) < 0.0 else {h0}))"
+
+    def _print_DiracDelta(self, expr: sp.Expr) -> str:
+        # Derivative of a Heaviside switch: zero wherever it is defined.
+        return "0.0"
+
+
+def _kernel_source(name: str, signature: str, args: Sequence[str], targets: Sequence[str],
+                   exprs: Sequence[sp.Expr], names: Mapping[sp.Symbol, str],
+                   prologue: Sequence[str] = ()) -> str:
+    """Source of one njit kernel that assigns `targets[i] = exprs[i]` after CSE."""
+    replacements, reduced = cse_blocks(exprs) if exprs else ([], [])
+    printer = _NumbaPrinter({**names, **{s: s.name for s, _ in replacements}})
+    try:
+        body = [*prologue,
+                *(f"{s.name} = {printer.doprint(e)}" for s, e in replacements),
+                *(f"{tgt} = {printer.doprint(e)}" for tgt, e in zip(targets, reduced)),
+                "return"]
+    except (sp.printing.codeprinter.PrintMethodNotImplementedError, NotImplementedError) as exc:
+        raise CompileError(f"kernel {name!r}: cannot print for numba: {exc}") from exc
+    lines = [f"@njit({signature}, cache=True, error_model='numpy')",
+             f"def {name}({', '.join(args)}):", *(f"    {line}" for line in body)]
+    return "\n".join(lines) + "\n"
+
+
+def generate_source(sym: SymbolicModel) -> str:
+    """Source of the generated kernel module for `sym` (see module docstring)."""
+    names: dict[sp.Symbol, str] = {sym.time: "t"}
+    names.update({s: f"y[{i}]" for i, s in enumerate(sym.state_symbols)})
+    names.update({s: f"p[{i}]" for i, s in enumerate(sym.param_symbols)})
+    n = sym.n_states
+    jac_entries = [(i, j, e) for i, row in enumerate(sym.jacobian.tolist())
+                   for j, e in enumerate(row) if e != 0]
+    drugs = list(sym.dose_targets)
+    kernels = [
+        _kernel_source("rhs", "RHS_SIG", ("t", "y", "p", "dy"),
+                       [f"dy[{i}]" for i in range(n)], sym.rhs, names),
+        _kernel_source("jac", "JAC_SIG", ("t", "y", "p", "J"),
+                       [f"J[{i}, {j}]" for i, j, _ in jac_entries],
+                       [e for _, _, e in jac_entries], names, prologue=("J[:, :] = 0.0",)),
+        _kernel_source("tgrad", "TGRAD_SIG", ("t", "y", "p", "dt"),
+                       [f"dt[{i}]" for i in range(n)], sym.tgrad, names),
+        _kernel_source("initial", "PARAM_SIG", ("p", "y0"),
+                       [f"y0[{i}]" for i in range(n)], sym.initial, names),
+        _kernel_source("outputs", "OUTPUT_SIG", ("t", "y", "p", "out"),
+                       [f"out[{i}]" for i in range(len(sym.outputs))],
+                       list(sym.outputs.values()), names),
+        _kernel_source("dose_factors", "PARAM_SIG", ("p", "out"),
+                       [f"out[{i}]" for i in range(len(drugs))],
+                       [sym.dose_targets[d].factor for d in drugs], names),
+    ]
+    header = (
+        f'"""Numba kernels generated by immunoedit_models {VERSION_TAG}; do not edit."""\n'
+        f"# model: {sym.name!r}, structure hash {sym.structure_hash}\n"
+        f"# states: {list(sym.states)!r}\n# parameters: {list(sym.parameters)!r}\n"
+        "import math\n\nfrom numba import njit\n\n"
+        "from immunoedit_models.compile.numba_backend import OUTPUT_SIG, PARAM_SIG\n"
+        "from immunoedit_models.compile.numba_solvers import JAC_SIG, RHS_SIG, TGRAD_SIG\n"
+    )
+    return header + "".join("\n\n" + k for k in kernels)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Write text to path via a uniquely named temporary file and an atomic rename."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
+    try:
+        with open(tmp, "x", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _import_generated(path: Path) -> Any:
+    """Import (or reuse) the generated module at path; a file that fails to compile is removed."""
+    mod_name = f"_immunoedit_numba_{path.stem}"
+    module = sys.modules.get(mod_name)
+    if module is not None and Path(module.__file__) == path:
+        return module
+    spec = importlib.util.spec_from_file_location(mod_name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[mod_name] = module
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:
+        del sys.modules[mod_name]
+        path.unlink(missing_ok=True)
+        raise CompileError(f"numba could not compile the generated kernels {path}: {exc}") from exc
+    return module
+
+
+# ---- batch helpers (compiled once, shared by all models) ---------------------------------------
+@njit(float64[:, ::1](types.FunctionType(PARAM_SIG), float64[:, ::1], int64), cache=True)
+def _map_params(kernel, params, n_out):
+    """out[b] = kernel(params[b]) for a kernel of signature PARAM_SIG; out (B, n_out)."""
+    out = np.empty((params.shape[0], n_out))
+    for b in range(params.shape[0]):
+        kernel(params[b], out[b])
+    return out
+
+
+@njit(float64[:, :, ::1](types.FunctionType(OUTPUT_SIG), float64[::1], float64[:, :, ::1],
+                         float64[:, ::1], int64), cache=True, parallel=True)
+def _map_outputs(kernel, t_out, y, params, n_out):
+    """out[b, i] = kernel(t_out[i], y[b, i], params[b]); out (B, n_t, n_out)."""
+    out = np.empty((y.shape[0], y.shape[1], n_out))
+    for b in prange(y.shape[0]):
+        for i in range(y.shape[1]):
+            kernel(t_out[i], y[b, i], params[b], out[b, i])
+    return out
+
+
+# ---- input checks -------------------------------------------------------------------------------
+def _c_array(x: Any, dtype: type = np.float64) -> np.ndarray:
+    """x as a writeable C-contiguous array (numba signatures take mutable arrays)."""
+    return np.require(x, dtype=dtype, requirements=("C", "W"))
+
+
+def _rows(x: Any, width: int, what: str, dtype: type = np.float64) -> np.ndarray:
+    """x as a writeable C-contiguous (B, width) array of dtype; SimulationError on a bad shape."""
+    arr = _c_array(x, dtype)
+    if arr.ndim != 2 or arr.shape[1] != width:
+        raise SimulationError(f"{what} must have shape (B, {width}), got {arr.shape}")
+    return arr
+
+
+def _check_events(ev_t: np.ndarray, ev_state: np.ndarray, ev_kind: np.ndarray,
+                  ev_value: np.ndarray, n_states: int) -> None:
+    """Raise SimulationError unless the (B, n_ev) event arrays are sorted and in range."""
+    if np.isnan(ev_t).any() or (ev_t[:, 1:] < ev_t[:, :-1]).any():
+        raise SimulationError("event times must be sorted per trajectory (pad with +inf), no NaN")
+    real = ev_t < np.inf    # everything but the +inf padding is applied by the solver
+    if ((ev_state < 0) | (ev_state >= n_states))[real].any():
+        raise SimulationError(f"event state index out of range [0, {n_states})")
+    if not np.isin(ev_kind[real], (EVENT_BOLUS, EVENT_RATE)).all():
+        raise SimulationError(f"event kind must be {EVENT_BOLUS} (bolus) or {EVENT_RATE} (rate)")
+    if not np.isfinite(ev_value[real]).all():
+        raise SimulationError("event values must be finite")
+
+
+# ---- kernels object -----------------------------------------------------------------------------
+@dataclass(frozen=True, eq=False)
+class NumbaKernels:
+    """Compiled kernels of one model and numpy-level batch entry points.
+
+    Raw kernels (numba dispatchers with the signatures of `numba_solvers` / this module):
+    rhs, jac, tgrad, initial_kernel, outputs_kernel, dose_factors_kernel.
+    """
+
+    model_name: str
+    structure_hash: str
+    source_path: Path
+    state_names: tuple[str, ...]
+    param_names: tuple[str, ...]
+    output_names: tuple[str, ...]
+    drug_names: tuple[str, ...]
+    rhs: Any
+    jac: Any
+    tgrad: Any
+    initial_kernel: Any
+    outputs_kernel: Any
+    dose_factors_kernel: Any
+
+    @property
+    def n_states(self) -> int:
+        return len(self.state_names)
+
+    @property
+    def n_params(self) -> int:
+        return len(self.param_names)
+
+    def initial(self, P: Any) -> np.ndarray:
+        """Initial states (B, n_states) from parameters P (B, n_params)."""
+        return _map_params(self.initial_kernel, _rows(P, self.n_params, "P"), self.n_states)
+
+    def dose_factors(self, P: Any) -> np.ndarray:
+        """Dose factor of each drug (B, n_drugs), order `drug_names`, from P (B, n_params)."""
+        return _map_params(self.dose_factors_kernel, _rows(P, self.n_params, "P"),
+                           len(self.drug_names))
+
+    def outputs(self, t_out: Any, Y: Any, P: Any) -> np.ndarray:
+        """Outputs (B, n_out, n_outputs) from times (n_out,), states (B, n_out, n), P (B, n_par)."""
+        t = _c_array(t_out)
+        y = _c_array(Y)
+        params = _rows(P, self.n_params, "P")
+        if y.shape != (params.shape[0], t.size, self.n_states):
+            raise SimulationError(f"Y must have shape {(params.shape[0], t.size, self.n_states)},"
+                                  f" got {y.shape}")
+        return _map_outputs(self.outputs_kernel, t, y, params, len(self.output_names))
+
+    def solve(self, Y0: Any, P: Any, t0: float, t_out: Any, ev_t: Any, ev_state: Any,
+              ev_kind: Any, ev_value: Any, rtol: float, atol: float, method: str = "rodas5p",
+              max_steps: int = 100_000, h0: float = 0.0
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Integrate B trajectories with dosing events (see `numba_solvers`).
+
+        Y0 (B, n), P (B, n_par); t_out (n_out,) sorted, >= t0; ev_* broadcastable to (B, n_ev),
+        ev_t sorted per row and padded with +inf; method in `METHODS`; max_steps bounds step
+        attempts per trajectory; h0 <= 0 picks the first step automatically.
+        Returns Y (B, n_out, n), status (B,), accepted steps (B,), rejected steps (B,); status
+        codes are `numba_solvers.STATUS_NAMES`, failed trajectories have NaN after the failure.
+        """
+        if method not in METHODS:
+            raise SimulationError(f"unknown method {method!r}; choose one of {sorted(METHODS)}")
+        y0 = _rows(Y0, self.n_states, "Y0")
+        params = _rows(P, self.n_params, "P")
+        n_traj = y0.shape[0]
+        if params.shape[0] != n_traj:
+            raise SimulationError(f"P has {params.shape[0]} rows but Y0 has {n_traj}")
+        t = _c_array(t_out)
+        if t.ndim != 1 or not np.isfinite(t).all() or (np.diff(t) < 0).any() or (t < t0).any():
+            raise SimulationError("t_out must be a finite, sorted 1-d array with t_out >= t0")
+        if not (rtol > 0 and atol > 0 and max_steps >= 1):
+            raise SimulationError("rtol and atol must be > 0 and max_steps >= 1")
+        shape = (n_traj, np.shape(ev_t)[-1])
+        ev = [_c_array(np.broadcast_to(a, shape), dt) for a, dt in
+              ((ev_t, np.float64), (ev_state, np.int64), (ev_kind, np.int64),
+               (ev_value, np.float64))]
+        _check_events(*ev, self.n_states)
+        ev_t, ev_state, ev_kind, ev_value = ev
+        opts = (float(rtol), float(atol), METHODS[method], int(max_steps), float(h0))
+        if n_traj == 1:
+            y, status, n_acc, n_rej = solve_single(
+                self.rhs, self.jac, self.tgrad, y0[0], params[0], float(t0), t, ev_t[0],
+                ev_state[0], ev_kind[0], ev_value[0], *opts)
+            counts = np.array([[status], [n_acc], [n_rej]], dtype=np.int64)
+            return y[None], counts[0], counts[1], counts[2]
+        return solve_batch(self.rhs, self.jac, self.tgrad, y0, params, float(t0), t, ev_t,
+                           ev_state, ev_kind, ev_value, *opts)
+
+
+def compile_numba(sym: SymbolicModel, cache_dir: Path | None = None) -> NumbaKernels:
+    """Generate (or reuse) and import the numba kernels of `sym`; see the module docstring.
+
+    cache_dir defaults to `default_cache_dir()`.
+    """
+    directory = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    path = directory / f"model_{sym.structure_hash}_{VERSION_TAG}.py"
+    if not path.exists():
+        directory.mkdir(parents=True, exist_ok=True)
+        _write_atomic(path, generate_source(sym))
+    module = _import_generated(path)
+    return NumbaKernels(
+        model_name=sym.name, structure_hash=sym.structure_hash, source_path=path,
+        state_names=tuple(sym.states), param_names=tuple(sym.parameters),
+        output_names=tuple(sym.outputs), drug_names=tuple(sym.dose_targets),
+        rhs=module.rhs, jac=module.jac, tgrad=module.tgrad, initial_kernel=module.initial,
+        outputs_kernel=module.outputs, dose_factors_kernel=module.dose_factors)

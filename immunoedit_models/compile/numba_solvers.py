@@ -1,0 +1,522 @@
+"""Model-independent adaptive ODE solvers compiled once with numba, with dosing events.
+
+The solvers take the model's right-hand side, Jacobian and time gradient as first-class
+function arguments (`numba.types.FunctionType`) and have explicit signatures, so numba compiles
+them once and caches them on disk for every model; each model only compiles its own small
+kernels (see `numba_backend`).
+
+Kernel conventions (all arrays C-contiguous float64):
+    rhs(t, y (n,), p (n_par,), dy_out (n,))        dy/dt
+    jac(t, y, p, J_out (n, n))                     J[i, j] = d f_i / d y_j (dense)
+    tgrad(t, y, p, dt_out (n,))                    d f / dt
+
+Methods (runtime integer, see `METHODS`):
+    0  Rodas5P, a stiffly accurate 8-stage Rosenbrock method of order 5 with an embedded
+       order-4 estimate and a 4th-order dense output (Steinebach, "Construction of
+       Rosenbrock-Wanner method Rodas5P and numerical benchmarks within the Julia Differential
+       Equations package", BIT Numer. Math. 63, 27 (2023)). Uses the analytic Jacobian and tgrad.
+    1  Tsit5, the explicit 5(4) Runge-Kutta pair of Tsitouras ("Runge-Kutta pairs of order 5(4)
+       satisfying only the first column simplifying assumption", Comput. Math. Appl. 62, 770
+       (2011)) with its 4th-order continuous extension.
+Coefficients are as published (float64 values as tabulated in OrdinaryDiffEq.jl).
+
+Dosing events (per trajectory, sorted by time, padded with +inf): the solver integrates exactly
+up to each event time, then applies every event at that time. Kind `EVENT_BOLUS` adds `value`
+to `y[state]`; kind `EVENT_RATE` adds `value` to the input rate `u[state]`, a piecewise-constant
+vector added to the right-hand side (a zero-order infusion is +rate at its start and -rate at
+its end). Outputs are right-continuous: an output at an event time reports the post-event state.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import float64, int64, njit, prange, types, void
+
+RHS_SIG = void(float64, float64[::1], float64[::1], float64[::1])
+JAC_SIG = void(float64, float64[::1], float64[::1], float64[:, ::1])
+TGRAD_SIG = RHS_SIG
+RHS_TYPE = types.FunctionType(RHS_SIG)
+JAC_TYPE = types.FunctionType(JAC_SIG)
+TGRAD_TYPE = types.FunctionType(TGRAD_SIG)
+
+RODAS5P = 0
+TSIT5 = 1
+METHODS = {"rodas5p": RODAS5P, "tsit5": TSIT5}
+
+EVENT_BOLUS = 0
+EVENT_RATE = 1
+
+STATUS_OK = 0
+STATUS_MAX_STEPS = 1
+STATUS_NON_FINITE = 2
+STATUS_STEP_UNDERFLOW = 3
+STATUS_NAMES = {STATUS_OK: "ok", STATUS_MAX_STEPS: "max_steps exceeded",
+                STATUS_NON_FINITE: "non-finite state or derivative",
+                STATUS_STEP_UNDERFLOW: "step size underflow"}
+
+# ---- step-size control -------------------------------------------------------------------
+_SAFETY = 0.9
+_QMIN = 0.2                      # largest shrink factor 1/5
+_QMAX = np.array([6.0, 10.0])    # largest growth factor per method (Rodas5P, Tsit5)
+_ORDER = 5.0                     # both embedded estimates are of order 4: exponent 1/5
+_BETA1 = 0.7 / _ORDER            # PI controller (Gustafsson; Hairer & Wanner II, IV.2)
+_BETA2 = 0.4 / _ORDER
+_ERR_FLOOR = 1e-4                # lower bound of the remembered error (PI memory)
+_HMIN_REL = 1e-14                # step underflow: h < 1e-14 * max(1, |t|)
+
+# ---- Rodas5P (Steinebach 2023) ------------------------------------------------------------
+# Stage i solves (I/(h*gamma) - J) k_i = f(t + c_i h, y + sum_j A_ij k_j)
+#                                        + sum_j (C_ij / h) k_j + h d_i df/dt,
+# y_new = y + sum_j B_j k_j with B = A[7] + e_7; the last stage k_7 is the error estimate.
+_R_GAMMA = 0.21193756319429014
+_r_a6 = [-7.502846399306121, 2.561846144803919, -11.627539656261098,
+         -0.18268767659942256, 0.030198172008377946]
+_R_A = np.zeros((8, 8))
+_R_A[1, :1] = [3.0]
+_R_A[2, :2] = [2.849394379747939, 0.45842242204463923]
+_R_A[3, :3] = [-6.954028509809101, 2.489845061869568, -10.358996098473584]
+_R_A[4, :4] = [2.8029986275628964, 0.5072464736228206, -0.3988312541770524,
+               -0.04721187230404641]
+_R_A[5, :5] = _r_a6
+_R_A[6, :6] = [*_r_a6, 1.0]
+_R_A[7, :7] = [*_r_a6, 1.0, 1.0]
+_R_B = np.array([*_r_a6, 1.0, 1.0, 1.0])
+_R_C = np.zeros((8, 8))
+_R_C[1, :1] = [-14.155112264123755]
+_R_C[2, :2] = [-17.97296035885952, -2.859693295451294]
+_R_C[3, :3] = [147.12150275711716, -1.41221402718213, 71.68940251302358]
+_R_C[4, :4] = [165.43517024871676, -0.4592823456491126, 42.90938336958603,
+               -5.961986721573306]
+_R_C[5, :5] = [24.854864614690072, -3.0009227002832186, 47.4931110020768,
+               5.5814197821558125, -0.6610691825249471]
+_R_C[6, :6] = [30.91273214028599, -3.1208243349937974, 77.79954646070892,
+               34.28646028294783, -19.097331116725623, -28.087943162872662]
+_R_C[7, :7] = [37.80277123390563, -3.2571969029072276, 112.26918849496327,
+               66.9347231244047, -40.06618937091002, -54.66780262877968, -9.48861652309627]
+_R_c = np.array([0.0, 0.6358126895828704, 0.4095798393397535, 0.9769306725060716,
+                 0.4288403609558664, 1.0, 1.0, 1.0])
+_R_d = np.array([0.21193756319429014, -0.42387512638858027, -0.3384627126235924,
+                 1.8046452872882734, 2.325825639765069, 0.0, 0.0, 0.0])
+# Dense output: q_m = sum_j H[m, j] k_j and, with s = 1 - theta,
+# y(t + theta h) = s y + theta (y_new + s (q_0 + theta (q_1 + theta q_2))).
+_R_H = np.array([
+    [25.948786856663858, -2.5579724845846235, 10.433815404888879, -2.3679251022685204,
+     0.524948541321073, 1.1241088310450404, 0.4272876194431874, -0.17202221070155493],
+    [-9.91568850695171, -0.9689944594115154, 3.0438037242978453, -24.495224566215796,
+     20.176138334709044, 15.98066361424651, -6.789040303419874, -6.710236069923372],
+    [11.419903575922262, 2.8879645146136994, 72.92137995996029, 80.12511834622643,
+     -52.072871366152654, -59.78993625266729, -0.15582684282751913, 4.883087185713722],
+])
+
+# ---- Tsit5 (Tsitouras 2011) ---------------------------------------------------------------
+# k_i = f(t + c_i h, y + h sum_j A_ij k_j); A[6] holds the weights b (FSAL: k_6 = f(t+h, y_new));
+# error = h sum_j E_j k_j; dense: y(t + theta h) = y + h sum_j (sum_m R[j, m] theta^(m+1)) k_j.
+_T_c = np.array([0.0, 0.161, 0.327, 0.9, 0.9800255409045097, 1.0, 1.0])
+_T_A = np.zeros((7, 7))
+_T_A[1, :1] = [0.161]
+_T_A[2, :2] = [-0.008480655492356989, 0.335480655492357]
+_T_A[3, :3] = [2.8971530571054935, -6.359448489975075, 4.3622954328695815]
+_T_A[4, :4] = [5.325864828439257, -11.748883564062828, 7.4955393428898365,
+               -0.09249506636175525]
+_T_A[5, :5] = [5.86145544294642, -12.92096931784711, 8.159367898576159, -0.071584973281401,
+               -0.028269050394068383]
+_T_A[6, :6] = [0.09646076681806523, 0.01, 0.4798896504144996, 1.379008574103742,
+               -3.290069515436081, 2.324710524099774]
+_T_E = np.array([-0.00178001105222577714, -0.0008164344596567469, 0.007880878010261995,
+                 -0.1447110071732629, 0.5823571654525552, -0.45808210592918697,
+                 0.015151515151515152])
+_T_R = np.array([
+    [1.0, -2.763706197274826, 2.9132554618219126, -1.0530884977290216],
+    [0.0, 0.13169999999999998, -0.2234, 0.1017],
+    [0.0, 3.9302962368947516, -5.941033872131505, 2.490627285651253],
+    [0.0, -12.411077166933676, 30.33818863028232, -16.548102889244902],
+    [0.0, 37.50931341651104, -88.1789048947664, 47.37952196281928],
+    [0.0, -27.896526289197286, 65.09189467479366, -34.87065786149661],
+    [0.0, 1.5, -4.0, 2.5],
+])
+
+
+# ---- small dense linear algebra -------------------------------------------------------------
+# W = I/(h gamma) - J is refactored after every step-size change. Models have ~10 states, so a
+# hand-written in-place LU is faster than calling LAPACK (call overhead, workspace queries) and
+# allocates nothing inside the step loop.
+@njit(cache=True, error_model="numpy")
+def _lu_factor(a, piv):
+    """In-place LU with partial pivoting of a (n, n); row swaps in piv (n,). False if singular."""
+    n = a.shape[0]
+    for k in range(n):
+        p = k
+        amax = abs(a[k, k])
+        for i in range(k + 1, n):
+            if abs(a[i, k]) > amax:
+                amax = abs(a[i, k])
+                p = i
+        piv[k] = p
+        if amax == 0.0:
+            return False
+        if p != k:
+            for j in range(n):
+                a[k, j], a[p, j] = a[p, j], a[k, j]
+        inv = 1.0 / a[k, k]
+        for i in range(k + 1, n):
+            lik = a[i, k] * inv
+            a[i, k] = lik
+            if lik != 0.0:
+                for j in range(k + 1, n):
+                    a[i, j] -= lik * a[k, j]
+    return True
+
+
+@njit(cache=True, error_model="numpy")
+def _lu_solve(lu, piv, b):
+    """Solve (LU) x = b in place for b (n,) given `_lu_factor`'s output."""
+    n = b.size
+    for k in range(n):
+        p = piv[k]
+        if p != k:
+            b[k], b[p] = b[p], b[k]
+    for i in range(n):
+        s = b[i]
+        for j in range(i):
+            s -= lu[i, j] * b[j]
+        b[i] = s
+    for i in range(n - 1, -1, -1):
+        s = b[i]
+        for j in range(i + 1, n):
+            s -= lu[i, j] * b[j]
+        b[i] = s / lu[i, i]
+
+
+# ---- helpers ----------------------------------------------------------------------------------
+@njit(cache=True, error_model="numpy")
+def _eval_f(rhs, t, y, p, u_in, out):
+    """out = rhs(t, y, p) + u_in (the current infusion rates)."""
+    rhs(t, y, p, out)
+    for i in range(out.size):
+        out[i] += u_in[i]
+
+
+@njit(cache=True, error_model="numpy")
+def _axpy(a, x, y):
+    """y += a * x."""
+    for i in range(y.size):
+        y[i] += a * x[i]
+
+
+@njit(cache=True, error_model="numpy")
+def _all_finite(v):
+    """True if no entry of v is NaN or infinite."""
+    for i in range(v.size):
+        if not np.isfinite(v[i]):
+            return False
+    return True
+
+
+@njit(cache=True, error_model="numpy")
+def _rms_norm(e, y_old, y_new, rtol, atol):
+    """Hairer's RMS norm of e with scale atol + rtol * max(|y_old|, |y_new|)."""
+    acc = 0.0
+    for i in range(e.size):
+        sc = atol + rtol * max(abs(y_old[i]), abs(y_new[i]))
+        acc += (e[i] / sc) ** 2
+    return np.sqrt(acc / e.size)
+
+
+@njit(cache=True, error_model="numpy")
+def _initial_step(rhs, t, y, p, u_in, f0, rtol, atol, y1, f1):
+    """Hairer's starting step (Hairer, Norsett & Wanner I, II.4) for order-5 methods [time]."""
+    d0 = _rms_norm(y, y, y, rtol, atol)
+    d1 = _rms_norm(f0, y, y, rtol, atol)
+    h0 = 0.01 * d0 / d1 if (d0 >= 1e-5 and d1 >= 1e-5) else 1e-6
+    for i in range(y.size):
+        y1[i] = y[i] + h0 * f0[i]
+    _eval_f(rhs, t + h0, y1, p, u_in, f1)
+    for i in range(y.size):
+        f1[i] -= f0[i]
+    d2 = _rms_norm(f1, y, y, rtol, atol) / h0
+    dmax = max(d1, d2)
+    h1 = max(1e-6, h0 * 1e-3) if dmax <= 1e-15 else (0.01 / dmax) ** (1.0 / (_ORDER + 1.0))
+    return min(100.0 * h0, h1)
+
+
+# ---- one step of each method ----------------------------------------------------------------
+@njit(cache=True, error_model="numpy")
+def _rodas_step(rhs, t, h, y, p, u_in, f0, jmat, dtg, w, piv, k, ytmp, ftmp, y_new):
+    """Rodas5P step of size h from (t, y): stages into k (8, n), solution into y_new.
+
+    f0, jmat, dtg: f, Jacobian and df/dt at (t, y). k[7] is the local error estimate.
+    Returns False (nothing computed) when W is singular.
+    """
+    n = y.size
+    inv_hg = 1.0 / (h * _R_GAMMA)
+    for i in range(n):
+        for j in range(n):
+            w[i, j] = -jmat[i, j]
+        w[i, i] += inv_hg
+    if not _lu_factor(w, piv):
+        return False
+    inv_h = 1.0 / h
+    for s in range(8):
+        if s == 0:
+            ftmp[:] = f0
+        else:
+            ytmp[:] = y
+            for j in range(s):
+                _axpy(_R_A[s, j], k[j], ytmp)
+            _eval_f(rhs, t + _R_c[s] * h, ytmp, p, u_in, ftmp)
+        ks = k[s]
+        hd = h * _R_d[s]
+        for i in range(n):
+            ks[i] = ftmp[i] + hd * dtg[i]
+        for j in range(s):
+            _axpy(_R_C[s, j] * inv_h, k[j], ks)
+        _lu_solve(w, piv, ks)
+    y_new[:] = y
+    for j in range(8):
+        _axpy(_R_B[j], k[j], y_new)
+    return True
+
+
+@njit(cache=True, error_model="numpy")
+def _rodas_dense_coeffs(k, q):
+    """Rodas5P interpolation vectors q (3, n) = H @ k of an accepted step."""
+    q[:, :] = 0.0
+    for m in range(3):
+        for j in range(8):
+            _axpy(_R_H[m, j], k[j], q[m])
+
+
+@njit(cache=True, error_model="numpy")
+def _rodas_dense(theta, y, y_new, q, out):
+    """Rodas5P 4th-order interpolant at t + theta h from `_rodas_dense_coeffs`' q."""
+    s = 1.0 - theta
+    for i in range(y.size):
+        out[i] = s * y[i] + theta * (y_new[i] + s * (q[0, i] + theta * (q[1, i] + theta * q[2, i])))
+
+
+@njit(cache=True, error_model="numpy")
+def _tsit5_step(rhs, t, h, y, p, u_in, k, err_vec, y_new):
+    """Tsit5 step of size h from (t, y); k[0] = f(t, y) on entry, k[6] = f(t + h, y_new) on exit."""
+    for s in range(1, 7):
+        y_new[:] = y
+        for j in range(s):
+            _axpy(h * _T_A[s, j], k[j], y_new)
+        _eval_f(rhs, t + _T_c[s] * h, y_new, p, u_in, k[s])
+    err_vec[:] = 0.0
+    for j in range(7):
+        _axpy(h * _T_E[j], k[j], err_vec)
+
+
+@njit(cache=True, error_model="numpy")
+def _tsit5_dense(theta, h, y, k, out):
+    """Tsit5 continuous extension at t + theta h."""
+    out[:] = y
+    for j in range(7):
+        r = _T_R[j]
+        bj = theta * (r[0] + theta * (r[1] + theta * (r[2] + theta * r[3])))
+        _axpy(h * bj, k[j], out)
+
+
+# ---- one trajectory ---------------------------------------------------------------------------
+@njit(cache=True, error_model="numpy")
+def _apply_events(t, ie, ev_t, ev_state, ev_kind, ev_value, y, u_in):
+    """Apply every event from index ie with time <= t to y / u_in; returns the next index."""
+    while ie < ev_t.size and ev_t[ie] <= t:
+        if ev_kind[ie] == EVENT_BOLUS:
+            y[ev_state[ie]] += ev_value[ie]
+        else:
+            u_in[ev_state[ie]] += ev_value[ie]
+        ie += 1
+    return ie
+
+
+@njit(cache=True, error_model="numpy")
+def _attempt(rodas, rhs, t, h, y, p, u_in, f0, jmat, dtg, w, piv, k, ytmp, ftmp, err_vec,
+             y_new, rtol, atol):
+    """One step attempt of the chosen method; returns the scaled error norm (inf: singular W)."""
+    if rodas:
+        if not _rodas_step(rhs, t, h, y, p, u_in, f0, jmat, dtg, w, piv, k, ytmp, ftmp, y_new):
+            return np.inf
+        return _rms_norm(k[7], y, y_new, rtol, atol)
+    _tsit5_step(rhs, t, h, y, p, u_in, k, err_vec, y_new)
+    return _rms_norm(err_vec, y, y_new, rtol, atol)
+
+
+@njit(cache=True, error_model="numpy")
+def _dense_outputs(rodas, t, h, t_new, io, t_out, y, y_new, k, q, y_out):
+    """Write outputs with t_out in [t, t_new) by dense output of the accepted step; next index."""
+    if rodas and io < t_out.size and t_out[io] < t_new:
+        _rodas_dense_coeffs(k, q)
+    while io < t_out.size and t_out[io] < t_new:
+        theta = (t_out[io] - t) / h
+        if rodas:
+            _rodas_dense(theta, y, y_new, q, y_out[io])
+        else:
+            _tsit5_dense(theta, h, y, k, y_out[io])
+        io += 1
+    return io
+
+
+@njit(cache=True, error_model="numpy")
+def _accept_factor(err, err_old, last_rejected, qmax):
+    """PI step-size factor after an accepted step (no growth right after a rejection)."""
+    fac = _SAFETY * max(err, 1e-10) ** (-_BETA1) * err_old ** _BETA2
+    return min(1.0 if last_rejected else qmax, max(_QMIN, fac))
+
+
+@njit(cache=True, error_model="numpy")
+def _reject_factor(err):
+    """Step-size factor after a rejected step (largest shrink if err is not finite)."""
+    if not np.isfinite(err):
+        return _QMIN
+    return max(_QMIN, _SAFETY * err ** (-1.0 / _ORDER))
+
+
+@njit(cache=True, error_model="numpy")
+def _integrate(rhs, jac, tgrad, y0, p, t0, t_out, ev_t, ev_state, ev_kind, ev_value,
+               rtol, atol, method, max_steps, h0, y_out):
+    """Integrate one trajectory, writing y_out (n_out, n); returns (status, n_accepted, n_rejected).
+
+    The time axis is cut into segments at event times; each segment is integrated exactly to
+    its end, events are applied there and the method restarts (f re-evaluated, first step
+    re-estimated when h0 <= 0). max_steps bounds step attempts (accepted + rejected). After a
+    failure the remaining outputs are NaN.
+    """
+    n = y0.size
+    n_out = t_out.size
+    y = y0.copy()
+    p = p.copy()            # private copy: no refcount traffic on a shared array across threads
+    y_new = np.empty(n)
+    ytmp = np.empty(n)
+    ftmp = np.empty(n)
+    f0 = np.empty(n)        # f(t, y) (Rodas5P; Tsit5 keeps it in k[0])
+    err_vec = np.empty(n)
+    dtg = np.empty(n)
+    u_in = np.zeros(n)      # infusion rates
+    jmat = np.empty((n, n))
+    w = np.empty((n, n))
+    piv = np.empty(n, dtype=np.int64)
+    k = np.empty((8, n))
+    q = np.empty((3, n))
+    rodas = method == RODAS5P
+    qmax = _QMAX[method]
+
+    t = t0
+    status = STATUS_OK
+    n_acc = 0
+    n_rej = 0
+    ie = 0
+    io = 0
+    while status == STATUS_OK:
+        ie = _apply_events(t, ie, ev_t, ev_state, ev_kind, ev_value, y, u_in)
+        if not _all_finite(y):
+            status = STATUS_NON_FINITE
+            break
+        while io < n_out and t_out[io] <= t:
+            y_out[io, :] = y
+            io += 1
+        if io == n_out:
+            break
+        t_end = t_out[n_out - 1]
+        if ie < ev_t.size and ev_t[ie] < t_end:
+            t_end = ev_t[ie]
+
+        # restart at (t, y): fresh f, first step and controller memory
+        _eval_f(rhs, t, y, p, u_in, f0)
+        k[0, :] = f0
+        h = _initial_step(rhs, t, y, p, u_in, f0, rtol, atol, ytmp, ftmp) if h0 <= 0.0 else h0
+        err_old = 1.0
+        last_rejected = False
+        new_point = True
+        f_valid = True
+        while t < t_end:
+            if new_point:
+                if not f_valid:     # Rodas5P only: Tsit5 has f(t, y) in k[0] (FSAL)
+                    _eval_f(rhs, t, y, p, u_in, f0)
+                if not _all_finite(f0 if rodas else k[0]):
+                    status = STATUS_NON_FINITE
+                    break
+                if rodas:
+                    jac(t, y, p, jmat)
+                    tgrad(t, y, p, dtg)
+                new_point = False
+            if n_acc + n_rej >= max_steps:
+                status = STATUS_MAX_STEPS
+                break
+            last = t + 1.01 * h >= t_end
+            h_step = t_end - t if last else h
+            err = _attempt(rodas, rhs, t, h_step, y, p, u_in, f0, jmat, dtg, w, piv, k, ytmp,
+                           ftmp, err_vec, y_new, rtol, atol)
+            if err <= 1.0:
+                t_new = t_end if last else t + h_step
+                io = _dense_outputs(rodas, t, h_step, t_new, io, t_out, y, y_new, k, q, y_out)
+                y[:] = y_new
+                t = t_new
+                n_acc += 1
+                if not _all_finite(y):
+                    status = STATUS_NON_FINITE
+                    break
+                if not rodas:
+                    k[0, :] = k[6]      # FSAL
+                new_point = True
+                f_valid = not rodas
+                h_next = h_step * _accept_factor(err, err_old, last_rejected, qmax)
+                h = max(h, h_next) if last else h_next   # a cut-short step keeps h
+                err_old = max(err, _ERR_FLOOR)
+                last_rejected = False
+            else:
+                n_rej += 1
+                h = h_step * _reject_factor(err)
+                last_rejected = True
+                if h < _HMIN_REL * max(1.0, abs(t)):
+                    status = STATUS_STEP_UNDERFLOW
+                    break
+    for i in range(io, n_out):
+        y_out[i, :] = np.nan
+    return status, n_acc, n_rej
+
+
+# ---- public entry points ----------------------------------------------------------------------
+_SOLVE_BATCH_SIG = types.Tuple((float64[:, :, ::1], int64[::1], int64[::1], int64[::1]))(
+    RHS_TYPE, JAC_TYPE, TGRAD_TYPE, float64[:, ::1], float64[:, ::1], float64, float64[::1],
+    float64[:, ::1], int64[:, ::1], int64[:, ::1], float64[:, ::1], float64, float64, int64,
+    int64, float64)
+
+_SOLVE_SINGLE_SIG = types.Tuple((float64[:, ::1], int64, int64, int64))(
+    RHS_TYPE, JAC_TYPE, TGRAD_TYPE, float64[::1], float64[::1], float64, float64[::1],
+    float64[::1], int64[::1], int64[::1], float64[::1], float64, float64, int64, int64, float64)
+
+
+@njit(_SOLVE_BATCH_SIG, cache=True, parallel=True, error_model="numpy")
+def solve_batch(rhs, jac, tgrad, y0, p, t0, t_out, ev_t, ev_state, ev_kind, ev_value,
+                rtol, atol, method, max_steps, h0):
+    """Integrate B trajectories in parallel, each with its own adaptive step.
+
+    y0 (B, n), p (B, n_par); t_out (n_out,) sorted, >= t0; ev_* (B, n_ev) sorted per row,
+    padded with ev_t = +inf. method: a value of `METHODS`; h0 <= 0 picks the first step
+    automatically. Returns Y (B, n_out, n), status (B,), accepted steps (B,), rejected (B,).
+    """
+    n_traj = y0.shape[0]
+    y_all = np.empty((n_traj, t_out.size, y0.shape[1]))
+    status = np.empty(n_traj, dtype=np.int64)
+    n_acc = np.empty(n_traj, dtype=np.int64)
+    n_rej = np.empty(n_traj, dtype=np.int64)
+    for b in prange(n_traj):
+        status[b], n_acc[b], n_rej[b] = _integrate(
+            rhs, jac, tgrad, y0[b], p[b], t0, t_out, ev_t[b], ev_state[b], ev_kind[b],
+            ev_value[b], rtol, atol, method, max_steps, h0, y_all[b])
+    return y_all, status, n_acc, n_rej
+
+
+@njit(_SOLVE_SINGLE_SIG, cache=True, error_model="numpy")
+def solve_single(rhs, jac, tgrad, y0, p, t0, t_out, ev_t, ev_state, ev_kind, ev_value,
+                 rtol, atol, method, max_steps, h0):
+    """One trajectory on the calling thread: y0 (n,), p (n_par,), ev_* (n_ev,).
+
+    Returns Y (n_out, n), status, accepted steps, rejected steps (see `solve_batch`).
+    """
+    y_all = np.empty((t_out.size, y0.size))
+    status, n_acc, n_rej = _integrate(rhs, jac, tgrad, y0, p, t0, t_out, ev_t, ev_state,
+                                      ev_kind, ev_value, rtol, atol, method, max_steps, h0,
+                                      y_all)
+    return y_all, status, n_acc, n_rej
