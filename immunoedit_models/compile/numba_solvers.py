@@ -142,7 +142,10 @@ _T_R = np.array([
 # allocates nothing inside the step loop.
 @njit(cache=True, error_model="numpy")
 def _lu_factor(a, piv):
-    """In-place LU with partial pivoting of a (n, n); row swaps in piv (n,). False if singular."""
+    """In-place LU with partial pivoting of a (n, n); row swaps in piv (n,). False if singular.
+
+    The diagonal holds the reciprocals of U's pivots, so solves multiply instead of divide.
+    """
     n = a.shape[0]
     for k in range(n):
         p = k
@@ -164,27 +167,35 @@ def _lu_factor(a, piv):
             if lik != 0.0:
                 for j in range(k + 1, n):
                     a[i, j] -= lik * a[k, j]
+        a[k, k] = inv
     return True
 
 
 @njit(cache=True, error_model="numpy")
-def _lu_solve(lu, piv, b):
-    """Solve (LU) x = b in place for b (n,) given `_lu_factor`'s output."""
-    n = b.size
+def _lu_solve_row(lu, piv, b, r):
+    """Solve (LU) x = b[r] in place for row r of b (m, n), given `_lu_factor`'s output.
+
+    Column-oriented substitution: the updates of one column are independent, so the CPU overlaps
+    them instead of waiting on one long chain of multiply-adds. Rows are addressed by index,
+    never sliced: in the step loop a slice costs reference-count updates that outweigh the
+    arithmetic of a 10-state solve.
+    """
+    n = lu.shape[0]
     for k in range(n):
         p = piv[k]
         if p != k:
-            b[k], b[p] = b[p], b[k]
-    for i in range(n):
-        s = b[i]
-        for j in range(i):
-            s -= lu[i, j] * b[j]
-        b[i] = s
-    for i in range(n - 1, -1, -1):
-        s = b[i]
-        for j in range(i + 1, n):
-            s -= lu[i, j] * b[j]
-        b[i] = s / lu[i, i]
+            b[r, k], b[r, p] = b[r, p], b[r, k]
+    for j in range(n):
+        bj = b[r, j]
+        if bj != 0.0:
+            for i in range(j + 1, n):
+                b[r, i] -= lu[i, j] * bj
+    for j in range(n - 1, -1, -1):
+        bj = b[r, j] * lu[j, j]
+        b[r, j] = bj
+        if bj != 0.0:
+            for i in range(j):
+                b[r, i] -= lu[i, j] * bj
 
 
 # ---- helpers ----------------------------------------------------------------------------------
@@ -197,10 +208,10 @@ def _eval_f(rhs, t, y, p, u_in, out):
 
 
 @njit(cache=True, error_model="numpy")
-def _axpy(a, x, y):
-    """y += a * x."""
+def _axpy_row(a, x, r, y):
+    """y += a * x[r] for row r of x (m, n) (by index: see `_lu_solve_row`)."""
     for i in range(y.size):
-        y[i] += a * x[i]
+        y[i] += a * x[r, i]
 
 
 @njit(cache=True, error_model="numpy")
@@ -258,32 +269,37 @@ def _rodas_step(rhs, t, h, y, p, u_in, f0, jmat, dtg, w, piv, k, ytmp, ftmp, y_n
     inv_h = 1.0 / h
     for s in range(8):
         if s == 0:
-            ftmp[:] = f0
+            for i in range(n):
+                ftmp[i] = f0[i]
         else:
-            ytmp[:] = y
+            for i in range(n):
+                ytmp[i] = y[i]
             for j in range(s):
-                _axpy(_R_A[s, j], k[j], ytmp)
+                _axpy_row(_R_A[s, j], k, j, ytmp)
             _eval_f(rhs, t + _R_c[s] * h, ytmp, p, u_in, ftmp)
-        ks = k[s]
         hd = h * _R_d[s]
         for i in range(n):
-            ks[i] = ftmp[i] + hd * dtg[i]
-        for j in range(s):
-            _axpy(_R_C[s, j] * inv_h, k[j], ks)
-        _lu_solve(w, piv, ks)
-    y_new[:] = y
+            acc = ftmp[i] + hd * dtg[i]
+            for j in range(s):
+                acc += _R_C[s, j] * inv_h * k[j, i]
+            k[s, i] = acc
+        _lu_solve_row(w, piv, k, s)
+    for i in range(n):
+        y_new[i] = y[i]
     for j in range(8):
-        _axpy(_R_B[j], k[j], y_new)
+        _axpy_row(_R_B[j], k, j, y_new)
     return True
 
 
 @njit(cache=True, error_model="numpy")
 def _rodas_dense_coeffs(k, q):
     """Rodas5P interpolation vectors q (3, n) = H @ k of an accepted step."""
-    q[:, :] = 0.0
     for m in range(3):
-        for j in range(8):
-            _axpy(_R_H[m, j], k[j], q[m])
+        for i in range(k.shape[1]):
+            acc = 0.0
+            for j in range(8):
+                acc += _R_H[m, j] * k[j, i]
+            q[m, i] = acc
 
 
 @njit(cache=True, error_model="numpy")
@@ -298,13 +314,14 @@ def _rodas_dense(theta, y, y_new, q, out):
 def _tsit5_step(rhs, t, h, y, p, u_in, k, err_vec, y_new):
     """Tsit5 step of size h from (t, y); k[0] = f(t, y) on entry, k[6] = f(t + h, y_new) on exit."""
     for s in range(1, 7):
-        y_new[:] = y
+        for i in range(y.size):
+            y_new[i] = y[i]
         for j in range(s):
-            _axpy(h * _T_A[s, j], k[j], y_new)
+            _axpy_row(h * _T_A[s, j], k, j, y_new)
         _eval_f(rhs, t + _T_c[s] * h, y_new, p, u_in, k[s])
     err_vec[:] = 0.0
     for j in range(7):
-        _axpy(h * _T_E[j], k[j], err_vec)
+        _axpy_row(h * _T_E[j], k, j, err_vec)
 
 
 @njit(cache=True, error_model="numpy")
@@ -312,9 +329,8 @@ def _tsit5_dense(theta, h, y, k, out):
     """Tsit5 continuous extension at t + theta h."""
     out[:] = y
     for j in range(7):
-        r = _T_R[j]
-        bj = theta * (r[0] + theta * (r[1] + theta * (r[2] + theta * r[3])))
-        _axpy(h * bj, k[j], out)
+        bj = theta * (_T_R[j, 0] + theta * (_T_R[j, 1] + theta * (_T_R[j, 2] + theta * _T_R[j, 3])))
+        _axpy_row(h * bj, k, j, out)
 
 
 # ---- one trajectory ---------------------------------------------------------------------------
@@ -378,8 +394,8 @@ def _integrate(rhs, jac, tgrad, y0, p, t0, t_out, ev_t, ev_state, ev_kind, ev_va
     """Integrate one trajectory, writing y_out (n_out, n); returns (status, n_accepted, n_rejected).
 
     The time axis is cut into segments at event times; each segment is integrated exactly to
-    its end, events are applied there and the method restarts (f re-evaluated, first step
-    re-estimated when h0 <= 0). max_steps bounds step attempts (accepted + rejected). After a
+    its end, events are applied there and the method restarts (f re-evaluated, the step size
+    carried over). max_steps bounds step attempts (accepted + rejected). After a
     failure the remaining outputs are NaN.
     """
     n = y0.size
@@ -402,6 +418,7 @@ def _integrate(rhs, jac, tgrad, y0, p, t0, t_out, ev_t, ev_state, ev_kind, ev_va
     qmax = _QMAX[method]
 
     t = t0
+    h_carry = 0.0
     status = STATUS_OK
     n_acc = 0
     n_rej = 0
@@ -421,10 +438,15 @@ def _integrate(rhs, jac, tgrad, y0, p, t0, t_out, ev_t, ev_state, ev_kind, ev_va
         if ie < ev_t.size and ev_t[ie] < t_end:
             t_end = ev_t[ie]
 
-        # restart at (t, y): fresh f, first step and controller memory
+        # restart at (t, y): fresh f and controller memory. The step size carries over from the
+        # last segment (a dose changes few states; re-estimating from scratch costs ~15 steps
+        # per dose); the first segment uses h0 or Hairer's starting-step heuristic.
         _eval_f(rhs, t, y, p, u_in, f0)
         k[0, :] = f0
-        h = _initial_step(rhs, t, y, p, u_in, f0, rtol, atol, ytmp, ftmp) if h0 <= 0.0 else h0
+        if h_carry > 0.0:
+            h = h_carry
+        else:
+            h = _initial_step(rhs, t, y, p, u_in, f0, rtol, atol, ytmp, ftmp) if h0 <= 0.0 else h0
         err_old = 1.0
         last_rejected = False
         new_point = True
@@ -471,6 +493,7 @@ def _integrate(rhs, jac, tgrad, y0, p, t0, t_out, ev_t, ev_state, ev_kind, ev_va
                 if h < _HMIN_REL * max(1.0, abs(t)):
                     status = STATUS_STEP_UNDERFLOW
                     break
+        h_carry = h
     for i in range(io, n_out):
         y_out[i, :] = np.nan
     return status, n_acc, n_rej
