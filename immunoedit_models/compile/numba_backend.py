@@ -25,7 +25,7 @@ import numba
 import numpy as np
 import platformdirs
 import sympy as sp
-from numba import float64, int64, njit, prange, types, void
+from numba import float64, int64, njit, types, void
 from sympy.printing.precedence import PRECEDENCE
 from sympy.printing.pycode import PythonCodePrinter
 
@@ -207,11 +207,14 @@ def _map_params(kernel, params, n_out):
 
 
 @njit(float64[:, :, ::1](types.FunctionType(OUTPUT_SIG), float64[::1], float64[:, :, ::1],
-                         float64[:, ::1], int64), cache=True, parallel=True)
+                         float64[:, ::1], int64), cache=True)
 def _map_outputs(kernel, t_out, y, params, n_out):
-    """out[b, i] = kernel(t_out[i], y[b, i], params[b]); out (B, n_t, n_out)."""
+    """out[b, i] = kernel(t_out[i], y[b, i], params[b]); out (B, n_t, n_out).
+
+    Serial on purpose: outputs cost a small fraction of solving, and a parallel launch costs
+    milliseconds for a single trajectory."""
     out = np.empty((y.shape[0], y.shape[1], n_out))
-    for b in prange(y.shape[0]):
+    for b in range(y.shape[0]):
         for i in range(y.shape[1]):
             kernel(t_out[i], y[b, i], params[b], out[b, i])
     return out

@@ -187,15 +187,13 @@ def _lu_solve_row(lu, piv, b, r):
             b[r, k], b[r, p] = b[r, p], b[r, k]
     for j in range(n):
         bj = b[r, j]
-        if bj != 0.0:
-            for i in range(j + 1, n):
-                b[r, i] -= lu[i, j] * bj
+        for i in range(j + 1, n):
+            b[r, i] -= lu[i, j] * bj
     for j in range(n - 1, -1, -1):
         bj = b[r, j] * lu[j, j]
         b[r, j] = bj
-        if bj != 0.0:
-            for i in range(j):
-                b[r, i] -= lu[i, j] * bj
+        for i in range(j):
+            b[r, i] -= lu[i, j] * bj
 
 
 # ---- helpers ----------------------------------------------------------------------------------

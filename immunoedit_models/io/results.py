@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import platform
 from datetime import datetime, timezone
+from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Mapping
@@ -23,7 +24,13 @@ STATUS_MEANINGS = {
 }
 
 
+@lru_cache(maxsize=1)
+def _versions_json() -> str:
+    return json.dumps(package_versions())
+
+
 def package_versions() -> dict[str, str]:
+    """Versions of Python and of the packages in PROVENANCE_PACKAGES that are installed."""
     out = {"python": platform.python_version()}
     for name in PROVENANCE_PACKAGES:
         try:
@@ -43,7 +50,7 @@ def provenance(model, **settings: Any) -> dict[str, Any]:
         "backend": model.backend,
         "time_unit": model.symbolic.time_unit,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "versions": json.dumps(package_versions()),
+        "versions": _versions_json(),
         "status_meanings": json.dumps(STATUS_MEANINGS),
     }
     for key, value in settings.items():
