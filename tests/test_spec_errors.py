@@ -169,3 +169,31 @@ def test_simulate_on_uncompiled_spec_says_compile_first():
                                         r"'benchmark_reference': call ie.compile_model\(spec, "
                                         r"backend='numba'\) first$"):
         ie.simulate(spec, times=np.arange(3.0))
+
+
+def test_dose_amount_expressions_are_checked(tmp_path):
+    path = _spec(tmp_path, """\
+        name: amounts
+        states:
+          C: {unit: mg/L, initial: 0}
+        parameters:
+          V: {value: 3, unit: L}
+          dose_per_kg: {value: 10, unit: mg/kg}
+          weight: {value: 70, unit: kg}
+          ke: {value: 0.1, unit: 1/day}
+        flows:
+          out: {from: C, rate: ke*C}
+        doses:
+          drug: {target: C, amount_unit: mg, conversion: 1/V}
+        regimens:
+          by_weight:
+            doses:
+              - {drug: drug, amount: dose_per_kg*weight, every: 21, count: 4}
+              - {drug: drug, amount: dose_per_kg, every: 21, count: 4}
+              - {drug: drug, amount: dose_per_kgg, every: 21, count: 4}
+        """)
+    assert _messages(path) == [
+        "17: regimen 'by_weight' dose 2: amount has unit milligram / kilogram, expected milligram "
+        "(doses of 'drug' are in mg)",
+        "18: regimen 'by_weight' dose 3: amount uses undefined symbol 'dose_per_kgg' (did you mean 'dose_per_kg'?)",
+    ]

@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from functools import lru_cache
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
+import sympy as sp
 import xarray as xr
 
 from ..compile import DEFAULT_METHOD, METHODS, CompiledModel
 from ..errors import SimulationError
 from ..io.results import STATUS_MEANINGS, provenance
-from ..spec.expressions import suggest
+from ..spec.expressions import ExpressionError, parse_expression, suggest
 from ..spec.schema import ModelSpec
+from ..spec.units import parse_unit
 from .regimen import Regimen, event_arrays
 
 RegimenLike = Regimen | str | Sequence[Regimen] | None
@@ -111,13 +114,27 @@ def time_grid(times: Any) -> np.ndarray:
     return t
 
 
+@lru_cache(maxsize=256)
+def parameter_function(model: CompiledModel, text: str) -> Callable[[np.ndarray], np.ndarray]:
+    """An expression of parameters (e.g. a dose amount 'Dose') -> f(P (n, n_par)) -> (n,)."""
+    units = dict(zip(model.parameters, (model.spec.parsed["symbols"].get(p) for p in model.parameters)))
+    try:
+        parsed = parse_expression(text, units, parse_unit(model.spec.time_unit), check_units=False)
+    except ExpressionError as exc:
+        raise SimulationError(f"dose amount '{text}' of model '{model.name}': {exc.message}"
+                              + (f" ({exc.hint})" if exc.hint else "")) from None
+    f = sp.lambdify(model.symbolic.param_symbols, parsed.expr, "numpy")  # printed from sympy, not user text
+    return lambda P: np.broadcast_to(np.asarray(f(*P.T), dtype=float), (len(P),))
+
+
 # ---- running ----------------------------------------------------------------------------------
 def run_arrays(model: CompiledModel, Y0: np.ndarray, P: np.ndarray, t0: float, times: np.ndarray,
                regimens: list[Regimen], settings: SolverSettings) -> dict[str, np.ndarray]:
     """Integrate a batch; returns Y (n, n_time, n_state), outputs, status, n_steps, n_rejected."""
     kernels = model.kernels
     dose_states = {d: model.states.index(t.state) for d, t in model.symbolic.dose_targets.items()}
-    ev = event_arrays(regimens, np.asarray(kernels.dose_factors(P)), list(kernels.drug_names), dose_states)
+    ev = event_arrays(regimens, np.asarray(kernels.dose_factors(P)), list(kernels.drug_names), dose_states,
+                      amount_of=lambda text: parameter_function(model, text)(P))
     Y, status, n_steps, n_rejected = kernels.solve(
         Y0, P, float(t0), times, ev.time, ev.state, ev.kind, ev.value, settings.rtol, settings.atol,
         method=settings.method, max_steps=settings.max_steps)

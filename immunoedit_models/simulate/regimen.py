@@ -8,7 +8,7 @@ patients with their own schedules share one compiled kernel.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Mapping, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -20,11 +20,15 @@ BOLUS, INFUSION_RATE = 0, 1
 
 @dataclass(frozen=True)
 class Dose:
-    """One administration: `amount` (in the drug's amount unit) at `time`; infusion if duration > 0."""
+    """One administration at `time`; infusion if duration > 0.
+
+    amount: in the drug's amount unit; a number, or an expression of the model's parameters
+    (e.g. "Dose" or "dose_per_kg*weight") evaluated with each trajectory's parameters.
+    """
 
     drug: str
     time: float
-    amount: float
+    amount: float | str
     duration: float = 0.0
 
 
@@ -41,13 +45,14 @@ class Regimen:
         return cls((), "untreated")
 
     @classmethod
-    def repeated(cls, drug: str, amount: float, every: float | None = None, count: int = 1,
+    def repeated(cls, drug: str, amount: float | str, every: float | None = None, count: int = 1,
                  start: float = 0.0, duration: float = 0.0, name: str | None = None) -> "Regimen":
         """`count` doses of `amount` every `every` days from day `start` (infusion over `duration`)."""
         if count > 1 and not (every and every > 0):
             raise SimulationError(f"{count} doses of '{drug}' need every > 0 (the dosing interval in days)")
-        doses = tuple(Dose(drug, start + k * (every or 0.0), float(amount), duration) for k in range(count))
-        return cls(doses, name or f"{drug} {amount:g} x{count}")
+        amount = amount if isinstance(amount, str) else float(amount)
+        doses = tuple(Dose(drug, start + k * (every or 0.0), amount, duration) for k in range(count))
+        return cls(doses, name or f"{drug} {amount} x{count}")
 
     @classmethod
     def from_spec(cls, spec: RegimenSpec) -> "Regimen":
@@ -81,13 +86,16 @@ class EventArrays:
 
 
 def event_arrays(regimens: Sequence[Regimen], dose_factors: np.ndarray, drug_names: Sequence[str],
-                 dose_states: Mapping[str, int]) -> EventArrays:
+                 dose_states: Mapping[str, int],
+                 amount_of: Callable[[str], np.ndarray] | None = None) -> EventArrays:
     """Events for each trajectory b: regimens[b] with amounts scaled by dose_factors[b, drug].
 
     dose_factors: (n_traj, n_drugs), the spec's conversion (e.g. 1/V1) per trajectory's parameters.
+    amount_of: expression text -> its value per trajectory (n_traj,), for amounts given as text.
     """
     n_traj = len(regimens)
-    rows = [list(_events_of(regimens[b], dose_factors[b], drug_names, dose_states)) for b in range(n_traj)]
+    rows = [list(_events_of(regimens[b], b, dose_factors[b], drug_names, dose_states, amount_of))
+            for b in range(n_traj)]
     width = max([len(r) for r in rows] + [1])
     out = EventArrays(np.full((n_traj, width), np.inf), np.zeros((n_traj, width), np.int64),
                       np.zeros((n_traj, width), np.int64), np.zeros((n_traj, width)))
@@ -98,15 +106,17 @@ def event_arrays(regimens: Sequence[Regimen], dose_factors: np.ndarray, drug_nam
     return out
 
 
-def _events_of(regimen: Regimen, factors: np.ndarray, drug_names: Sequence[str],
-               dose_states: Mapping[str, int]) -> Iterable[tuple[float, int, int, float]]:
+def _events_of(regimen: Regimen, b: int, factors: np.ndarray, drug_names: Sequence[str],
+               dose_states: Mapping[str, int],
+               amount_of: Callable[[str], np.ndarray] | None) -> Iterable[tuple[float, int, int, float]]:
     for dose in regimen.doses:
         if dose.drug not in drug_names:
             known = ", ".join(drug_names) or "none"
             raise SimulationError(f"regimen '{regimen.name}' doses unknown drug '{dose.drug}' (this model's "
                                   f"drugs: {known}); declare it under 'doses:' in the spec")
         state = dose_states[dose.drug]
-        amount = dose.amount * factors[list(drug_names).index(dose.drug)]
+        given = dose.amount if not isinstance(dose.amount, str) else amount_of(dose.amount)[b]
+        amount = given * factors[list(drug_names).index(dose.drug)]
         if dose.duration > 0:
             rate = amount / dose.duration
             yield dose.time, state, INFUSION_RATE, rate

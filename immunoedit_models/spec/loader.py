@@ -279,7 +279,7 @@ class _Reader:
             self.issue(loc, item, f"'count' must be a whole number >= 1, got {count}")
             count = 1
         return DoseItem(str(body.get("drug", "")) or self.text(body, "drug", loc, item),
-                        self.number(body, "amount", loc, item), self.number(body, "start", loc, item, 0.0),
+                        self.text(body, "amount", loc, item), self.number(body, "start", loc, item, 0.0),
                         every, int(count), self.number(body, "duration", loc, item, 0.0), loc)
 
     def requires(self, doc) -> dict[str, RequireSpec]:

@@ -114,10 +114,14 @@ class DoseSpec:
 
 @dataclass(frozen=True)
 class DoseItem:
-    """`count` doses of `amount` every `every` time units from `start`; infusion if duration > 0."""
+    """`count` doses of `amount` every `every` time units from `start`; infusion if duration > 0.
+
+    amount: a number in the drug's amount unit, or an expression of parameters (e.g. `Dose`,
+    `dose_per_kg*weight`) evaluated per patient.
+    """
 
     drug: str
-    amount: float
+    amount: float | str
     start: float = 0.0
     every: float | None = None
     count: int = 1

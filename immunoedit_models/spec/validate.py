@@ -93,7 +93,7 @@ def validate(raw: dict[str, Any], path: str) -> tuple[ModelSpec, list[Issue]]:
             parsed["observables"][name] = got
     for name, d in raw["doses"].items():
         parsed["doses"][name] = _check_dose(c, d, param_units, symbols, states)
-    _check_regimens(c, raw)
+    _check_regimens(c, raw, param_units)
     defined = [*states, *params, *exprs, *raw["flows"], *raw["observables"]]
     for name in raw["provides"]:
         if name not in defined:
@@ -268,14 +268,19 @@ def _check_dose(c: _Checker, d, param_units, symbols, states) -> Parsed | None:
     return got
 
 
-def _check_regimens(c: _Checker, raw) -> None:
+def _check_regimens(c: _Checker, raw, param_units) -> None:
     for name, reg in raw["regimens"].items():
         for i, dose in enumerate(reg.doses):
             item = f"regimen '{name}' dose {i + 1}"
-            if dose.drug not in raw["doses"]:
+            drug = raw["doses"].get(dose.drug)
+            if drug is None:
                 c.issue(dose.loc, item, f"unknown drug '{dose.drug}'",
                         suggest(dose.drug, raw["doses"]) or "declare it under 'doses:'")
-            if math.isfinite(dose.amount) and dose.amount < 0:
+            amount = c.parse(dose.amount, param_units, dose.loc, item, "amount ")
+            if amount is not None and drug is not None:
+                c.expect_unit(amount.unit, c.unit(drug.amount_unit, drug.loc, item), dose.loc, item, "amount",
+                              f"doses of '{dose.drug}' are in {drug.amount_unit}")
+            if isinstance(dose.amount, (int, float)) and dose.amount < 0:
                 c.issue(dose.loc, item, f"amount {dose.amount:g} is negative")
             if dose.count > 1 and not (dose.every is not None and dose.every > 0):
                 c.issue(dose.loc, item, f"{dose.count} doses need 'every' > 0 (the interval)")
