@@ -34,24 +34,15 @@ from pathlib import Path
 
 import numpy as np
 
+from reference_protocol import system_busy_seconds  # same folder: run as a script
+
 HERE = Path(__file__).resolve().parent
 DAYS = np.arange(366.0)
 RTOL, ATOL = 1e-6, 1e-9
-DRUG = "anti_pdl1"
 
 
 def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-
-def system_busy_seconds() -> float | None:
-    """CPU seconds all processes on the machine have been busy (from /proc/stat), or None."""
-    try:
-        with open("/proc/stat") as fh:
-            f = [int(x) for x in fh.readline().split()[1:]]
-        return (f[0] + f[1] + f[2] + f[5] + f[6] + (f[7] if len(f) > 7 else 0)) / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError):
-        return None
 
 
 class Clock:
@@ -102,6 +93,7 @@ def main(argv=None) -> int:
     import pandas as pd
 
     import immunoedit_models as ie
+    from immunoedit_models.simulate.core import parameter_function, regimen_list
     from immunoedit_models.simulate.regimen import event_arrays
 
     info: dict = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "hostname": platform.node(),
@@ -142,10 +134,8 @@ def main(argv=None) -> int:
     method = args.method or DEFAULT_METHOD[args.backend]
     nominal = np.asarray(model.symbolic.param_values, dtype=float)
     P = draws(nominal, n)
-    i_dose = list(model.parameters).index("Dose")
     frame = pd.DataFrame(P, columns=list(model.parameters))
-    regimens = [ie.Regimen.repeated(DRUG, float(d), every=21.0, count=18, start=7.5, name="q21d_x18")
-                for d in P[:, i_dose]]
+    regimens = regimen_list(model, None, n)  # the spec's q21d x18 regimen doses each row's `Dose`
     log(f"{args.backend} {method}: {n} trajectories, chunks {chunks}, compile_model {info['compile_model_s']:.2f} s")
 
     if args.wait_idle > 0:
@@ -169,7 +159,8 @@ def main(argv=None) -> int:
         kernels = model.kernels
         dose_states = {d: model.states.index(tg.state) for d, tg in model.symbolic.dose_targets.items()}
         Y0 = np.ascontiguousarray(kernels.initial(P))
-        ev = event_arrays(regimens, np.asarray(kernels.dose_factors(P)), list(kernels.drug_names), dose_states)
+        ev = event_arrays(regimens, np.asarray(kernels.dose_factors(P)), list(kernels.drug_names), dose_states,
+                          amount_of=lambda text: parameter_function(model, text)(P))
         arrays = (Y0, P, ev.time, ev.state, ev.kind, ev.value)
         for chunk in chunks:
             pieces = [slice(a, min(a + chunk, n)) for a in range(0, n, chunk)]
