@@ -125,5 +125,50 @@ def _print_summary(ds, compile_s: float, run_s: float) -> None:
     console.print(table)
 
 
+def _range(text: str, option: str) -> tuple[str, float, float]:
+    name, _, rest = text.partition(":")
+    lo, _, hi = rest.partition(":")
+    try:
+        return name, float(lo), float(hi)
+    except ValueError:
+        raise typer.BadParameter(f"{option} '{text}' must look like NAME:LOW:HIGH") from None
+
+
+@app.command("phase-map")
+def phase_map_command(
+    spec: str = typer.Argument(..., help="built-in name or path to a spec YAML file"),
+    x: str = typer.Option(..., help="x-axis parameter NAME:LOW:HIGH"),
+    y: str = typer.Option(..., help="y-axis parameter NAME:LOW:HIGH"),
+    n: int = typer.Option(30, help="grid points per axis"),
+    log: bool = typer.Option(True, help="log-spaced axes (when both bounds are positive)"),
+    days: float = typer.Option(3650.0, help="simulated horizon in days"),
+    initial: list[str] = typer.Option([], "--initial", "-i", help="inoculum NAME=VALUE (repeatable)"),
+    tumour: str = typer.Option("T", help="the tumour state"),
+    backend: str = typer.Option("numba", help="numba | jax"),
+    out: Path = typer.Option(Path("phase_map.png"), help="PNG of the map"),
+    data: Optional[Path] = typer.Option(None, help="also write the labelled grid (.nc)"),
+) -> None:
+    """Sweep two parameters, label each run elimination / equilibrium / escape, draw the map."""
+    from . import compile_model, save_result
+    from .phases import PhaseCriteria, phase_map, plot_phase_map
+    from .plots import save_figure
+
+    try:
+        xr_, yr_ = _range(x, "--x"), _range(y, "--y")
+        model = compile_model(spec, backend=backend)
+        ds = phase_map(model, xr_, yr_, n=n, log_x=log and xr_[1] > 0, log_y=log and yr_[1] > 0, days=days,
+                       initial=_parse_assignments(initial, "--initial"), criteria=PhaseCriteria(tumour=tumour))
+    except (ImmunoeditError, typer.BadParameter) as exc:
+        _fail(exc)
+    counts = {p: int((ds["phase"].values == p).sum()) for p in ("elimination", "equilibrium", "escape", "failed")}
+    console.print(f"{spec}: {n}x{n} runs over {days:g} days: "
+                  + ", ".join(f"{k} {v}" for k, v in counts.items() if v), highlight=False)
+    save_figure(plot_phase_map(ds), out)
+    console.print(f"wrote {out}")
+    if data is not None:
+        save_result(ds.drop_vars("phase").assign(phase=ds["phase"].astype(str)), data)
+        console.print(f"wrote {data}")
+
+
 def main() -> None:  # pragma: no cover - console entry point
     app()
