@@ -42,6 +42,9 @@ class SymbolicModel:
     outputs: named derived quantities (expressions, then observables) of t, states, parameters.
     units: unit string of every state, parameter and output.
     dose_targets: drug name -> DoseTarget.
+    log_states: states integrated as u = ln(state). For these, the state's symbol stands for u
+        in `rhs`, `jacobian`, `initial` and `outputs` (kernel coordinates); flow rates and
+        stoichiometry stay in natural units.
     """
 
     name: str
@@ -57,6 +60,7 @@ class SymbolicModel:
     dose_targets: Mapping[str, DoseTarget] = field(default_factory=dict)
     time_unit: str = "day"
     source_text: str = ""
+    log_states: frozenset[str] = frozenset()
 
     # ---- symbols -------------------------------------------------------------------------
     @cached_property
@@ -85,7 +89,21 @@ class SymbolicModel:
         """dx/dt = S v, one expression per state."""
         if not self.flow_rates:
             return tuple(sp.Integer(0) for _ in self.states)
-        return tuple(self.stoichiometry * sp.Matrix(self.flow_rates))
+        natural = tuple(self.stoichiometry * sp.Matrix(self.flow_rates))
+        if not self.log_states:
+            return natural
+        to_kernel = self.natural_to_kernel
+        return tuple(to_kernel(e) * (sp.exp(-x) if name in self.log_states else 1)
+                     for name, x, e in zip(self.states, self.state_symbols, natural))
+
+    def natural_to_kernel(self, expr: sp.Expr) -> sp.Expr:
+        """Rewrite an expression of natural states in kernel coordinates (X -> exp(u) for log states)."""
+        return sp.sympify(expr).xreplace({x: sp.exp(x) for name, x in zip(self.states, self.state_symbols)
+                                          if name in self.log_states})
+
+    @property
+    def log_state_indices(self) -> list[int]:
+        return [i for i, name in enumerate(self.states) if name in self.log_states]
 
     @cached_property
     def jacobian(self) -> sp.Matrix:
@@ -113,6 +131,7 @@ class SymbolicModel:
                   *(d.factor for d in self.dose_targets.values())):
             h.update(sp.srepr(e).encode())
         h.update(repr(sorted(self.outputs)).encode())
+        h.update(repr(sorted(self.log_states)).encode())
         h.update(repr(sorted((d.drug, d.state) for d in self.dose_targets.values())).encode())
         return h.hexdigest()[:16]
 
@@ -201,17 +220,22 @@ def build_symbolic(spec) -> SymbolicModel:
         for side, sign in (("from", -1), ("to", 1)):
             for state, coef in parsed["flows"][name][side].items():
                 S[states.index(state), j] += sign * coef.expr
-    outputs = {n: expand(p.expr) for n, p in parsed["expressions"].items()}
-    outputs.update({n: expand(p.expr) for n, p in parsed["observables"].items()})
+    log_states = frozenset(n for n, s in spec.states.items() if s.scale == "log")
+    log_symbols = {sp.Symbol(n, real=True): sp.exp(sp.Symbol(n, real=True)) for n in log_states}
+    kernel = lambda e: expand(e).xreplace(log_symbols)  # noqa: E731  (natural -> kernel coordinates)
+    outputs = {n: kernel(p.expr) for n, p in parsed["expressions"].items()}
+    outputs.update({n: kernel(p.expr) for n, p in parsed["observables"].items()})
+    initial = tuple(sp.log(parsed["initial"][s].expr) if s in log_states else parsed["initial"][s].expr
+                    for s in states)
     units = {**{n: s.unit for n, s in spec.states.items()}, **{n: p.unit for n, p in spec.parameters.items()},
              **{n: str(parsed["symbols"].get(n) or "dimensionless") for n in parsed["expressions"]},
              **{n: o.unit for n, o in spec.observables.items()}}
     return SymbolicModel(
         name=spec.name, states=states, parameters=parameters,
         param_values=tuple(p.value for p in spec.parameters.values()),
-        initial=tuple(parsed["initial"][s].expr for s in states),
+        initial=initial,
         flows=flows, flow_rates=tuple(expand(parsed["flows"][f]["rate"].expr) for f in flows),
         stoichiometry=S, outputs=outputs, units=units,
         dose_targets={d: DoseTarget(d, spec.doses[d].target, parsed["doses"][d].expr, spec.doses[d].amount_unit)
                       for d in spec.doses},
-        time_unit=spec.time_unit, source_text=spec.source_text)
+        time_unit=spec.time_unit, source_text=spec.source_text, log_states=log_states)

@@ -142,11 +142,13 @@ _T_R = np.array([
 # allocates nothing inside the step loop.
 @njit(cache=True, error_model="numpy")
 def _lu_factor(a, piv):
-    """In-place LU with partial pivoting of a (n, n); row swaps in piv (n,). False if singular.
+    """In-place LU with partial pivoting of a (n, n): L U = a[piv] on return. False if singular.
 
     The diagonal holds the reciprocals of U's pivots, so solves multiply instead of divide.
     """
     n = a.shape[0]
+    for k in range(n):
+        piv[k] = k
     for k in range(n):
         p = k
         amax = abs(a[k, k])
@@ -154,26 +156,25 @@ def _lu_factor(a, piv):
             if abs(a[i, k]) > amax:
                 amax = abs(a[i, k])
                 p = i
-        piv[k] = p
         if amax == 0.0:
             return False
         if p != k:
             for j in range(n):
                 a[k, j], a[p, j] = a[p, j], a[k, j]
+            piv[k], piv[p] = piv[p], piv[k]
         inv = 1.0 / a[k, k]
         for i in range(k + 1, n):
             lik = a[i, k] * inv
             a[i, k] = lik
-            if lik != 0.0:
-                for j in range(k + 1, n):
-                    a[i, j] -= lik * a[k, j]
+            for j in range(k + 1, n):
+                a[i, j] -= lik * a[k, j]
         a[k, k] = inv
     return True
 
 
 @njit(cache=True, error_model="numpy")
-def _lu_solve_row(lu, piv, b, r):
-    """Solve (LU) x = b[r] in place for row r of b (m, n), given `_lu_factor`'s output.
+def _lu_solve_perm(lu, piv, b, x, r):
+    """x[r] = solution of (L U) x = b[piv] for row r of x (m, n), given `_lu_factor`'s output.
 
     Column-oriented substitution: the updates of one column are independent, so the CPU overlaps
     them instead of waiting on one long chain of multiply-adds. Rows are addressed by index,
@@ -181,19 +182,17 @@ def _lu_solve_row(lu, piv, b, r):
     arithmetic of a 10-state solve.
     """
     n = lu.shape[0]
-    for k in range(n):
-        p = piv[k]
-        if p != k:
-            b[r, k], b[r, p] = b[r, p], b[r, k]
+    for i in range(n):
+        x[r, i] = b[piv[i]]
     for j in range(n):
-        bj = b[r, j]
+        xj = x[r, j]
         for i in range(j + 1, n):
-            b[r, i] -= lu[i, j] * bj
+            x[r, i] -= lu[i, j] * xj
     for j in range(n - 1, -1, -1):
-        bj = b[r, j] * lu[j, j]
-        b[r, j] = bj
+        xj = x[r, j] * lu[j, j]
+        x[r, j] = xj
         for i in range(j):
-            b[r, i] -= lu[i, j] * bj
+            x[r, i] -= lu[i, j] * xj
 
 
 # ---- helpers ----------------------------------------------------------------------------------
@@ -270,22 +269,30 @@ def _rodas_step(rhs, t, h, y, p, u_in, f0, jmat, dtg, w, piv, k, ytmp, ftmp, y_n
             for i in range(n):
                 ftmp[i] = f0[i]
         else:
+            if s < 6:
+                for i in range(n):
+                    ytmp[i] = y[i]
+                for j in range(s):
+                    a = _R_A[s, j]
+                    for i in range(n):
+                        ytmp[i] += a * k[j, i]
+            else:               # A[6] = A[5] + e_5, A[7] = A[6] + e_6
+                for i in range(n):
+                    ytmp[i] += k[s - 1, i]
+            rhs(t + _R_c[s] * h, ytmp, p, ftmp)
             for i in range(n):
-                ytmp[i] = y[i]
-            for j in range(s):
-                _axpy_row(_R_A[s, j], k, j, ytmp)
-            _eval_f(rhs, t + _R_c[s] * h, ytmp, p, u_in, ftmp)
+                ftmp[i] += u_in[i]
         hd = h * _R_d[s]
-        for i in range(n):
-            acc = ftmp[i] + hd * dtg[i]
-            for j in range(s):
-                acc += _R_C[s, j] * inv_h * k[j, i]
-            k[s, i] = acc
-        _lu_solve_row(w, piv, k, s)
-    for i in range(n):
-        y_new[i] = y[i]
-    for j in range(8):
-        _axpy_row(_R_B[j], k, j, y_new)
+        if hd != 0.0:
+            for i in range(n):
+                ftmp[i] += hd * dtg[i]
+        for j in range(s):
+            c = _R_C[s, j] * inv_h
+            for i in range(n):
+                ftmp[i] += c * k[j, i]
+        _lu_solve_perm(w, piv, ftmp, k, s)
+    for i in range(n):          # stiffly accurate: B = A[7] + e_7
+        y_new[i] = ytmp[i] + k[7, i]
     return True
 
 

@@ -81,7 +81,11 @@ def initial_matrix(model: CompiledModel, P: np.ndarray,
             hint = suggest(str(name), model.states)
             raise SimulationError(f"'{name}' is not a state of model '{model.name}'"
                                   + (f" ({hint})" if hint else f"; states: {', '.join(model.states)}"))
-        Y0[:, model.states.index(name)] = np.broadcast_to(np.asarray(initial[name], dtype=float), (len(Y0),))
+        value = np.broadcast_to(np.asarray(initial[name], dtype=float), (len(Y0),))
+        if name in model.symbolic.log_states:
+            with np.errstate(divide="ignore", invalid="ignore"):
+                value = np.log(value)  # the kernel integrates ln(state); <= 0 fails the run (status 2)
+        Y0[:, model.states.index(name)] = value
     return Y0
 
 
@@ -139,7 +143,10 @@ def run_arrays(model: CompiledModel, Y0: np.ndarray, P: np.ndarray, t0: float, t
         Y0, P, float(t0), times, ev.time, ev.state, ev.kind, ev.value, settings.rtol, settings.atol,
         method=settings.method, max_steps=settings.max_steps)
     outputs = np.asarray(kernels.outputs(times, Y, P)) if kernels.output_names else np.zeros(Y.shape[:2] + (0,))
-    return {"Y": np.asarray(Y), "outputs": outputs, "status": np.asarray(status, dtype=np.int64),
+    Y = np.array(Y)
+    for i in model.symbolic.log_state_indices:  # kernel coordinates ln(state) -> the state
+        Y[..., i] = np.exp(Y[..., i])
+    return {"Y": Y, "outputs": outputs, "status": np.asarray(status, dtype=np.int64),
             "n_steps": np.asarray(n_steps, dtype=np.int64), "n_rejected": np.asarray(n_rejected, dtype=np.int64)}
 
 
@@ -148,14 +155,19 @@ def preequilibrate(model: CompiledModel, Y0: np.ndarray, P: np.ndarray, settings
     """Run each trajectory untreated to steady state (no doses, up to `horizon` days).
 
     Steady means y(horizon) and y(horizon/2) agree within steady_rtol*|y| + atol; the others get
-    status 4 and keep NaN states. Returns (steady states (n, n_state), status (n,)).
+    status 4 and keep NaN states. Returns (steady states in kernel coordinates (n, n_state),
+    status (n,)).
     """
     times = np.array([horizon / 2, horizon])
     got = run_arrays(model, Y0, P, 0.0, times, [Regimen.none()] * len(Y0), settings)
     half, end = got["Y"][:, 0], got["Y"][:, 1]
     steady = np.all(np.abs(end - half) <= steady_rtol * np.abs(end) + settings.atol, axis=1)
     status = np.where(got["status"] != 0, got["status"], np.where(steady, 0, STEADY_STATE_FAILED))
-    return np.where(status[:, None] == 0, end, np.nan), status
+    start = np.where(status[:, None] == 0, end, np.nan)
+    for i in model.symbolic.log_state_indices:  # back to kernel coordinates, ln(state)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            start[:, i] = np.log(start[:, i])
+    return start, status
 
 
 def simulate_arrays(model, P, Y0, t0, times, regimens, settings, steady_state: bool) -> dict[str, np.ndarray]:

@@ -155,7 +155,8 @@ class _Reader:
                 body, loc, item = got
                 out[str(name)] = StateSpec(str(name), self.text(body, "unit", loc, item, "dimensionless"),
                                            self.text(body, "initial", loc, item),
-                                           str(body.get("description", "")), loc)
+                                           str(body.get("description", "")), loc,
+                                           str(body.get("scale", "linear")))
         return out
 
     def parameters(self, doc) -> dict[str, ParameterSpec]:

@@ -9,7 +9,8 @@ from typing import Any, Mapping
 TOP_LEVEL_KEYS = ("name", "kind", "description", "time_unit", "references", "uses", "requires",
                   "provides", "overrides", "states", "parameters", "expressions", "flows",
                   "observables", "doses", "regimens", "default_regimen")
-STATE_KEYS = ("unit", "initial", "description")
+STATE_KEYS = ("unit", "initial", "scale", "description")
+SCALES = ("linear", "log")
 PARAMETER_KEYS = ("value", "unit", "bounds", "prior", "source", "description")
 EXPRESSION_KEYS = ("value", "unit", "description")
 FLOW_KEYS = ("from", "to", "rate", "description")
@@ -45,11 +46,15 @@ class Location:
 
 @dataclass(frozen=True)
 class StateSpec:
+    """A state; scale 'log' integrates ln(state) (for quantities that fall many decades, e.g. a
+    tumour cleared far below one cell), while results still report the state itself."""
+
     name: str
     unit: str
     initial: str | float
     description: str = ""
     loc: Location = Location("<memory>")
+    scale: str = "linear"
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ import pint
 
 from ..errors import Issue
 from .expressions import ANY, ExpressionError, Parsed, check_name, concrete, parse_expression, suggest
-from .schema import PRIORS, Location, ModelSpec, ParameterSpec
+from .schema import PRIORS, SCALES, Location, ModelSpec, ParameterSpec
 from .units import format_unit, parse_unit, registry, same_unit
 
 
@@ -68,6 +68,8 @@ def validate(raw: dict[str, Any], path: str) -> tuple[ModelSpec, list[Issue]]:
     symbols: dict[str, pint.Unit | None] = dict.fromkeys(unbound)  # unknown unit: no cascading issues
     for name, s in states.items():
         symbols[name] = c.unit(s.unit, s.loc, f"state '{name}'")
+        if s.scale not in SCALES:
+            c.issue(s.loc, f"state '{name}'", f"unknown scale '{s.scale}'", "allowed: " + ", ".join(SCALES))
     for name, p in params.items():
         symbols[name] = c.unit(p.unit, p.loc, f"parameter '{name}'")
         _check_parameter(c, p)
@@ -259,6 +261,10 @@ def _check_dose(c: _Checker, d, param_units, symbols, states) -> Parsed | None:
     if d.target not in states:
         c.issue(d.loc, item, f"target '{d.target}' is not a state",
                 suggest(str(d.target), states) or "states: " + ", ".join(states))
+        return None
+    if states[d.target].scale == "log":
+        c.issue(d.loc, item, f"target '{d.target}' is integrated on a log scale, where a dose is no jump",
+                "dose into a linear-scale state")
         return None
     got = c.parse(d.conversion, param_units, d.loc, item, "conversion ")
     amount = c.unit(d.amount_unit, d.loc, item)
