@@ -152,8 +152,9 @@ def test_van_der_pol_mu_1000_matches_radau():
 
 
 # ---- order of accuracy -----------------------------------------------------------------------
+# Not cached on disk: it inlines solver functions, and numba's cache cannot see their edits.
 @njit(float64[:, ::1](ns.RHS_TYPE, ns.JAC_TYPE, ns.TGRAD_TYPE, int64, float64[::1],
-                      float64[::1], float64, int64, float64), cache=True)
+                      float64[::1], float64, int64, float64))
 def _fixed_steps(rhs, jac, tgrad, method, y0, p, t_end, n_steps, theta):
     """Fixed-step run of one method; rows: y(t_end), dense output at theta in the last step."""
     n = y0.size

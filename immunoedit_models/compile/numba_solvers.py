@@ -39,6 +39,10 @@ RHS_TYPE = types.FunctionType(RHS_SIG)
 JAC_TYPE = types.FunctionType(JAC_SIG)
 TGRAD_TYPE = types.FunctionType(TGRAD_SIG)
 
+# Only contraction of a * b + c into one fused multiply-add: no flag that assumes finite values
+# (status detection relies on NaN/inf propagating) and no reassociation.
+_FASTMATH = {"contract"}
+
 RODAS5P = 0
 TSIT5 = 1
 METHODS = {"rodas5p": RODAS5P, "tsit5": TSIT5}
@@ -59,8 +63,12 @@ _SAFETY = 0.9
 _QMIN = 0.2                      # largest shrink factor 1/5
 _QMAX = np.array([6.0, 10.0])    # largest growth factor per method (Rodas5P, Tsit5)
 _ORDER = 5.0                     # both embedded estimates are of order 4: exponent 1/5
-_BETA1 = 0.7 / _ORDER            # PI controller (Gustafsson; Hairer & Wanner II, IV.2)
-_BETA2 = 0.4 / _ORDER
+# Step-size factor fac = SAFETY err^-BETA1 err_old^BETA2 per method (Rodas5P, Tsit5): the
+# elementary controller for Rodas5P (the PI memory only slows its growth between doses: ~10%
+# more steps), the PI controller of Hairer, Norsett & Wanner I, II.4 for Tsit5 (an explicit
+# method near its stability limit oscillates without it: ~10x more rejections).
+_BETA2 = np.array([0.0, 0.04])
+_BETA1 = 1.0 / _ORDER - 0.75 * _BETA2
 _ERR_FLOOR = 1e-4                # lower bound of the remembered error (PI memory)
 _HMIN_REL = 1e-14                # step underflow: h < 1e-14 * max(1, |t|)
 
@@ -137,18 +145,36 @@ _T_R = np.array([
 
 
 # ---- small dense linear algebra -------------------------------------------------------------
-# W = I/(h gamma) - J is refactored after every step-size change. Models have ~10 states, so a
-# hand-written in-place LU is faster than calling LAPACK (call overhead, workspace queries) and
-# allocates nothing inside the step loop.
+# W = I/(h gamma) - J is inverted after every step-size change. Models have ~10 states, so a
+# hand-written in-place inversion is faster than calling LAPACK (call overhead, workspace
+# queries) and allocates nothing inside the step loop. An explicit inverse rather than LU
+# solves: the 8 stage solves of a step are sequential and a triangular solve is a chain of
+# dependent loads and stores, whereas W^-1 b is independent dot products; the Gauss-Jordan
+# elimination itself is unit-stride row operations that pipeline well.
 @njit(cache=True, error_model="numpy")
-def _lu_factor(a, piv):
-    """In-place LU with partial pivoting of a (n, n): L U = a[piv] on return. False if singular.
+def _zero_non_finite(jmat, dtg):
+    """Replace infinite or NaN partial derivatives by 0 in the step's linear algebra.
 
-    The diagonal holds the reciprocals of U's pivots, so solves multiply instead of divide.
+    Terms such as (L/T)^lambda with lambda < 1 have an infinite derivative at L = 0 while f itself
+    is finite; Rosenbrock stages then use an approximate Jacobian there, and the embedded error
+    estimate still controls the step. Non-finite f is caught separately (status 2).
+    """
+    n = dtg.size
+    for i in range(n):
+        if not np.isfinite(dtg[i]):
+            dtg[i] = 0.0
+        for j in range(n):
+            if not np.isfinite(jmat[i, j]):
+                jmat[i, j] = 0.0
+
+
+@njit(cache=True, error_model="numpy", fastmath=_FASTMATH, inline="always")
+def _invert(a, piv):
+    """In-place inverse of a (n, n) by Gauss-Jordan elimination with partial pivoting.
+
+    piv (n,) receives the row swaps. Returns False (a destroyed) if a is singular.
     """
     n = a.shape[0]
-    for k in range(n):
-        piv[k] = k
     for k in range(n):
         p = k
         amax = abs(a[k, k])
@@ -156,47 +182,48 @@ def _lu_factor(a, piv):
             if abs(a[i, k]) > amax:
                 amax = abs(a[i, k])
                 p = i
+        piv[k] = p
         if amax == 0.0:
             return False
         if p != k:
             for j in range(n):
                 a[k, j], a[p, j] = a[p, j], a[k, j]
-            piv[k], piv[p] = piv[p], piv[k]
         inv = 1.0 / a[k, k]
-        for i in range(k + 1, n):
-            lik = a[i, k] * inv
-            a[i, k] = lik
-            for j in range(k + 1, n):
-                a[i, j] -= lik * a[k, j]
-        a[k, k] = inv
+        a[k, k] = 1.0
+        for j in range(n):
+            a[k, j] *= inv
+        for i in range(n):
+            if i != k:
+                f = a[i, k]
+                if f != 0.0:    # Jacobians of reaction networks are sparse
+                    a[i, k] = 0.0
+                    for j in range(n):
+                        a[i, j] -= f * a[k, j]
+    for k in range(n - 1, -1, -1):      # row swaps of a are column swaps of its inverse
+        p = piv[k]
+        if p != k:
+            for i in range(n):
+                a[i, k], a[i, p] = a[i, p], a[i, k]
     return True
 
 
-@njit(cache=True, error_model="numpy")
-def _lu_solve_perm(lu, piv, b, x, r):
-    """x[r] = solution of (L U) x = b[piv] for row r of x (m, n), given `_lu_factor`'s output.
+@njit(cache=True, error_model="numpy", fastmath={"contract", "reassoc"})
+def _matvec_row(a, b, out, r):
+    """out[r] = a @ b for a (n, n), b (n,), into row r of out (m, n) by index.
 
-    Column-oriented substitution: the updates of one column are independent, so the CPU overlaps
-    them instead of waiting on one long chain of multiply-adds. Rows are addressed by index,
-    never sliced: in the step loop a slice costs reference-count updates that outweigh the
-    arithmetic of a 10-state solve.
+    Reassociation (only here) lets each dot product be summed in SIMD lanes; it does not
+    assume finite values, so NaN/inf still propagate to the status checks.
     """
-    n = lu.shape[0]
+    n = b.size
     for i in range(n):
-        x[r, i] = b[piv[i]]
-    for j in range(n):
-        xj = x[r, j]
-        for i in range(j + 1, n):
-            x[r, i] -= lu[i, j] * xj
-    for j in range(n - 1, -1, -1):
-        xj = x[r, j] * lu[j, j]
-        x[r, j] = xj
-        for i in range(j):
-            x[r, i] -= lu[i, j] * xj
+        acc = 0.0
+        for j in range(n):
+            acc += a[i, j] * b[j]
+        out[r, i] = acc
 
 
 # ---- helpers ----------------------------------------------------------------------------------
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", fastmath=_FASTMATH)
 def _eval_f(rhs, t, y, p, u_in, out):
     """out = rhs(t, y, p) + u_in (the current infusion rates)."""
     rhs(t, y, p, out)
@@ -204,14 +231,14 @@ def _eval_f(rhs, t, y, p, u_in, out):
         out[i] += u_in[i]
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", fastmath=_FASTMATH)
 def _axpy_row(a, x, r, y):
-    """y += a * x[r] for row r of x (m, n) (by index: see `_lu_solve_row`)."""
+    """y += a * x[r] for row r of x (m, n) (by index: a row slice costs reference-count updates)."""
     for i in range(y.size):
         y[i] += a * x[r, i]
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", fastmath=_FASTMATH)
 def _all_finite(v):
     """True if no entry of v is NaN or infinite."""
     for i in range(v.size):
@@ -220,7 +247,7 @@ def _all_finite(v):
     return True
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", fastmath=_FASTMATH)
 def _rms_norm(e, y_old, y_new, rtol, atol):
     """Hairer's RMS norm of e with scale atol + rtol * max(|y_old|, |y_new|)."""
     acc = 0.0
@@ -230,7 +257,7 @@ def _rms_norm(e, y_old, y_new, rtol, atol):
     return np.sqrt(acc / e.size)
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", fastmath=_FASTMATH)
 def _initial_step(rhs, t, y, p, u_in, f0, rtol, atol, y1, f1):
     """Hairer's starting step (Hairer, Norsett & Wanner I, II.4) for order-5 methods [time]."""
     d0 = _rms_norm(y, y, y, rtol, atol)
@@ -248,12 +275,12 @@ def _initial_step(rhs, t, y, p, u_in, f0, rtol, atol, y1, f1):
 
 
 # ---- one step of each method ----------------------------------------------------------------
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", fastmath=_FASTMATH, inline="always")
 def _rodas_step(rhs, t, h, y, p, u_in, f0, jmat, dtg, w, piv, k, ytmp, ftmp, y_new):
     """Rodas5P step of size h from (t, y): stages into k (8, n), solution into y_new.
 
     f0, jmat, dtg: f, Jacobian and df/dt at (t, y). k[7] is the local error estimate.
-    Returns False (nothing computed) when W is singular.
+    w (n, n) receives W^-1. Returns False (nothing computed) when W is singular.
     """
     n = y.size
     inv_hg = 1.0 / (h * _R_GAMMA)
@@ -261,42 +288,45 @@ def _rodas_step(rhs, t, h, y, p, u_in, f0, jmat, dtg, w, piv, k, ytmp, ftmp, y_n
         for j in range(n):
             w[i, j] = -jmat[i, j]
         w[i, i] += inv_hg
-    if not _lu_factor(w, piv):
+    if not _invert(w, piv):
         return False
     inv_h = 1.0 / h
-    for s in range(8):
-        if s == 0:
-            for i in range(n):
-                ftmp[i] = f0[i]
-        else:
-            if s < 6:
-                for i in range(n):
-                    ytmp[i] = y[i]
-                for j in range(s):
-                    a = _R_A[s, j]
-                    for i in range(n):
-                        ytmp[i] += a * k[j, i]
-            else:               # A[6] = A[5] + e_5, A[7] = A[6] + e_6
-                for i in range(n):
-                    ytmp[i] += k[s - 1, i]
-            rhs(t + _R_c[s] * h, ytmp, p, ftmp)
-            for i in range(n):
-                ftmp[i] += u_in[i]
+    for i in range(n):
+        ftmp[i] = f0[i] + h * _R_d[0] * dtg[i]
+    _matvec_row(w, ftmp, k, 0)
+    # Stage s: ytmp = y + sum_j A[s, j] k_j and (in y_new, free until the end) the linear part
+    # u_in + h d_s df/dt + sum_j (C[s, j] / h) k_j, both in one pass over the earlier stages.
+    for s in range(1, 8):
         hd = h * _R_d[s]
-        if hd != 0.0:
+        for i in range(n):
+            y_new[i] = u_in[i] + hd * dtg[i]
+        if s < 6:
             for i in range(n):
-                ftmp[i] += hd * dtg[i]
-        for j in range(s):
-            c = _R_C[s, j] * inv_h
+                ytmp[i] = y[i]
+            for j in range(s):
+                a = _R_A[s, j]
+                c = _R_C[s, j] * inv_h
+                for i in range(n):
+                    kji = k[j, i]
+                    ytmp[i] += a * kji
+                    y_new[i] += c * kji
+        else:                   # A[6] = A[5] + e_5, A[7] = A[6] + e_6
             for i in range(n):
-                ftmp[i] += c * k[j, i]
-        _lu_solve_perm(w, piv, ftmp, k, s)
+                ytmp[i] += k[s - 1, i]
+            for j in range(s):
+                c = _R_C[s, j] * inv_h
+                for i in range(n):
+                    y_new[i] += c * k[j, i]
+        rhs(t + _R_c[s] * h, ytmp, p, ftmp)
+        for i in range(n):
+            ftmp[i] += y_new[i]
+        _matvec_row(w, ftmp, k, s)     # k_s = W^-1 ftmp
     for i in range(n):          # stiffly accurate: B = A[7] + e_7
         y_new[i] = ytmp[i] + k[7, i]
     return True
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", fastmath=_FASTMATH, inline="always")
 def _rodas_dense_coeffs(k, q):
     """Rodas5P interpolation vectors q (3, n) = H @ k of an accepted step."""
     for m in range(3):
@@ -307,7 +337,7 @@ def _rodas_dense_coeffs(k, q):
             q[m, i] = acc
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", fastmath=_FASTMATH)
 def _rodas_dense(theta, y, y_new, q, out):
     """Rodas5P 4th-order interpolant at t + theta h from `_rodas_dense_coeffs`' q."""
     s = 1.0 - theta
@@ -315,7 +345,26 @@ def _rodas_dense(theta, y, y_new, q, out):
         out[i] = s * y[i] + theta * (y_new[i] + s * (q[0, i] + theta * (q[1, i] + theta * q[2, i])))
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", fastmath=_FASTMATH)
+def _rodas_dense_row(theta, y, y_new, k, out, r):
+    """`_rodas_dense` straight from the stages k into row r of out (m, n), without q.
+
+    y(t + theta h) = s y + theta y_new + sum_j w_j k_j, w_j = theta s (H0j + theta (H1j +
+    theta H2j)): 8 n multiply-adds per output instead of 24 n per step for q plus 4 n per
+    output, cheaper while outputs are sparser than steps.
+    """
+    s = 1.0 - theta
+    n = y.size
+    for i in range(n):
+        out[r, i] = s * y[i] + theta * y_new[i]
+    ts = theta * s
+    for j in range(8):
+        wj = ts * (_R_H[0, j] + theta * (_R_H[1, j] + theta * _R_H[2, j]))
+        for i in range(n):
+            out[r, i] += wj * k[j, i]
+
+
+@njit(cache=True, error_model="numpy", fastmath=_FASTMATH)
 def _tsit5_step(rhs, t, h, y, p, u_in, k, err_vec, y_new):
     """Tsit5 step of size h from (t, y); k[0] = f(t, y) on entry, k[6] = f(t + h, y_new) on exit."""
     for s in range(1, 7):
@@ -329,7 +378,7 @@ def _tsit5_step(rhs, t, h, y, p, u_in, k, err_vec, y_new):
         _axpy_row(h * _T_E[j], k, j, err_vec)
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", fastmath=_FASTMATH)
 def _tsit5_dense(theta, h, y, k, out):
     """Tsit5 continuous extension at t + theta h."""
     out[:] = y
@@ -339,7 +388,7 @@ def _tsit5_dense(theta, h, y, k, out):
 
 
 # ---- one trajectory ---------------------------------------------------------------------------
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", fastmath=_FASTMATH)
 def _apply_events(t, ie, ev_t, ev_state, ev_kind, ev_value, y, u_in):
     """Apply every event from index ie with time <= t to y / u_in; returns the next index."""
     while ie < ev_t.size and ev_t[ie] <= t:
@@ -351,7 +400,7 @@ def _apply_events(t, ie, ev_t, ev_state, ev_kind, ev_value, y, u_in):
     return ie
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", fastmath=_FASTMATH, inline="always")
 def _attempt(rodas, rhs, t, h, y, p, u_in, f0, jmat, dtg, w, piv, k, ytmp, ftmp, err_vec,
              y_new, rtol, atol):
     """One step attempt of the chosen method; returns the scaled error norm (inf: singular W)."""
@@ -363,37 +412,46 @@ def _attempt(rodas, rhs, t, h, y, p, u_in, f0, jmat, dtg, w, piv, k, ytmp, ftmp,
     return _rms_norm(err_vec, y, y_new, rtol, atol)
 
 
-@njit(cache=True, error_model="numpy")
-def _dense_outputs(rodas, t, h, t_new, io, t_out, y, y_new, k, q, y_out):
+@njit(cache=True, error_model="numpy", fastmath=_FASTMATH, inline="always")
+def _dense_outputs(rodas, t, h, t_new, io, t_out, y, y_new, k, y_out):
     """Write outputs with t_out in [t, t_new) by dense output of the accepted step; next index."""
-    if rodas and io < t_out.size and t_out[io] < t_new:
-        _rodas_dense_coeffs(k, q)
     while io < t_out.size and t_out[io] < t_new:
         theta = (t_out[io] - t) / h
         if rodas:
-            _rodas_dense(theta, y, y_new, q, y_out[io])
+            _rodas_dense_row(theta, y, y_new, k, y_out, io)
         else:
             _tsit5_dense(theta, h, y, k, y_out[io])
         io += 1
     return io
 
 
-@njit(cache=True, error_model="numpy")
-def _accept_factor(err, err_old, last_rejected, qmax):
+@njit(cache=True, error_model="numpy", fastmath=_FASTMATH)
+def _accept_factor(err, err_old, last_rejected, qmax, beta1, beta2):
     """PI step-size factor after an accepted step (no growth right after a rejection)."""
-    fac = _SAFETY * max(err, 1e-10) ** (-_BETA1) * err_old ** _BETA2
+    fac = _SAFETY * max(err, 1e-10) ** (-beta1) * err_old ** beta2
     return min(1.0 if last_rejected else qmax, max(_QMIN, fac))
 
 
-@njit(cache=True, error_model="numpy")
-def _reject_factor(err):
-    """Step-size factor after a rejected step (largest shrink if err is not finite)."""
+@njit(cache=True, error_model="numpy", fastmath=_FASTMATH)
+def _reject_factor(err, last_rejected, err_prev, h_prev, h):
+    """Step-size factor after a rejected step (largest shrink if err is not finite).
+
+    After two rejections in a row (err_prev at h_prev, then err at h) the error is assumed to
+    scale as h^q with the observed q (between 1 and the order): right after a dose the step is
+    far from the asymptotic regime and the error falls much more slowly than h^5, so shrinking
+    by the asymptotic rule alone takes ~5 rejections. Smaller steps bring the error closer to
+    h^5 behaviour, so the observed q is a conservative guess.
+    """
     if not np.isfinite(err):
         return _QMIN
-    return max(_QMIN, _SAFETY * err ** (-1.0 / _ORDER))
+    expo = 1.0 / _ORDER
+    if last_rejected and np.isfinite(err_prev) and err_prev > err and h_prev > h:
+        q = np.log(err_prev / err) / np.log(h_prev / h)
+        expo = 1.0 / min(_ORDER, max(1.0, q))
+    return max(_QMIN, _SAFETY * err ** (-expo))
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", fastmath=_FASTMATH)
 def _integrate(rhs, jac, tgrad, y0, p, t0, t_out, ev_t, ev_state, ev_kind, ev_value,
                rtol, atol, method, max_steps, h0, y_out):
     """Integrate one trajectory, writing y_out (n_out, n); returns (status, n_accepted, n_rejected).
@@ -418,12 +476,14 @@ def _integrate(rhs, jac, tgrad, y0, p, t0, t_out, ev_t, ev_state, ev_kind, ev_va
     w = np.empty((n, n))
     piv = np.empty(n, dtype=np.int64)
     k = np.empty((8, n))
-    q = np.empty((3, n))
     rodas = method == RODAS5P
     qmax = _QMAX[method]
+    beta1 = _BETA1[method]
+    beta2 = _BETA2[method]
 
     t = t0
     h_carry = 0.0
+    h_restart = 0.0         # first accepted step after the last event (0: none yet)
     status = STATUS_OK
     n_acc = 0
     n_rej = 0
@@ -445,17 +505,22 @@ def _integrate(rhs, jac, tgrad, y0, p, t0, t_out, ev_t, ev_state, ev_kind, ev_va
 
         # restart at (t, y): fresh f and controller memory. The step size carries over from the
         # last segment (a dose changes few states; re-estimating from scratch costs ~15 steps
-        # per dose); the first segment uses h0 or Hairer's starting-step heuristic.
+        # per dose), capped by the first accepted step after the previous event: repeated doses
+        # cause the same transient, and starting with the long step of a smooth stretch costs
+        # ~3 rejections per dose. The first segment uses h0 or Hairer's starting-step heuristic.
         _eval_f(rhs, t, y, p, u_in, f0)
         k[0, :] = f0
         if h_carry > 0.0:
-            h = h_carry
+            h = min(h_carry, h_restart) if h_restart > 0.0 else h_carry
         else:
             h = _initial_step(rhs, t, y, p, u_in, f0, rtol, atol, ytmp, ftmp) if h0 <= 0.0 else h0
         err_old = 1.0
         last_rejected = False
+        err_rej = np.inf        # error and size of the last rejected step
+        h_rej = 0.0
         new_point = True
         f_valid = True
+        first = h_carry > 0.0   # the first accepted step after an event is yet to come
         while t < t_end:
             if new_point:
                 if not f_valid:     # Rodas5P only: Tsit5 has f(t, y) in k[0] (FSAL)
@@ -466,6 +531,7 @@ def _integrate(rhs, jac, tgrad, y0, p, t0, t_out, ev_t, ev_state, ev_kind, ev_va
                 if rodas:
                     jac(t, y, p, jmat)
                     tgrad(t, y, p, dtg)
+                    _zero_non_finite(jmat, dtg)
                 new_point = False
             if n_acc + n_rej >= max_steps:
                 status = STATUS_MAX_STEPS
@@ -476,7 +542,7 @@ def _integrate(rhs, jac, tgrad, y0, p, t0, t_out, ev_t, ev_state, ev_kind, ev_va
                            ftmp, err_vec, y_new, rtol, atol)
             if err <= 1.0:
                 t_new = t_end if last else t + h_step
-                io = _dense_outputs(rodas, t, h_step, t_new, io, t_out, y, y_new, k, q, y_out)
+                io = _dense_outputs(rodas, t, h_step, t_new, io, t_out, y, y_new, k, y_out)
                 y[:] = y_new
                 t = t_new
                 n_acc += 1
@@ -487,13 +553,19 @@ def _integrate(rhs, jac, tgrad, y0, p, t0, t_out, ev_t, ev_state, ev_kind, ev_va
                     k[0, :] = k[6]      # FSAL
                 new_point = True
                 f_valid = not rodas
-                h_next = h_step * _accept_factor(err, err_old, last_rejected, qmax)
+                h_next = h_step * _accept_factor(err, err_old, last_rejected, qmax, beta1,
+                                                  beta2)
                 h = max(h, h_next) if last else h_next   # a cut-short step keeps h
                 err_old = max(err, _ERR_FLOOR)
                 last_rejected = False
+                if first and not last:  # the step it could have been (elementary controller)
+                    h_restart = h_step * min(qmax, _SAFETY * max(err, 1e-10) ** (-1.0 / _ORDER))
+                first = False
             else:
                 n_rej += 1
-                h = h_step * _reject_factor(err)
+                h = h_step * _reject_factor(err, last_rejected, err_rej, h_rej, h_step)
+                err_rej = err
+                h_rej = h_step
                 last_rejected = True
                 if h < _HMIN_REL * max(1.0, abs(t)):
                     status = STATUS_STEP_UNDERFLOW
@@ -515,7 +587,7 @@ _SOLVE_SINGLE_SIG = types.Tuple((float64[:, ::1], int64, int64, int64))(
     float64[::1], int64[::1], int64[::1], float64[::1], float64, float64, int64, int64, float64)
 
 
-@njit(_SOLVE_BATCH_SIG, cache=True, parallel=True, error_model="numpy")
+@njit(_SOLVE_BATCH_SIG, cache=True, parallel=True, error_model="numpy", fastmath=_FASTMATH)
 def solve_batch(rhs, jac, tgrad, y0, p, t0, t_out, ev_t, ev_state, ev_kind, ev_value,
                 rtol, atol, method, max_steps, h0):
     """Integrate B trajectories in parallel, each with its own adaptive step.
@@ -536,7 +608,7 @@ def solve_batch(rhs, jac, tgrad, y0, p, t0, t_out, ev_t, ev_state, ev_kind, ev_v
     return y_all, status, n_acc, n_rej
 
 
-@njit(_SOLVE_SINGLE_SIG, cache=True, error_model="numpy")
+@njit(_SOLVE_SINGLE_SIG, cache=True, error_model="numpy", fastmath=_FASTMATH)
 def solve_single(rhs, jac, tgrad, y0, p, t0, t_out, ev_t, ev_state, ev_kind, ev_value,
                  rtol, atol, method, max_steps, h0):
     """One trajectory on the calling thread: y0 (n,), p (n_par,), ev_* (n_ev,).
