@@ -8,7 +8,7 @@ patients with their own schedules share one compiled kernel.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Iterable, Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -92,34 +92,44 @@ def event_arrays(regimens: Sequence[Regimen], dose_factors: np.ndarray, drug_nam
 
     dose_factors: (n_traj, n_drugs), the spec's conversion (e.g. 1/V1) per trajectory's parameters.
     amount_of: expression text -> its value per trajectory (n_traj,), for amounts given as text.
+    Trajectories sharing a Regimen object are filled together (vectorised over the batch).
     """
+    groups: dict[int, list[int]] = {}
+    for b, regimen in enumerate(regimens):
+        groups.setdefault(id(regimen), []).append(b)
+    built = [(np.asarray(idx), _schedule(regimens[idx[0]], np.asarray(idx), dose_factors, list(drug_names),
+                                         dose_states, amount_of)) for idx in groups.values()]
+    width = max([len(times) for _, (times, *_rest) in built] + [1])
     n_traj = len(regimens)
-    rows = [list(_events_of(regimens[b], b, dose_factors[b], drug_names, dose_states, amount_of))
-            for b in range(n_traj)]
-    width = max([len(r) for r in rows] + [1])
     out = EventArrays(np.full((n_traj, width), np.inf), np.zeros((n_traj, width), np.int64),
                       np.zeros((n_traj, width), np.int64), np.zeros((n_traj, width)))
-    for b, row in enumerate(rows):
-        row.sort(key=lambda e: e[0])
-        for k, (t, s, kind, v) in enumerate(row):
-            out.time[b, k], out.state[b, k], out.kind[b, k], out.value[b, k] = t, s, kind, v
+    for idx, (times, states, kinds, values) in built:
+        m = len(times)
+        out.time[idx, :m] = times
+        out.state[idx, :m] = states
+        out.kind[idx, :m] = kinds
+        out.value[idx, :m] = values
     return out
 
 
-def _events_of(regimen: Regimen, b: int, factors: np.ndarray, drug_names: Sequence[str],
-               dose_states: Mapping[str, int],
-               amount_of: Callable[[str], np.ndarray] | None) -> Iterable[tuple[float, int, int, float]]:
+def _schedule(regimen: Regimen, idx: np.ndarray, factors: np.ndarray, drug_names: list[str],
+              dose_states: Mapping[str, int], amount_of: Callable[[str], np.ndarray] | None):
+    """One regimen's events, time-sorted: times (m,), states (m,), kinds (m,), values (len(idx), m)."""
+    rows: list[tuple[float, int, int, np.ndarray]] = []
     for dose in regimen.doses:
         if dose.drug not in drug_names:
             known = ", ".join(drug_names) or "none"
             raise SimulationError(f"regimen '{regimen.name}' doses unknown drug '{dose.drug}' (this model's "
                                   f"drugs: {known}); declare it under 'doses:' in the spec")
+        given = amount_of(dose.amount)[idx] if isinstance(dose.amount, str) else float(dose.amount)
+        amount = given * factors[idx, drug_names.index(dose.drug)]
         state = dose_states[dose.drug]
-        given = dose.amount if not isinstance(dose.amount, str) else amount_of(dose.amount)[b]
-        amount = given * factors[list(drug_names).index(dose.drug)]
         if dose.duration > 0:
-            rate = amount / dose.duration
-            yield dose.time, state, INFUSION_RATE, rate
-            yield dose.time + dose.duration, state, INFUSION_RATE, -rate
+            rows.append((dose.time, state, INFUSION_RATE, amount / dose.duration))
+            rows.append((dose.time + dose.duration, state, INFUSION_RATE, -amount / dose.duration))
         else:
-            yield dose.time, state, BOLUS, amount
+            rows.append((dose.time, state, BOLUS, amount))
+    rows.sort(key=lambda row: row[0])
+    values = np.stack([row[3] for row in rows], axis=1) if rows else np.zeros((len(idx), 0))
+    return (np.array([row[0] for row in rows], dtype=float), np.array([row[1] for row in rows], dtype=np.int64),
+            np.array([row[2] for row in rows], dtype=np.int64), values)
