@@ -311,20 +311,27 @@ def tool_roadrunner(ctx: Context) -> list[dict]:
     n, why = ctx.batch_size("roadrunner", r["single"]["median_ms"], 1)
     k = min(ctx.args.check_draws, n)
 
-    def batch():
-        failures, head = 0, np.full((k, 366, 10), np.nan)
-        for i in range(n):
-            try:
-                y = rr_run(rr, idx, ctx.draws[i])
-                if i < k:
-                    head[i] = y
-                if not np.all(np.isfinite(y)):
-                    failures += 1
-            except Exception:  # CVODE failures raise
-                failures += 1
-        return failures, head, {}
-    finish_batch(r, ctx, timed_batch(batch, n), why)
+    finish_batch(r, ctx, timed_batch(lambda: loop_batch(lambda p: rr_run(rr, idx, p), ctx.draws, n, k), n), why)
     return [r]
+
+
+def loop_batch(run_one, draws: np.ndarray, n: int, k: int) -> tuple[int, np.ndarray, dict]:
+    """A Python loop over the first n draws of a one-trajectory tool (libRoadRunner, scipy).
+
+    run_one(p) returns states (366, 10) or None; an exception or non-finite states is a failure.
+    Returns (failures, the first k trajectories, extra info) as `timed_batch` expects.
+    """
+    failures, head = 0, np.full((k, 366, 10), np.nan)
+    for i in range(n):
+        try:
+            y = run_one(draws[i])
+        except Exception:  # e.g. CVODE failures raise
+            y = None
+        if y is None or not np.all(np.isfinite(y)):
+            failures += 1
+        elif i < k:
+            head[i] = y
+    return failures, head, {}
 
 
 # ---- immunoedit -----------------------------------------------------------------------------------
@@ -580,19 +587,7 @@ def tool_scipy(ctx: Context) -> list[dict]:
     n, why = ctx.batch_size("scipy", r["single"]["median_ms"], 1)
     k = min(ctx.args.check_draws, n)
 
-    def batch():
-        failures, head = 0, np.full((k, 366, 10), np.nan)
-        for i in range(n):
-            try:
-                y, _ = trajectory(ctx.draws[i])
-            except Exception:
-                y = None
-            if y is None or not np.all(np.isfinite(y)):
-                failures += 1
-            elif i < k:
-                head[i] = y
-        return failures, head, {}
-    finish_batch(r, ctx, timed_batch(batch, n), why)
+    finish_batch(r, ctx, timed_batch(lambda: loop_batch(lambda p: trajectory(p)[0], ctx.draws, n, k), n), why)
     return [r]
 
 
@@ -630,16 +625,7 @@ def tool_amici(ctx: Context) -> list[dict]:
     n, why = ctx.batch_size("amici", r["single"]["median_ms"], 1)
     k = min(ctx.args.check_draws, n)
 
-    def batch():
-        failures, head = 0, np.full((k, 366, 10), np.nan)
-        for i in range(n):
-            y = run(ctx.draws[i])
-            if y is None:
-                failures += 1
-            elif i < k:
-                head[i] = y
-        return failures, head, {}
-    finish_batch(r, ctx, timed_batch(batch, n), why)
+    finish_batch(r, ctx, timed_batch(lambda: loop_batch(run, ctx.draws, n, k), n), why)
     return [r]
 
 
