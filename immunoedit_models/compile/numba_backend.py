@@ -19,7 +19,7 @@ import sys
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, NamedTuple, Sequence
 
 import numba
 import numpy as np
@@ -31,10 +31,10 @@ from sympy.printing.pycode import PythonCodePrinter
 
 from ..errors import CompileError, SimulationError
 from ..symbolic import SymbolicModel, cse_blocks
-from .numba_solvers import EVENT_BOLUS, EVENT_RATE, METHODS, solve_batch, solve_single
+from .numba_solvers import (EVENT_BOLUS, EVENT_RATE, METHODS, OUTPUT_SIG, solve_batch,
+                            solve_single)
 
 PARAM_SIG = void(float64[::1], float64[::1])                         # initial, dose_factors
-OUTPUT_SIG = void(float64, float64[::1], float64[::1], float64[::1])  # outputs(t, y, p, out)
 
 
 def _package_version() -> str:
@@ -113,10 +113,14 @@ class _NumbaPrinter(PythonCodePrinter):
 
 def _kernel_source(name: str, signature: str, args: Sequence[str], targets: Sequence[str],
                    exprs: Sequence[sp.Expr], names: Mapping[sp.Symbol, str],
-                   prologue: Sequence[str] = ()) -> str:
-    """Source of one njit kernel that assigns `targets[i] = exprs[i]` after CSE."""
+                   prologue: Sequence[str] = (), decorator: str | None = None,
+                   printer_cls: type[_NumbaPrinter] = _NumbaPrinter) -> str:
+    """Source of one kernel that assigns `targets[i] = exprs[i]` after CSE.
+
+    decorator: its line (default: njit with `signature`, cached); printer_cls: the sympy printer
+    (the CUDA backend passes its own decorator and printer)."""
     replacements, reduced = cse_blocks(exprs) if exprs else ([], [])
-    printer = _NumbaPrinter({**names, **{s: s.name for s, _ in replacements}})
+    printer = printer_cls({**names, **{s: s.name for s, _ in replacements}})
     try:
         body = [*prologue,
                 *(f"{s.name} = {printer.doprint(e)}" for s, e in replacements),
@@ -124,37 +128,61 @@ def _kernel_source(name: str, signature: str, args: Sequence[str], targets: Sequ
                 "return"]
     except (sp.printing.codeprinter.PrintMethodNotImplementedError, NotImplementedError) as exc:
         raise CompileError(f"kernel {name!r}: cannot print for numba: {exc}") from exc
-    lines = [f"@njit({signature}, cache=True, error_model='numpy')",
+    lines = [decorator or f"@njit({signature}, cache=True, error_model='numpy')",
              f"def {name}({', '.join(args)}):", *(f"    {line}" for line in body)]
     return "\n".join(lines) + "\n"
 
 
-def generate_source(sym: SymbolicModel) -> str:
-    """Source of the generated kernel module for `sym` (see module docstring)."""
+class KernelDef(NamedTuple):
+    """One model kernel: `name(*args)` assigns `targets[i] = exprs[i]` after `prologue`."""
+
+    name: str
+    signature: str
+    args: tuple[str, ...]
+    targets: list[str]
+    exprs: list[sp.Expr]
+    prologue: tuple[str, ...] = ()
+
+
+def symbol_names(sym: SymbolicModel) -> dict[sp.Symbol, str]:
+    """How kernels refer to the time, states and parameters: t, y[i], p[i]."""
     names: dict[sp.Symbol, str] = {sym.time: "t"}
     names.update({s: f"y[{i}]" for i, s in enumerate(sym.state_symbols)})
     names.update({s: f"p[{i}]" for i, s in enumerate(sym.param_symbols)})
+    return names
+
+
+def kernel_definitions(sym: SymbolicModel, dense_jacobian: bool = False) -> list[KernelDef]:
+    """The model kernels of every backend: rhs, jac, tgrad, initial, outputs, dose_factors.
+
+    dense_jacobian: assign every Jacobian entry, zeros included (no slice-zeroing prologue)."""
     n = sym.n_states
     jac_entries = [(i, j, e) for i, row in enumerate(sym.jacobian.tolist())
-                   for j, e in enumerate(row) if e != 0]
+                   for j, e in enumerate(row) if dense_jacobian or e != 0]
     drugs = list(sym.dose_targets)
-    kernels = [
-        _kernel_source("rhs", "RHS_SIG", ("t", "y", "p", "dy"),
-                       [f"dy[{i}]" for i in range(n)], sym.rhs, names),
-        _kernel_source("jac", "JAC_SIG", ("t", "y", "p", "J"),
-                       [f"J[{i}, {j}]" for i, j, _ in jac_entries],
-                       [e for _, _, e in jac_entries], names, prologue=("J[:, :] = 0.0",)),
-        _kernel_source("tgrad", "TGRAD_SIG", ("t", "y", "p", "dt"),
-                       [f"dt[{i}]" for i in range(n)], sym.tgrad, names),
-        _kernel_source("initial", "PARAM_SIG", ("p", "y0"),
-                       [f"y0[{i}]" for i in range(n)], sym.initial, names),
-        _kernel_source("outputs", "OUTPUT_SIG", ("t", "y", "p", "out"),
-                       [f"out[{i}]" for i in range(len(sym.outputs))],
-                       list(sym.outputs.values()), names),
-        _kernel_source("dose_factors", "PARAM_SIG", ("p", "out"),
-                       [f"out[{i}]" for i in range(len(drugs))],
-                       [sym.dose_targets[d].factor for d in drugs], names),
+    return [
+        KernelDef("rhs", "RHS_SIG", ("t", "y", "p", "dy"), [f"dy[{i}]" for i in range(n)],
+                  list(sym.rhs)),
+        KernelDef("jac", "JAC_SIG", ("t", "y", "p", "J"),
+                  [f"J[{i}, {j}]" for i, j, _ in jac_entries], [e for _, _, e in jac_entries],
+                  () if dense_jacobian else ("J[:, :] = 0.0",)),
+        KernelDef("tgrad", "TGRAD_SIG", ("t", "y", "p", "dt"), [f"dt[{i}]" for i in range(n)],
+                  list(sym.tgrad)),
+        KernelDef("initial", "PARAM_SIG", ("p", "y0"), [f"y0[{i}]" for i in range(n)],
+                  list(sym.initial)),
+        KernelDef("outputs", "OUTPUT_SIG", ("t", "y", "p", "out"),
+                  [f"out[{i}]" for i in range(len(sym.outputs))], list(sym.outputs.values())),
+        KernelDef("dose_factors", "PARAM_SIG", ("p", "out"),
+                  [f"out[{i}]" for i in range(len(drugs))],
+                  [sym.dose_targets[d].factor for d in drugs]),
     ]
+
+
+def generate_source(sym: SymbolicModel) -> str:
+    """Source of the generated kernel module for `sym` (see module docstring)."""
+    names = symbol_names(sym)
+    kernels = [_kernel_source(k.name, k.signature, k.args, k.targets, k.exprs, names, k.prologue)
+               for k in kernel_definitions(sym)]
     header = (
         f'"""Numba kernels generated by immunoedit_models {VERSION_TAG}; do not edit."""\n'
         f"# model: {sym.name!r}, structure hash {sym.structure_hash}\n"
@@ -310,6 +338,24 @@ class NumbaKernels:
         Returns Y (B, n_out, n), status (B,), accepted steps (B,), rejected steps (B,); status
         codes are `numba_solvers.STATUS_NAMES`, failed trajectories have NaN after the failure.
         """
+        return self.solve_scanned(Y0, P, t0, t_out, ev_t, ev_state, ev_kind, ev_value, rtol, atol,
+                                  method, max_steps, h0)[:4]
+
+    def solve_scanned(self, Y0: Any, P: Any, t0: float, t_out: Any, ev_t: Any, ev_state: Any,
+                      ev_kind: Any, ev_value: Any, rtol: float, atol: float,
+                      method: str = "rodas5p", max_steps: int = 100_000, h0: float = 0.0,
+                      scan_t: Any = (), burden_index: int = 0, pd_rel: float = 0.2,
+                      pd_abs: float = 5.0, ev_guard: Any = None
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray,
+                                 np.ndarray]:
+        """`solve` with scans read and progression decided inside the kernel, per trajectory.
+
+        scan_t (n_scan,) sorted, >= t0 (may be empty); burden_index: the output the scans read;
+        pd_rel, pd_abs: the progression rule; ev_guard broadcastable to (B, n_ev): events with
+        ev_guard >= the progression time are skipped (None: every event is applied). See the
+        `numba_solvers` docstring. Returns Y, status, accepted, rejected (as `solve`), scan
+        values (B, n_scan) and progression times (B,) (+inf: no progression).
+        """
         if method not in METHODS:
             raise SimulationError(f"unknown method {method!r}; choose one of {sorted(METHODS)}")
         y0 = _rows(Y0, self.n_states, "Y0")
@@ -320,23 +366,32 @@ class NumbaKernels:
         t = _c_array(t_out)
         if t.ndim != 1 or not np.isfinite(t).all() or (np.diff(t) < 0).any() or (t < t0).any():
             raise SimulationError("t_out must be a finite, sorted 1-d array with t_out >= t0")
+        scans = _c_array(np.asarray(scan_t, dtype=np.float64).reshape(-1))
+        if not np.isfinite(scans).all() or (np.diff(scans) < 0).any() or (scans < t0).any():
+            raise SimulationError("scan_t must be finite, sorted, with scan_t >= t0")
+        n_outputs = len(self.output_names)
+        if scans.size and not 0 <= burden_index < n_outputs:
+            raise SimulationError(f"burden_index {burden_index} is not an output index "
+                                  f"(the model has {n_outputs} outputs: {list(self.output_names)})")
         if not (rtol > 0 and atol > 0 and max_steps >= 1):
             raise SimulationError("rtol and atol must be > 0 and max_steps >= 1")
         shape = (n_traj, np.shape(ev_t)[-1])
+        guard = np.full(shape, -np.inf) if ev_guard is None else ev_guard
         ev = [_c_array(np.broadcast_to(a, shape), dt) for a, dt in
               ((ev_t, np.float64), (ev_state, np.int64), (ev_kind, np.int64),
-               (ev_value, np.float64))]
-        _check_events(*ev, self.n_states)
-        ev_t, ev_state, ev_kind, ev_value = ev
-        opts = (float(rtol), float(atol), METHODS[method], int(max_steps), float(h0))
+               (ev_value, np.float64), (guard, np.float64))]
+        _check_events(*ev[:4], self.n_states)
+        opts = (scans, n_outputs, int(burden_index), float(pd_rel), float(pd_abs), float(rtol),
+                float(atol), METHODS[method], int(max_steps), float(h0))
         if n_traj == 1:
-            y, status, n_acc, n_rej = solve_single(
-                self.rhs, self.jac, self.tgrad, y0[0], params[0], float(t0), t, ev_t[0],
-                ev_state[0], ev_kind[0], ev_value[0], *opts)
+            y, status, n_acc, n_rej, scan_value, pd_time = solve_single(
+                self.rhs, self.jac, self.tgrad, self.outputs_kernel, y0[0], params[0], float(t0),
+                t, *(a[0] for a in ev), *opts)
             counts = np.array([[status], [n_acc], [n_rej]], dtype=np.int64)
-            return y[None], counts[0], counts[1], counts[2]
-        return solve_batch(self.rhs, self.jac, self.tgrad, y0, params, float(t0), t, ev_t,
-                           ev_state, ev_kind, ev_value, *opts)
+            return (y[None], counts[0], counts[1], counts[2], scan_value[None],
+                    np.array([pd_time]))
+        return solve_batch(self.rhs, self.jac, self.tgrad, self.outputs_kernel, y0, params,
+                           float(t0), t, *ev, *opts)
 
 
 def compile_numba(sym: SymbolicModel, cache_dir: Path | None = None) -> NumbaKernels:

@@ -25,6 +25,17 @@ up to each event time, then applies every event at that time. Kind `EVENT_BOLUS`
 to `y[state]`; kind `EVENT_RATE` adds `value` to the input rate `u[state]`, a piecewise-constant
 vector added to the right-hand side (a zero-order infusion is +rate at its start and -rate at
 its end). Outputs are right-continuous: an output at an event time reports the post-event state.
+
+Scans and progression (for trials whose treatment continues until progression): scan times
+`scan_t` (n_scan,), sorted and shared by the batch, are also segment ends. At each scan, before
+the events at that time, the solver evaluates the model's outputs kernel
+`outputs(t, y, p, out (n_outputs,))` and records `out[burden_index]` (the tumour burden, e.g. the
+sum of lesion diameters in mm). The first scan is the baseline; the nadir is the smallest value
+at earlier scans, baseline included. Progression (RECIST 1.1) is the first scan with
+value >= (1 + pd_rel) * nadir and value - nadir >= pd_abs; from then on every event with
+`ev_guard >= pd_time` is skipped (ev_guard: the start time of the dose an event belongs to for
+treatment given until progression, -inf for events always applied). Integration goes on after
+progression, untreated by those drugs.
 """
 
 from __future__ import annotations
@@ -38,6 +49,8 @@ TGRAD_SIG = RHS_SIG
 RHS_TYPE = types.FunctionType(RHS_SIG)
 JAC_TYPE = types.FunctionType(JAC_SIG)
 TGRAD_TYPE = types.FunctionType(TGRAD_SIG)
+OUTPUT_SIG = void(float64, float64[::1], float64[::1], float64[::1])  # outputs(t, y, p, out)
+OUTPUT_TYPE = types.FunctionType(OUTPUT_SIG)
 
 # Only contraction of a * b + c into one fused multiply-add: no flag that assumes finite values
 # (status detection relies on NaN/inf propagating) and no reassociation.
@@ -389,15 +402,30 @@ def _tsit5_dense(theta, h, y, k, out):
 
 # ---- one trajectory ---------------------------------------------------------------------------
 @njit(cache=True, error_model="numpy", fastmath=_FASTMATH)
-def _apply_events(t, ie, ev_t, ev_state, ev_kind, ev_value, y, u_in):
-    """Apply every event from index ie with time <= t to y / u_in; returns the next index."""
+def _apply_events(t, ie, ev_t, ev_state, ev_kind, ev_value, ev_guard, pd_time, y, u_in):
+    """Apply every event from index ie with time <= t to y / u_in, skipping those guarded by a
+    progression at pd_time (ev_guard >= pd_time); returns the next index."""
     while ie < ev_t.size and ev_t[ie] <= t:
-        if ev_kind[ie] == EVENT_BOLUS:
+        if ev_guard[ie] >= pd_time:
+            pass
+        elif ev_kind[ie] == EVENT_BOLUS:
             y[ev_state[ie]] += ev_value[ie]
         else:
             u_in[ev_state[ie]] += ev_value[ie]
         ie += 1
     return ie
+
+
+@njit(cache=True, error_model="numpy", fastmath=_FASTMATH)
+def _scan(outputs, t, y, p, out_buf, burden_index, s, scan_value, nadir, pd_time, pd_rel, pd_abs):
+    """Record scan s at time t; returns the updated (nadir, pd_time) by the rule of the module
+    docstring (progression needs both the relative and the absolute increase over the nadir)."""
+    outputs(t, y, p, out_buf)
+    value = out_buf[burden_index]
+    scan_value[s] = value
+    if s > 0 and pd_time == np.inf and value >= (1.0 + pd_rel) * nadir and value - nadir >= pd_abs:
+        pd_time = t
+    return min(nadir, value), pd_time
 
 
 @njit(cache=True, error_model="numpy", fastmath=_FASTMATH, inline="always")
@@ -452,14 +480,16 @@ def _reject_factor(err, last_rejected, err_prev, h_prev, h):
 
 
 @njit(cache=True, error_model="numpy", fastmath=_FASTMATH)
-def _integrate(rhs, jac, tgrad, y0, p, t0, t_out, ev_t, ev_state, ev_kind, ev_value,
-               rtol, atol, method, max_steps, h0, y_out):
-    """Integrate one trajectory, writing y_out (n_out, n); returns (status, n_accepted, n_rejected).
+def _integrate(rhs, jac, tgrad, outputs, y0, p, t0, t_out, ev_t, ev_state, ev_kind, ev_value,
+               ev_guard, scan_t, n_outputs, burden_index, pd_rel, pd_abs, rtol, atol, method,
+               max_steps, h0, y_out, scan_value):
+    """Integrate one trajectory, writing y_out (n_out, n) and scan_value (n_scan,); returns
+    (status, n_accepted, n_rejected, pd_time) with pd_time = +inf without progression.
 
-    The time axis is cut into segments at event times; each segment is integrated exactly to
-    its end, events are applied there and the method restarts (f re-evaluated, the step size
-    carried over). max_steps bounds step attempts (accepted + rejected). After a
-    failure the remaining outputs are NaN.
+    The time axis is cut into segments at event and scan times; each segment is integrated
+    exactly to its end, scans are read and events applied there and the method restarts (f
+    re-evaluated, the step size carried over). max_steps bounds step attempts (accepted +
+    rejected). After a failure the remaining outputs and scans are NaN.
     """
     n = y0.size
     n_out = t_out.size
@@ -476,6 +506,7 @@ def _integrate(rhs, jac, tgrad, y0, p, t0, t_out, ev_t, ev_state, ev_kind, ev_va
     w = np.empty((n, n))
     piv = np.empty(n, dtype=np.int64)
     k = np.empty((8, n))
+    out_buf = np.empty(n_outputs)
     rodas = method == RODAS5P
     qmax = _QMAX[method]
     beta1 = _BETA1[method]
@@ -489,8 +520,16 @@ def _integrate(rhs, jac, tgrad, y0, p, t0, t_out, ev_t, ev_state, ev_kind, ev_va
     n_rej = 0
     ie = 0
     io = 0
+    n_scan = scan_t.size
+    i_scan = 0
+    nadir = np.inf
+    pd_time = np.inf
     while status == STATUS_OK:
-        ie = _apply_events(t, ie, ev_t, ev_state, ev_kind, ev_value, y, u_in)
+        while i_scan < n_scan and scan_t[i_scan] <= t:
+            nadir, pd_time = _scan(outputs, t, y, p, out_buf, burden_index, i_scan, scan_value,
+                                   nadir, pd_time, pd_rel, pd_abs)
+            i_scan += 1
+        ie = _apply_events(t, ie, ev_t, ev_state, ev_kind, ev_value, ev_guard, pd_time, y, u_in)
         if not _all_finite(y):
             status = STATUS_NON_FINITE
             break
@@ -502,6 +541,8 @@ def _integrate(rhs, jac, tgrad, y0, p, t0, t_out, ev_t, ev_state, ev_kind, ev_va
         t_end = t_out[n_out - 1]
         if ie < ev_t.size and ev_t[ie] < t_end:
             t_end = ev_t[ie]
+        if i_scan < n_scan and scan_t[i_scan] < t_end:
+            t_end = scan_t[i_scan]
 
         # restart at (t, y): fresh f and controller memory. The step size carries over from the
         # last segment (a dose changes few states; re-estimating from scratch costs ~15 steps
@@ -573,50 +614,65 @@ def _integrate(rhs, jac, tgrad, y0, p, t0, t_out, ev_t, ev_state, ev_kind, ev_va
         h_carry = h
     for i in range(io, n_out):
         y_out[i, :] = np.nan
-    return status, n_acc, n_rej
+    for s in range(i_scan, n_scan):
+        scan_value[s] = np.nan
+    return status, n_acc, n_rej, pd_time
 
 
 # ---- public entry points ----------------------------------------------------------------------
-_SOLVE_BATCH_SIG = types.Tuple((float64[:, :, ::1], int64[::1], int64[::1], int64[::1]))(
-    RHS_TYPE, JAC_TYPE, TGRAD_TYPE, float64[:, ::1], float64[:, ::1], float64, float64[::1],
-    float64[:, ::1], int64[:, ::1], int64[:, ::1], float64[:, ::1], float64, float64, int64,
-    int64, float64)
+_SOLVE_BATCH_SIG = types.Tuple((float64[:, :, ::1], int64[::1], int64[::1], int64[::1],
+                                float64[:, ::1], float64[::1]))(
+    RHS_TYPE, JAC_TYPE, TGRAD_TYPE, OUTPUT_TYPE, float64[:, ::1], float64[:, ::1], float64,
+    float64[::1], float64[:, ::1], int64[:, ::1], int64[:, ::1], float64[:, ::1], float64[:, ::1],
+    float64[::1], int64, int64, float64, float64, float64, float64, int64, int64, float64)
 
-_SOLVE_SINGLE_SIG = types.Tuple((float64[:, ::1], int64, int64, int64))(
-    RHS_TYPE, JAC_TYPE, TGRAD_TYPE, float64[::1], float64[::1], float64, float64[::1],
-    float64[::1], int64[::1], int64[::1], float64[::1], float64, float64, int64, int64, float64)
+_SOLVE_SINGLE_SIG = types.Tuple((float64[:, ::1], int64, int64, int64, float64[::1], float64))(
+    RHS_TYPE, JAC_TYPE, TGRAD_TYPE, OUTPUT_TYPE, float64[::1], float64[::1], float64,
+    float64[::1], float64[::1], int64[::1], int64[::1], float64[::1], float64[::1], float64[::1],
+    int64, int64, float64, float64, float64, float64, int64, int64, float64)
 
 
 @njit(_SOLVE_BATCH_SIG, cache=True, parallel=True, error_model="numpy", fastmath=_FASTMATH)
-def solve_batch(rhs, jac, tgrad, y0, p, t0, t_out, ev_t, ev_state, ev_kind, ev_value,
-                rtol, atol, method, max_steps, h0):
+def solve_batch(rhs, jac, tgrad, outputs, y0, p, t0, t_out, ev_t, ev_state, ev_kind, ev_value,
+                ev_guard, scan_t, n_outputs, burden_index, pd_rel, pd_abs, rtol, atol, method,
+                max_steps, h0):
     """Integrate B trajectories in parallel, each with its own adaptive step.
 
     y0 (B, n), p (B, n_par); t_out (n_out,) sorted, >= t0; ev_* (B, n_ev) sorted per row,
-    padded with ev_t = +inf. method: a value of `METHODS`; h0 <= 0 picks the first step
-    automatically. Returns Y (B, n_out, n), status (B,), accepted steps (B,), rejected (B,).
+    padded with ev_t = +inf; ev_guard (B, n_ev) (see the module docstring; -inf: always apply);
+    scan_t (n_scan,) sorted, >= t0 (may be empty); outputs: the model's outputs kernel with
+    n_outputs values, burden_index the one scans read. method: a value of `METHODS`; h0 <= 0
+    picks the first step automatically. Returns Y (B, n_out, n), status (B,), accepted steps
+    (B,), rejected (B,), scan values (B, n_scan), progression time (B,) (+inf: none).
     """
     n_traj = y0.shape[0]
     y_all = np.empty((n_traj, t_out.size, y0.shape[1]))
+    scan_all = np.empty((n_traj, scan_t.size))
     status = np.empty(n_traj, dtype=np.int64)
     n_acc = np.empty(n_traj, dtype=np.int64)
     n_rej = np.empty(n_traj, dtype=np.int64)
+    pd_time = np.empty(n_traj)
     for b in prange(n_traj):
-        status[b], n_acc[b], n_rej[b] = _integrate(
-            rhs, jac, tgrad, y0[b], p[b], t0, t_out, ev_t[b], ev_state[b], ev_kind[b],
-            ev_value[b], rtol, atol, method, max_steps, h0, y_all[b])
-    return y_all, status, n_acc, n_rej
+        status[b], n_acc[b], n_rej[b], pd_time[b] = _integrate(
+            rhs, jac, tgrad, outputs, y0[b], p[b], t0, t_out, ev_t[b], ev_state[b], ev_kind[b],
+            ev_value[b], ev_guard[b], scan_t, n_outputs, burden_index, pd_rel, pd_abs, rtol,
+            atol, method, max_steps, h0, y_all[b], scan_all[b])
+    return y_all, status, n_acc, n_rej, scan_all, pd_time
 
 
 @njit(_SOLVE_SINGLE_SIG, cache=True, error_model="numpy", fastmath=_FASTMATH)
-def solve_single(rhs, jac, tgrad, y0, p, t0, t_out, ev_t, ev_state, ev_kind, ev_value,
-                 rtol, atol, method, max_steps, h0):
+def solve_single(rhs, jac, tgrad, outputs, y0, p, t0, t_out, ev_t, ev_state, ev_kind, ev_value,
+                 ev_guard, scan_t, n_outputs, burden_index, pd_rel, pd_abs, rtol, atol, method,
+                 max_steps, h0):
     """One trajectory on the calling thread: y0 (n,), p (n_par,), ev_* (n_ev,).
 
-    Returns Y (n_out, n), status, accepted steps, rejected steps (see `solve_batch`).
+    Returns Y (n_out, n), status, accepted steps, rejected steps, scan values (n_scan,),
+    progression time (see `solve_batch`).
     """
     y_all = np.empty((t_out.size, y0.size))
-    status, n_acc, n_rej = _integrate(rhs, jac, tgrad, y0, p, t0, t_out, ev_t, ev_state,
-                                      ev_kind, ev_value, rtol, atol, method, max_steps, h0,
-                                      y_all)
-    return y_all, status, n_acc, n_rej
+    scan_value = np.empty(scan_t.size)
+    status, n_acc, n_rej, pd_time = _integrate(
+        rhs, jac, tgrad, outputs, y0, p, t0, t_out, ev_t, ev_state, ev_kind, ev_value, ev_guard,
+        scan_t, n_outputs, burden_index, pd_rel, pd_abs, rtol, atol, method, max_steps, h0,
+        y_all, scan_value)
+    return y_all, status, n_acc, n_rej, scan_value, pd_time

@@ -24,12 +24,15 @@ class Dose:
 
     amount: in the drug's amount unit; a number, or an expression of the model's parameters
     (e.g. "Dose" or "dose_per_kg*weight") evaluated with each trajectory's parameters.
+    until_progression: the dose is not given once a scan has shown progression (on or before
+    its day); only meaningful in runs with scans (trials).
     """
 
     drug: str
     time: float
     amount: float | str
     duration: float = 0.0
+    until_progression: bool = False
 
 
 @dataclass(frozen=True)
@@ -46,12 +49,14 @@ class Regimen:
 
     @classmethod
     def repeated(cls, drug: str, amount: float | str, every: float | None = None, count: int = 1,
-                 start: float = 0.0, duration: float = 0.0, name: str | None = None) -> "Regimen":
+                 start: float = 0.0, duration: float = 0.0, name: str | None = None,
+                 until_progression: bool = False) -> "Regimen":
         """`count` doses of `amount` every `every` days from day `start` (infusion over `duration`)."""
         if count > 1 and not (every and every > 0):
             raise SimulationError(f"{count} doses of '{drug}' need every > 0 (the dosing interval in days)")
         amount = amount if isinstance(amount, str) else float(amount)
-        doses = tuple(Dose(drug, start + k * (every or 0.0), amount, duration) for k in range(count))
+        doses = tuple(Dose(drug, start + k * (every or 0.0), amount, duration, until_progression)
+                      for k in range(count))
         return cls(doses, name or f"{drug} {amount} x{count}")
 
     @classmethod
@@ -77,12 +82,17 @@ class Regimen:
 
 @dataclass(frozen=True)
 class EventArrays:
-    """Padded per-trajectory events, each (n_traj, n_events); padding has time +inf."""
+    """Padded per-trajectory events, each (n_traj, n_events); padding has time +inf.
+
+    guard: the start day of the dose an event belongs to if that dose is given only until
+    progression, else -inf (the kernels skip events with guard >= the progression day).
+    """
 
     time: np.ndarray
     state: np.ndarray
     kind: np.ndarray
     value: np.ndarray
+    guard: np.ndarray
 
 
 def event_arrays(regimens: Sequence[Regimen], dose_factors: np.ndarray, drug_names: Sequence[str],
@@ -102,20 +112,23 @@ def event_arrays(regimens: Sequence[Regimen], dose_factors: np.ndarray, drug_nam
     width = max([len(times) for _, (times, *_rest) in built] + [1])
     n_traj = len(regimens)
     out = EventArrays(np.full((n_traj, width), np.inf), np.zeros((n_traj, width), np.int64),
-                      np.zeros((n_traj, width), np.int64), np.zeros((n_traj, width)))
-    for idx, (times, states, kinds, values) in built:
+                      np.zeros((n_traj, width), np.int64), np.zeros((n_traj, width)),
+                      np.full((n_traj, width), -np.inf))
+    for idx, (times, states, kinds, values, guards) in built:
         m = len(times)
         out.time[idx, :m] = times
         out.state[idx, :m] = states
         out.kind[idx, :m] = kinds
         out.value[idx, :m] = values
+        out.guard[idx, :m] = guards
     return out
 
 
 def _schedule(regimen: Regimen, idx: np.ndarray, factors: np.ndarray, drug_names: list[str],
               dose_states: Mapping[str, int], amount_of: Callable[[str], np.ndarray] | None):
-    """One regimen's events, time-sorted: times (m,), states (m,), kinds (m,), values (len(idx), m)."""
-    rows: list[tuple[float, int, int, np.ndarray]] = []
+    """One regimen's events, time-sorted: times (m,), states (m,), kinds (m,), values
+    (len(idx), m), guards (m,)."""
+    rows: list[tuple[float, int, int, np.ndarray, float]] = []
     for dose in regimen.doses:
         if dose.drug not in drug_names:
             known = ", ".join(drug_names) or "none"
@@ -124,12 +137,13 @@ def _schedule(regimen: Regimen, idx: np.ndarray, factors: np.ndarray, drug_names
         given = amount_of(dose.amount)[idx] if isinstance(dose.amount, str) else float(dose.amount)
         amount = given * factors[idx, drug_names.index(dose.drug)]
         state = dose_states[dose.drug]
+        guard = dose.time if dose.until_progression else -np.inf
         if dose.duration > 0:
-            rows.append((dose.time, state, INFUSION_RATE, amount / dose.duration))
-            rows.append((dose.time + dose.duration, state, INFUSION_RATE, -amount / dose.duration))
+            rows.append((dose.time, state, INFUSION_RATE, amount / dose.duration, guard))
+            rows.append((dose.time + dose.duration, state, INFUSION_RATE, -amount / dose.duration, guard))
         else:
-            rows.append((dose.time, state, BOLUS, amount))
+            rows.append((dose.time, state, BOLUS, amount, guard))
     rows.sort(key=lambda row: row[0])
     values = np.stack([row[3] for row in rows], axis=1) if rows else np.zeros((len(idx), 0))
     return (np.array([row[0] for row in rows], dtype=float), np.array([row[1] for row in rows], dtype=np.int64),
-            np.array([row[2] for row in rows], dtype=np.int64), values)
+            np.array([row[2] for row in rows], dtype=np.int64), values, np.array([row[4] for row in rows]))

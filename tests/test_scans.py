@@ -1,0 +1,91 @@
+"""In-kernel scans and treatment until progression (numba backend), against hand-worked cases.
+
+The test model's sum of diameters is S(t) = S0 (1 - 0.01 t + 1e-4 t^2) (mm; S0 = 50 by default):
+it shrinks to a nadir at day 50 and regrows. The drug only accumulates in D, so D at the end
+counts the doses given (10 mg each, every 21 days from day 0).
+"""
+
+import numpy as np
+import pytest
+
+import immunoedit_models as ie
+from immunoedit_models.errors import SimulationError
+from immunoedit_models.simulate.regimen import Regimen, event_arrays
+
+SCANS = np.array([0.0, 42.0, 84.0, 126.0, 168.0, 210.0])
+TIMES = np.array([0.0, 100.0, 250.0])
+
+
+@pytest.fixture(scope="module")
+def model():
+    return ie.compile_model("tests/specs/scan_model.yaml")
+
+
+def sld(s0: float, t: np.ndarray) -> np.ndarray:
+    """The model's sum of diameters in closed form (mm)."""
+    return s0 * (1 - 0.01 * t + 1e-4 * t**2)
+
+
+def regimen(duration: float = 0.0, until_progression: bool = True) -> Regimen:
+    return Regimen.repeated("drug", 10.0, every=21, count=20, duration=duration,
+                            until_progression=until_progression)
+
+
+def run(model, s0: float, duration: float = 0.0, until_progression: bool = True):
+    P = np.array([[s0, 0.01 * s0, 2e-4 * s0]])      # S0, shrink, curvature (order of the spec)
+    assert model.parameters == ("S0", "shrink", "curvature")
+    ev = event_arrays([regimen(duration, until_progression)], model.kernels.dose_factors(P),
+                      list(model.kernels.drug_names), {"drug": 1})
+    return model.kernels.solve_scanned(
+        model.kernels.initial(P), P, 0.0, TIMES, ev.time, ev.state, ev.kind, ev.value, 1e-9, 1e-12,
+        scan_t=SCANS, burden_index=0, pd_rel=0.2, pd_abs=5.0, ev_guard=ev.guard)
+
+
+def test_scans_read_the_burden_at_scan_times(model):
+    Y, status, _, _, scans, pd_time = run(model, 50.0)
+    assert status[0] == 0
+    np.testing.assert_allclose(scans[0], sld(50.0, SCANS), rtol=1e-8)
+
+
+def test_progression_uses_the_nadir_and_stops_the_doses(model):
+    # nadir 37.82 mm at day 42; day 84: 43.28 < 1.2 x 37.82 = 45.38 (no PD); day 126: 66.38 (PD)
+    Y, status, _, _, _, pd_time = run(model, 50.0)
+    assert pd_time[0] == 126.0
+    assert Y[0, -1, 1] == pytest.approx(60.0)       # doses on days 0, 21, ..., 105; not from 126
+
+
+def test_progression_needs_five_millimetres(model):
+    # S0 = 5: day 126 is 75 % above the nadir (3.78 mm) but only 2.86 mm; day 168 is +6.93 mm
+    Y, _, _, _, _, pd_time = run(model, 5.0)
+    assert pd_time[0] == 168.0
+    assert Y[0, -1, 1] == pytest.approx(80.0)       # days 0 .. 147
+
+
+def test_unguarded_doses_continue_after_progression(model):
+    Y, _, _, _, _, pd_time = run(model, 50.0, until_progression=False)
+    assert pd_time[0] == 126.0
+    assert Y[0, -1, 1] == pytest.approx(120.0)      # days 0 .. 231 within 250 days
+
+
+def test_infusions_stop_whole(model):
+    # each dose infused over 2 days: D rises by 10 mg per dose, none started from day 126 on
+    Y, _, _, _, _, pd_time = run(model, 50.0, duration=2.0)
+    assert pd_time[0] == 126.0
+    assert Y[0, -1, 1] == pytest.approx(60.0, rel=1e-9)
+
+
+def test_batch_and_single_trajectory_agree(model):
+    s0 = np.array([50.0, 5.0, 20.0])
+    P = np.column_stack([s0, 0.01 * s0, 2e-4 * s0])
+    ev = event_arrays([regimen()] * 3, model.kernels.dose_factors(P), ["drug"], {"drug": 1})
+    got = model.kernels.solve_scanned(model.kernels.initial(P), P, 0.0, TIMES, ev.time, ev.state,
+                                      ev.kind, ev.value, 1e-9, 1e-12, scan_t=SCANS,
+                                      burden_index=0, ev_guard=ev.guard)
+    np.testing.assert_array_equal(got[5], [126.0, 168.0, 126.0])
+    np.testing.assert_allclose(got[4], sld(s0[:, None], SCANS[None]), rtol=1e-8)
+
+
+def test_bad_burden_index_is_reported(model):
+    with pytest.raises(SimulationError, match="burden_index 3 is not an output index"):
+        model.kernels.solve_scanned(np.zeros((1, 2)), np.ones((1, 3)), 0.0, TIMES, [np.inf], [0],
+                                    [0], [0.0], 1e-6, 1e-9, scan_t=SCANS, burden_index=3)
