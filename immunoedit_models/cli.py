@@ -170,5 +170,64 @@ def phase_map_command(
         console.print(f"wrote {data}")
 
 
+@app.command()
+def trial(
+    design: str = typer.Argument(..., help="built-in trial (impower150, relativity047, high_dose_il2) or a path"),
+    patients: Optional[int] = typer.Option(None, help="patients per arm (default: the design's)"),
+    seed: int = typer.Option(0, help="random seed: same seed, same trial"),
+    out: Path = typer.Option(Path("trial.nc"), help="trial results (.nc or .zarr)"),
+    report: Optional[Path] = typer.Option(None, help="write a Markdown/HTML report with figures here"),
+    calibration: Optional[Path] = typer.Option(None, help="a calibration folder (fitting/<problem>) "
+                                               "whose calibration.yaml sets priors, values and survival"),
+) -> None:
+    """Run an in-silico trial: virtual patients, the trial's schedules, RECIST, PFS/OS, KM and HRs."""
+    from . import save_result
+    from .trials import load_trial, run_trial
+    from .trials.report import write_report
+
+    try:
+        spec = load_trial(design)
+        settings = _calibration(calibration) if calibration is not None else {}
+        start = time.perf_counter()
+        ds = run_trial(spec, patients_per_arm=patients, seed=seed, progress=True, **settings)
+    except (ImmunoeditError, typer.BadParameter) as exc:
+        _fail(exc)
+    _print_trial(ds, time.perf_counter() - start)
+    save_result(ds, out)
+    console.print(f"wrote {out}")
+    if report is not None:
+        console.print(f"wrote {write_report(ds, report)}")
+
+
+def _calibration(folder: Path) -> dict:
+    """The run_trial keywords (priors, fixed, survival) of a calibration folder's calibration.yaml."""
+    from ruamel.yaml import YAML
+
+    path = folder / "calibration.yaml" if folder.is_dir() else folder
+    if not path.is_file():
+        raise typer.BadParameter(f"no calibration at {path}: run `immunoedit fit {folder}` first")
+    data = YAML(typ="safe").load(path.read_text(encoding="utf-8")) or {}
+    return {k: data[k] for k in ("priors", "fixed", "survival") if data.get(k)}
+
+
+def _print_trial(ds, seconds: float) -> None:
+    table = Table(title=f"{ds.attrs.get('trial')}: {ds.sizes['patient']} patients per arm, "
+                        f"seed {ds.attrs.get('seed')}, {seconds:.1f} s")
+    for col in ("arm", "median PFS (mo)", "median OS (mo)", "ORR"):
+        table.add_column(col)
+    for arm in ds.arm.values:
+        s = ds.sel(arm=arm)
+        table.add_row(str(arm), f"{float(s.pfs_median_months):.1f}", f"{float(s.os_median_months):.1f}",
+                      f"{float(s.orr):.1%}")
+    console.print(table)
+    for c in ds.coords.get("comparison", np.array([])).values:
+        s = ds.sel(comparison=c)
+        console.print(f"{c}: HR PFS {float(s.hr_pfs):.2f} ({float(s.hr_pfs_lower):.2f}-{float(s.hr_pfs_upper):.2f}),"
+                      f" HR OS {float(s.hr_os):.2f} ({float(s.hr_os_lower):.2f}-{float(s.hr_os_upper):.2f})",
+                      highlight=False)
+    if ds.attrs.get("failed_runs"):
+        console.print(f"[yellow]{ds.attrs['failed_runs']} patients' simulations failed; see `status`[/yellow]")
+
+
 def main() -> None:  # pragma: no cover - console entry point
     app()

@@ -69,6 +69,9 @@ def compile_model(spec: ModelSpec | str | Path, backend: str = "numba") -> Compi
         spec = load_spec(spec)
     if backend not in BACKENDS:
         raise CompileError(f"unknown backend '{backend}': choose one of {', '.join(BACKENDS)}")
+    if not spec.states:
+        raise CompileError(f"{spec.path}: '{spec.name}' has no states, so there is nothing to simulate; "
+                           "a module like this supplies parameters to the models that use it")
     start = time.perf_counter()
     symbolic = build_symbolic(spec)
     try:

@@ -31,8 +31,8 @@ Scans and progression (for trials whose treatment continues until progression): 
 the events at that time, the solver evaluates the model's outputs kernel
 `outputs(t, y, p, out (n_outputs,))` and records `out[burden_index]` (the tumour burden, e.g. the
 sum of lesion diameters in mm). The first scan is the baseline; the nadir is the smallest value
-at earlier scans, baseline included. Progression (RECIST 1.1) is the first scan with
-value >= (1 + pd_rel) * nadir and value - nadir >= pd_abs; from then on every event with
+at earlier scans, baseline included. Progression (RECIST 1.1, `progression`) is the first scan
+with value >= (1 + pd_rel) * nadir and value - nadir >= pd_abs; from then on every event with
 `ev_guard >= pd_time` is skipped (ev_guard: the start time of the dose an event belongs to for
 treatment given until progression, -inf for events always applied). Integration goes on after
 progression, untreated by those drugs.
@@ -416,6 +416,18 @@ def _apply_events(t, ie, ev_t, ev_state, ev_kind, ev_value, ev_guard, pd_time, y
     return ie
 
 
+def progression(sld, nadir, pd_rel=0.2, pd_abs=5.0):
+    """RECIST 1.1 progression: sld >= (1 + pd_rel) * nadir and sld - nadir >= pd_abs (both in mm).
+
+    The one definition of PD, used by the kernels' scans and by the Python readout
+    (`trials.recist`): works on floats or numpy arrays, and compiled by numba. NaN gives False.
+    """
+    return (sld >= (1.0 + pd_rel) * nadir) & (sld - nadir >= pd_abs)
+
+
+_progression = njit(cache=True, error_model="numpy", fastmath=_FASTMATH, inline="always")(progression)
+
+
 @njit(cache=True, error_model="numpy", fastmath=_FASTMATH)
 def _scan(outputs, t, y, p, out_buf, burden_index, s, scan_value, nadir, pd_time, pd_rel, pd_abs):
     """Record scan s at time t; returns the updated (nadir, pd_time) by the rule of the module
@@ -423,7 +435,7 @@ def _scan(outputs, t, y, p, out_buf, burden_index, s, scan_value, nadir, pd_time
     outputs(t, y, p, out_buf)
     value = out_buf[burden_index]
     scan_value[s] = value
-    if s > 0 and pd_time == np.inf and value >= (1.0 + pd_rel) * nadir and value - nadir >= pd_abs:
+    if s > 0 and pd_time == np.inf and _progression(value, nadir, pd_rel, pd_abs):
         pd_time = t
     return min(nadir, value), pd_time
 

@@ -50,12 +50,15 @@ def resolve_spec_path(name_or_path: str | Path, relative_to: Path | None = None)
     builtins = builtin_specs()
     if text in builtins:
         return builtins[text]
+    folder, _, stem = text.partition("/")
+    if folder in SPEC_FOLDERS and (SPEC_ROOT / folder / f"{stem}.yaml").is_file():   # e.g. pk/nivolumab
+        return SPEC_ROOT / folder / f"{stem}.yaml"
     hint = suggest(text, builtins) or "run `immunoedit models` to list the built-in specs"
     raise SpecError(Issue(text, None, f"spec '{text}'", "no such file or built-in spec", hint))
 
 
 # ---- YAML with locations --------------------------------------------------------------------
-def _read_yaml(path: Path, issues: list[Issue]) -> Any:
+def read_yaml(path: Path, issues: list[Issue]) -> Any:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
@@ -69,7 +72,7 @@ def _read_yaml(path: Path, issues: list[Issue]) -> Any:
     return None
 
 
-class _Reader:
+class SpecReader:
     """Turns the YAML tree of one file into spec items, collecting issues with locations."""
 
     def __init__(self, path: Path, issues: list[Issue]):
@@ -362,10 +365,10 @@ def _merge(into: dict[str, dict], part: dict[str, dict], issues: list[Issue]) ->
 
 def _read_spec(path: Path, issues: list[Issue], stack: tuple[Path, ...]) -> dict[str, Any] | None:
     """Read one file and, recursively, the modules it uses; returns merged raw sections."""
-    doc = _read_yaml(path, issues)
+    doc = read_yaml(path, issues)
     if doc is None:
         return None
-    reader = _Reader(path, issues)
+    reader = SpecReader(path, issues)
     if not isinstance(doc, Mapping):
         issues.append(Issue(str(path), 1, "spec", "must be a YAML mapping with 'name', 'states', ..."))
         return None
@@ -419,7 +422,7 @@ def _read_spec(path: Path, issues: list[Issue], stack: tuple[Path, ...]) -> dict
     return merged
 
 
-def _uses(doc: Mapping, reader: _Reader) -> list[tuple[tuple[str, dict[str, str]], Location]]:
+def _uses(doc: Mapping, reader: SpecReader) -> list[tuple[tuple[str, dict[str, str]], Location]]:
     value = doc.get("uses") or []
     if not isinstance(value, list):
         reader.issue(reader.loc(doc, "uses"), "uses", "must be a list of module names or {module, bind}")
@@ -438,7 +441,7 @@ def _uses(doc: Mapping, reader: _Reader) -> list[tuple[tuple[str, dict[str, str]
     return out
 
 
-def _apply_overrides(doc: Mapping, reader: _Reader, merged: dict[str, Any]) -> None:
+def _apply_overrides(doc: Mapping, reader: SpecReader, merged: dict[str, Any]) -> None:
     section = reader.section(doc, "overrides")
     for name in section:
         got = reader.entry(section, name, "override", OVERRIDE_KEYS, shorthand="value")

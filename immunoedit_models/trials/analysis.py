@@ -1,0 +1,262 @@
+"""Trial analysis as in the publications: Kaplan-Meier medians and landmarks, log-rank, Cox hazard
+ratios per comparison and per biomarker subgroup, ORR with exact CIs, and trial replicates.
+
+Survival estimates come from lifelines (Kaplan-Meier with exponential-Greenwood confidence
+intervals; Cox proportional hazards with Efron ties, the default of R's survival::coxph used in
+trial reports). Inputs are trial Datasets over (`arm`, `patient`) with the names of the
+trial-results contract: `pfs_months`, `pfs_event`, `os_months`, `os_event`, `best_response` and
+boolean covariates. A patient whose endpoint time is NaN is absent (padding) and is skipped.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+from lifelines import CoxPHFitter, KaplanMeierFitter
+from lifelines.exceptions import ConvergenceWarning
+from lifelines.statistics import logrank_test
+from lifelines.utils import median_survival_times
+from scipy import stats
+
+ENDPOINTS = ("pfs", "os")
+#: The boolean biomarker covariates of the trial-results contract, used for standard subgroups.
+BIOMARKERS = ("pdl1_high", "pdl1_negative", "teff_high", "lag3_positive")
+
+
+def kaplan_meier(months, event, alpha: float = 0.05, label: str | None = None) -> KaplanMeierFitter:
+    """Fitted Kaplan-Meier estimator of (n,) times in months and 0/1 events (NaN times dropped)."""
+    t, e = _present(months, event)
+    return KaplanMeierFitter(alpha=alpha, label=label).fit(t, e)
+
+
+def km_median(kmf: KaplanMeierFitter) -> tuple[float, float, float]:
+    """Median survival (months) and its CI; inf where the curve (or a CI bound) never reaches 0.5."""
+    ci = median_survival_times(kmf.confidence_interval_).to_numpy().ravel()
+    return float(kmf.median_survival_time_), float(ci[0]), float(ci[1])
+
+
+def km_landmarks(kmf: KaplanMeierFitter, at_months: Sequence[float]) -> np.ndarray:
+    """(3, n_landmark) survival probability and CI bounds at each landmark time (months).
+
+    NaN past the last observation when the curve has not reached 0 (the estimate is undefined there).
+    """
+    at = np.asarray(at_months, dtype=float)
+    grid = kmf.survival_function_.index.to_numpy()
+    table = np.column_stack([kmf.survival_function_.to_numpy()[:, 0],
+                             kmf.confidence_interval_survival_function_.to_numpy()]).T
+    row = np.searchsorted(grid, at, side="right") - 1
+    out = table[:, np.maximum(row, 0)]
+    undefined = (at > kmf.durations.max()) & (table[0, -1] > 0)
+    return np.where(undefined, np.nan, out)
+
+
+def log_rank(months, event, experimental) -> tuple[float, float]:
+    """Log-rank chi-square statistic and two-sided p-value, experimental (True) vs control (False)."""
+    t, e, x = _present(months, event, experimental)
+    x = x.astype(bool)
+    result = logrank_test(t[x], t[~x], e[x], e[~x])
+    return float(result.test_statistic), float(result.p_value)
+
+
+def cox_hazard_ratio(months, event, experimental, alpha: float = 0.05) -> tuple[float, float, float]:
+    """Cox HR of experimental (True) vs control (False) with its (1 - alpha) Wald CI.
+
+    NaN when either group has no event (the HR is not estimable: complete separation).
+    """
+    t, e, x = _present(months, event, experimental)
+    x = x.astype(float)
+    if not (np.any(e[x == 1] == 1) and np.any(e[x == 0] == 1)):
+        return np.nan, np.nan, np.nan
+    frame = pd.DataFrame({"months": t, "event": e, "experimental": x})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)  # near-separation in small subgroups
+        fit = CoxPHFitter(alpha=alpha).fit(frame, "months", "event")
+    log_hr = float(fit.params_["experimental"])
+    z = stats.norm.ppf(1.0 - alpha / 2.0)
+    se = float(fit.standard_errors_["experimental"])
+    return float(np.exp(log_hr)), float(np.exp(log_hr - z * se)), float(np.exp(log_hr + z * se))
+
+
+def clopper_pearson(responders, n, alpha: float = 0.05) -> tuple[np.ndarray, np.ndarray]:
+    """Exact (Clopper-Pearson) CI of a binomial proportion; vectorised over arrays of counts."""
+    k = np.asarray(responders, dtype=float)
+    n = np.asarray(n, dtype=float)
+    lower = np.where(k > 0, stats.beta.ppf(alpha / 2.0, k, n - k + 1.0), 0.0)
+    upper = np.where(k < n, stats.beta.ppf(1.0 - alpha / 2.0, k + 1.0, n - k), 1.0)
+    return lower, upper
+
+
+def comparison_label(comparison: str | tuple[str, str]) -> tuple[str, str, str]:
+    """("ABCP", "BCP") or "ABCP_vs_BCP" -> ("ABCP_vs_BCP", "ABCP", "BCP")."""
+    if isinstance(comparison, str):
+        experimental, sep, control = comparison.partition("_vs_")
+        if not sep:
+            raise ValueError(f"comparison {comparison!r}: write it as 'EXPERIMENTAL_vs_CONTROL' or a pair")
+    else:
+        experimental, control = comparison
+    return f"{experimental}_vs_{control}", experimental, control
+
+
+def biomarker_subgroups(trial: xr.Dataset) -> dict[str, np.ndarray]:
+    """The ITT population ("all") and each contract biomarker present, with its complement ("not_...")."""
+    groups = {"all": np.ones(trial["pfs_months"].shape, dtype=bool)}
+    for name in BIOMARKERS:
+        if name in trial:
+            flag = trial[name].values.astype(bool)
+            groups[name] = flag
+            groups[f"not_{name}"] = ~flag
+    return groups
+
+
+def arm_summary(trial: xr.Dataset, landmarks: Sequence[float] = (12.0, 24.0, 36.0),
+                alpha: float = 0.05) -> xr.Dataset:
+    """Per-arm medians (months) with CIs, landmark rates with CIs, events, ORR with exact CI."""
+    arms = trial["arm"].values
+    out: dict[str, tuple] = {}
+    for endpoint in ENDPOINTS:
+        fits = [kaplan_meier(trial[f"{endpoint}_months"].sel(arm=a).values,
+                             trial[f"{endpoint}_event"].sel(arm=a).values, alpha) for a in arms]
+        med = np.array([km_median(f) for f in fits])
+        marks = np.array([km_landmarks(f, landmarks) for f in fits])        # (arm, 3, landmark)
+        out[f"{endpoint}_median_months"] = ("arm", med[:, 0], {"units": "month"})
+        out[f"{endpoint}_median_months_lower"] = ("arm", med[:, 1], {"units": "month"})
+        out[f"{endpoint}_median_months_upper"] = ("arm", med[:, 2], {"units": "month"})
+        for k, suffix in enumerate(("", "_lower", "_upper")):
+            out[f"{endpoint}_landmark{suffix}"] = (("arm", "landmark_month"), marks[:, k], {"units": "1"})
+        out[f"{endpoint}_events"] = ("arm", np.array([f.event_observed.sum() for f in fits]))
+    present = np.isfinite(trial["pfs_months"].values)
+    n = present.sum(axis=-1)
+    out["n_patients"] = ("arm", n)
+    if "best_response" in trial:
+        responders = (np.isin(trial["best_response"].values, ("CR", "PR")) & present).sum(axis=-1)
+        lower, upper = clopper_pearson(responders, n, alpha)
+        out["orr"] = ("arm", responders / n, {"units": "1", "ci": "Clopper-Pearson"})
+        out["orr_lower"] = ("arm", lower, {"units": "1"})
+        out["orr_upper"] = ("arm", upper, {"units": "1"})
+    return xr.Dataset(out, coords={"arm": arms, "landmark_month": ("landmark_month", np.asarray(landmarks, float),
+                                                                    {"units": "month"})})
+
+
+def comparison_summary(trial: xr.Dataset, comparisons: Sequence[str | tuple[str, str]],
+                       subgroups: Mapping[str, np.ndarray] | None = None, alpha: float = 0.05) -> xr.Dataset:
+    """Cox HRs with CIs and log-rank p per comparison; per subgroup too when `subgroups` is given.
+
+    subgroups: name -> (arm, patient) boolean mask. Gives `hr_pfs`, `hr_pfs_lower`, `hr_pfs_upper`,
+    `logrank_p_pfs` (and os) over `comparison`, and `hr_pfs_subgroup` (+ bounds) and `n_subgroup`
+    over (`comparison`, `subgroup`).
+    """
+    labels = [comparison_label(c) for c in comparisons]
+    out: dict[str, tuple] = {}
+    for endpoint in ENDPOINTS:
+        rows = np.array([_compare(trial, endpoint, exp, ctl, None, alpha) for _, exp, ctl in labels])
+        names = (f"hr_{endpoint}", f"hr_{endpoint}_lower", f"hr_{endpoint}_upper", f"logrank_p_{endpoint}")
+        for k, key in enumerate(names):
+            out[key] = ("comparison", rows[:, k])
+        if subgroups:
+            cells = np.array([[_compare(trial, endpoint, exp, ctl, mask, alpha, with_logrank=False)[:3]
+                               for mask in subgroups.values()] for _, exp, ctl in labels])
+            for k, suffix in enumerate(("", "_lower", "_upper")):
+                out[f"hr_{endpoint}_subgroup{suffix}"] = (("comparison", "subgroup"), cells[..., k])
+    coords = {"comparison": [c[0] for c in labels],
+              "comparison_experimental": ("comparison", [c[1] for c in labels]),
+              "comparison_control": ("comparison", [c[2] for c in labels])}
+    if subgroups:
+        present = np.isfinite(trial["pfs_months"].values)
+        masks = np.array([np.asarray(m, dtype=bool) & present for m in subgroups.values()])
+        out["n_subgroup"] = (("comparison", "subgroup"), np.array(
+            [[m[_arm_index(trial, exp)].sum() + m[_arm_index(trial, ctl)].sum() for m in masks]
+             for _, exp, ctl in labels]))
+        coords["subgroup"] = list(subgroups)
+    return xr.Dataset(out, coords=coords, attrs={"hazard_ratio": "Cox PH (Efron ties), experimental vs control"})
+
+
+def summarise_trial(trial: xr.Dataset, comparisons: Sequence[str | tuple[str, str]],
+                    subgroups: Mapping[str, np.ndarray] | None | str = "biomarkers",
+                    landmarks: Sequence[float] = (12.0, 24.0, 36.0), alpha: float = 0.05) -> xr.Dataset:
+    """Per-arm and per-comparison summaries of a trial; subgroups default to `biomarker_subgroups`."""
+    if isinstance(subgroups, str):
+        subgroups = biomarker_subgroups(trial)
+    summary = xr.merge([arm_summary(trial, landmarks, alpha), comparison_summary(trial, comparisons, subgroups, alpha)])
+    summary.attrs = {"alpha": alpha, "median": "Kaplan-Meier (lifelines), exponential Greenwood CI",
+                     "orr_ci": "Clopper-Pearson", "hazard_ratio": "Cox PH (Efron ties), experimental vs control"}
+    return summary
+
+
+def trial_replicates(trial: xr.Dataset, comparison: str | tuple[str, str], n_per_arm: int | tuple[int, int],
+                     n_replicates: int, rng: np.random.Generator, endpoint: str = "pfs", alpha: float = 0.05,
+                     success: str = "hr_upper", progress: bool = False) -> xr.Dataset:
+    """Distribution of the HR over trial-sized cohorts drawn with replacement from a large simulation.
+
+    n_per_arm: patients per arm (or (experimental, control)). success: "hr_upper" (upper CI bound
+    of the HR below 1) or "logrank" (two-sided log-rank p < alpha with HR < 1). Returns `hr`,
+    `hr_lower`, `hr_upper`, `logrank_p`, `success` over `replicate`, and `probability_of_success`
+    with its Clopper-Pearson bounds. Same generator state => same result.
+    """
+    if success not in ("hr_upper", "logrank"):
+        raise ValueError(f"success={success!r}: use 'hr_upper' (HR upper CI < 1) or 'logrank' (p < alpha, HR < 1)")
+    label, experimental, control = comparison_label(comparison)
+    n_exp, n_ctl = (n_per_arm, n_per_arm) if np.isscalar(n_per_arm) else n_per_arm
+    pools = [_arm_pool(trial, arm, endpoint) for arm in (experimental, control)]
+    draws = [rng.integers(0, pool[0].size, size=(n_replicates, n)) for pool, n in zip(pools, (n_exp, n_ctl))]
+    is_exp = np.r_[np.ones(n_exp, bool), np.zeros(n_ctl, bool)]
+    rows = np.empty((n_replicates, 4))
+    replicates = range(n_replicates)
+    if progress:
+        from rich.progress import track
+        replicates = track(replicates, description=f"{label} replicates")
+    for r in replicates:  # one Cox fit per replicate (lifelines); each replicate is a whole trial
+        t = np.r_[pools[0][0][draws[0][r]], pools[1][0][draws[1][r]]]
+        e = np.r_[pools[0][1][draws[0][r]], pools[1][1][draws[1][r]]]
+        rows[r, :3] = cox_hazard_ratio(t, e, is_exp, alpha)
+        rows[r, 3] = log_rank(t, e, is_exp)[1]
+    won = rows[:, 2] < 1.0 if success == "hr_upper" else (rows[:, 3] < alpha) & (rows[:, 0] < 1.0)
+    lower, upper = clopper_pearson(won.sum(), n_replicates)
+    return xr.Dataset(
+        {"hr": ("replicate", rows[:, 0]), "hr_lower": ("replicate", rows[:, 1]),
+         "hr_upper": ("replicate", rows[:, 2]), "logrank_p": ("replicate", rows[:, 3]),
+         "success": ("replicate", won), "probability_of_success": ((), won.mean()),
+         "probability_of_success_lower": ((), float(lower)), "probability_of_success_upper": ((), float(upper))},
+        coords={"replicate": np.arange(n_replicates)},
+        attrs={"comparison": label, "endpoint": endpoint, "n_experimental": n_exp, "n_control": n_ctl,
+               "alpha": alpha, "success_rule": success})
+
+
+def _compare(trial, endpoint, experimental, control, mask, alpha, with_logrank=True):
+    """(hr, lower, upper, logrank p) of one comparison, restricted to mask (arm, patient) if given."""
+    parts = []
+    for arm in (experimental, control):
+        i = _arm_index(trial, arm)
+        t = trial[f"{endpoint}_months"].values[i]
+        e = trial[f"{endpoint}_event"].values[i]
+        keep = np.isfinite(t) if mask is None else np.isfinite(t) & np.asarray(mask, bool)[i]
+        parts.append((t[keep], e[keep]))
+    t = np.r_[parts[0][0], parts[1][0]]
+    e = np.r_[parts[0][1], parts[1][1]]
+    x = np.r_[np.ones(parts[0][0].size, bool), np.zeros(parts[1][0].size, bool)]
+    hr = cox_hazard_ratio(t, e, x, alpha)
+    p = log_rank(t, e, x)[1] if with_logrank and x.any() and (~x).any() else np.nan
+    return (*hr, p)
+
+
+def _arm_index(trial: xr.Dataset, arm: str) -> int:
+    arms = list(trial["arm"].values)
+    if arm not in arms:
+        raise ValueError(f"arm {arm!r} is not in this trial; its arms are {arms}")
+    return arms.index(arm)
+
+
+def _arm_pool(trial, arm, endpoint):
+    i = _arm_index(trial, arm)
+    t = trial[f"{endpoint}_months"].values[i]
+    keep = np.isfinite(t)
+    return t[keep], trial[f"{endpoint}_event"].values[i][keep]
+
+
+def _present(months, event, *others):
+    t = np.asarray(months, dtype=float)
+    keep = np.isfinite(t)
+    return (t[keep], np.asarray(event)[keep].astype(int), *(np.asarray(o)[keep] for o in others))

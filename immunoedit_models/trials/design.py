@@ -1,0 +1,326 @@
+"""Trial designs as data: `model_specs/trials/<name>.yaml` -> `TrialDesign`.
+
+A design names the model, the arms (each a sequence of dosing phases, e.g. induction then
+maintenance), the scan schedule, RECIST and survival settings, accrual and data cut-off, the
+cohort's constraints, the biomarker definitions and the comparisons. Every problem in a file is
+collected and raised once as a `SpecError` with file:line, item and a hint, like model specs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from ..errors import Issue, SpecError
+from ..simulate.regimen import Dose, Regimen
+from ..spec.expressions import suggest
+from ..spec.loader import SPEC_ROOT, SpecReader, read_yaml
+from ..spec.schema import Location
+from .endpoints import SurvivalParameters
+from .recist import RecistCriteria
+
+TRIAL_FOLDER = SPEC_ROOT / "trials"
+DAYS_PER_MONTH = 30.4375
+DAYS_PER_WEEK = 7.0
+
+DESIGN_KEYS = ("name", "description", "references", "model", "arms", "control", "comparisons",
+               "patients_per_arm", "accrual_months", "data_cut_months", "scans", "recist",
+               "survival", "cohort", "biomarkers", "subgroups", "solver")
+ARM_KEYS = ("description", "phases", "treat_beyond_progression")
+PHASE_KEYS = ("name", "start_day", "cycle_days", "cycles", "doses")
+DOSE_KEYS = ("drug", "amount", "day", "duration")
+SCAN_KEYS = ("from_week", "every_weeks", "until_week")
+RECIST_KEYS = ("pd_rel", "pd_abs_mm", "pr_rel", "cr_mm", "confirm_days", "sd_min_days")
+SURVIVAL_KEYS = ("lethal_tumour_cells", "background_hazard_per_month",
+                 "post_progression_hazard_per_month")
+SOLVER_KEYS = ("rtol", "atol", "output_every_days", "max_steps")
+UNTIL_PROGRESSION = "until_progression"
+
+
+@dataclass(frozen=True)
+class PhaseDose:
+    """One drug given in each cycle of a phase, on `day` of the cycle (0-based)."""
+
+    drug: str
+    amount: float | str            # number in the drug's amount unit, or a parameter expression
+    day: float = 0.0
+    duration: float = 0.0          # infusion length in days (0: bolus)
+
+
+@dataclass(frozen=True)
+class Phase:
+    """Repeated cycles of doses: `cycles` is a count, a tuple of counts to choose from per
+    patient with equal probability (investigator's choice), or None (until progression or the
+    end of follow-up)."""
+
+    name: str
+    cycle_days: float
+    cycles: int | tuple[int, ...] | None
+    doses: tuple[PhaseDose, ...]
+    start_day: float | None = None     # None: when the previous phase ends
+
+
+@dataclass(frozen=True)
+class Arm:
+    name: str
+    phases: tuple[Phase, ...]
+    description: str = ""
+    treat_beyond_progression: bool = False
+
+    def regimens(self, horizon_days: float) -> dict[tuple[int, ...], Regimen]:
+        """One Regimen per combination of phase cycle counts, keyed by those counts.
+
+        Phases without a count run until `horizon_days`. Doses are given until progression
+        unless the arm treats beyond progression.
+        """
+        choices = [p.cycles if isinstance(p.cycles, tuple) else (p.cycles,) for p in self.phases]
+        out: dict[tuple[int, ...], Regimen] = {}
+        for combo in _product(choices):
+            doses: list[Dose] = []
+            start = 0.0
+            counts = []
+            for phase, count in zip(self.phases, combo):
+                start = phase.start_day if phase.start_day is not None else start
+                n = count if count is not None else max(0, math.ceil((horizon_days - start) / phase.cycle_days))
+                counts.append(n)
+                doses += [Dose(d.drug, start + k * phase.cycle_days + d.day, d.amount, d.duration,
+                               not self.treat_beyond_progression)
+                          for k in range(n) for d in phase.doses
+                          if start + k * phase.cycle_days + d.day < horizon_days]
+                start += n * phase.cycle_days
+            out[tuple(c for c in combo if c is not None)] = Regimen(
+                tuple(sorted(doses, key=lambda d: d.time)), f"{self.name} {counts}")
+        return out
+
+    def drugs(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(d.drug for p in self.phases for d in p.doses))
+
+
+def _product(choices: list[tuple]) -> list[tuple]:
+    combos: list[tuple] = [()]
+    for options in choices:
+        combos = [c + (o,) for c in combos for o in options]
+    return combos
+
+
+@dataclass(frozen=True)
+class ScanSchedule:
+    """Tumour assessments: baseline (day 0) plus visits every `every_weeks` in each window."""
+
+    windows: tuple[tuple[float, float, float], ...]     # (from_week, every_weeks, until_week)
+
+    def days(self, horizon_days: float) -> np.ndarray:
+        """Scan days (n_scan,), baseline 0 first, up to horizon_days."""
+        out = [0.0]
+        for start, every, until in self.windows:
+            week = start + every
+            while week <= until + 1e-9 and week * DAYS_PER_WEEK <= horizon_days:
+                out.append(week * DAYS_PER_WEEK)
+                week += every
+        return np.unique(np.array(out))
+
+
+@dataclass(frozen=True)
+class SolverOptions:
+    rtol: float = 1e-6
+    atol: float = 1e-9
+    output_every_days: float = 7.0
+    max_steps: int = 100_000
+
+
+@dataclass(frozen=True)
+class TrialDesign:
+    name: str
+    model: str
+    arms: Mapping[str, Arm]
+    comparisons: tuple[tuple[str, str], ...]       # (experimental, control)
+    patients_per_arm: int
+    accrual_months: float
+    data_cut_months: float
+    scans: ScanSchedule
+    recist: RecistCriteria
+    survival: SurvivalParameters
+    solver: SolverOptions
+    cohort: Mapping[str, Any] = field(default_factory=dict)
+    biomarkers: Mapping[str, Any] = field(default_factory=dict)
+    subgroups: tuple[str, ...] = ()
+    description: str = ""
+    references: tuple[Any, ...] = ()
+    path: str = "<memory>"
+    source_text: str = ""
+
+    @property
+    def horizon_days(self) -> float:
+        """Longest follow-up: the first patient in, followed to the data cut-off."""
+        return self.data_cut_months * DAYS_PER_MONTH
+
+    @property
+    def design_hash(self) -> str:
+        return hashlib.sha256(self.source_text.encode()).hexdigest()[:16]
+
+
+# ---- reading ------------------------------------------------------------------------------------
+def builtin_trials() -> dict[str, Path]:
+    return {p.stem: p for p in sorted(TRIAL_FOLDER.glob("*.yaml"))}
+
+
+def load_trial(name_or_path: str | Path) -> TrialDesign:
+    """Read and check a trial design (a built-in name such as 'impower150', or a path)."""
+    path = Path(name_or_path)
+    if not path.is_file():
+        trials = builtin_trials()
+        if str(name_or_path) not in trials:
+            hint = suggest(str(name_or_path), trials) or f"built-in trials: {', '.join(trials)}"
+            raise SpecError(Issue(str(name_or_path), None, f"trial '{name_or_path}'",
+                                  "no such file or built-in trial design", hint))
+        path = trials[str(name_or_path)]
+    issues: list[Issue] = []
+    doc = read_yaml(path, issues)
+    if doc is None:
+        raise SpecError(issues)
+    design = _Design(SpecReader(path, issues)).read(doc)
+    if issues:
+        raise SpecError(sorted(issues, key=lambda i: (i.file, i.line or 0)))
+    return design
+
+
+class _Design:
+    """Builds a TrialDesign from the YAML tree, collecting issues with locations."""
+
+    def __init__(self, reader: SpecReader):
+        self.r = reader
+
+    def read(self, doc: Mapping) -> TrialDesign:
+        r = self.r
+        r.check_keys(doc, DESIGN_KEYS, "trial")
+        loc = r.loc(doc)
+        arms = {str(name): self.arm(doc["arms"], name) for name in r.section(doc, "arms")}
+        if not arms:
+            r.issue(loc, "trial", "has no arms", "add 'arms:' with at least two arms")
+        return TrialDesign(
+            name=str(doc.get("name", Path(r.file).stem)), model=str(doc.get("model", "")),
+            arms=arms, comparisons=self.comparisons(doc, arms),
+            patients_per_arm=int(r.number(doc, "patients_per_arm", loc, "trial", 100)),
+            accrual_months=r.number(doc, "accrual_months", loc, "trial", 0.0),
+            data_cut_months=r.number(doc, "data_cut_months", loc, "trial"),
+            scans=self.scans(doc), recist=self.settings(doc, "recist", RecistCriteria, RECIST_KEYS),
+            survival=self.settings(doc, "survival", SurvivalParameters, SURVIVAL_KEYS),
+            solver=self.settings(doc, "solver", SolverOptions, SOLVER_KEYS),
+            cohort=r.plain(doc.get("cohort") or {}), biomarkers=r.plain(doc.get("biomarkers") or {}),
+            subgroups=tuple(str(s) for s in doc.get("subgroups") or ()),
+            description=str(doc.get("description", "")).strip(),
+            references=tuple(r.plain(doc.get("references") or [])),
+            path=r.file, source_text=Path(r.file).read_text(encoding="utf-8"))
+
+    def arm(self, section: Mapping, name: Any) -> Arm:
+        got = self.r.entry(section, name, "arm", ARM_KEYS)
+        if not got:
+            return Arm(str(name), ())
+        body, loc, item = got
+        phases = body.get("phases") or []
+        if not isinstance(phases, list) or not phases:
+            self.r.issue(loc, item, "needs 'phases:', a list of {cycle_days, cycles, doses}")
+            phases = []
+        return Arm(str(name), tuple(self.phase(p, loc, f"{item} phase {i + 1}") for i, p in enumerate(phases)),
+                   str(body.get("description", "")), bool(body.get("treat_beyond_progression", False)))
+
+    def phase(self, body: Any, parent: Location, item: str) -> Phase:
+        r = self.r
+        if not isinstance(body, Mapping):
+            r.issue(parent, item, "must be a mapping of " + ", ".join(PHASE_KEYS))
+            return Phase("", 1.0, 0, ())
+        loc = r.loc(body)
+        r.check_keys(body, PHASE_KEYS, item)
+        cycles = body.get("cycles", UNTIL_PROGRESSION)
+        if cycles == UNTIL_PROGRESSION:
+            count: int | tuple[int, ...] | None = None
+        elif isinstance(cycles, list) and cycles and all(isinstance(c, int) and c > 0 for c in cycles):
+            count = tuple(int(c) for c in cycles)
+        elif isinstance(cycles, int) and not isinstance(cycles, bool) and cycles > 0:
+            count = int(cycles)
+        else:
+            r.issue(r.loc(body, "cycles"), item, f"'cycles' must be a positive integer, a list of "
+                    f"them (chosen per patient) or '{UNTIL_PROGRESSION}', got {cycles!r}")
+            count = 0
+        cycle_days = r.number(body, "cycle_days", loc, item)
+        if not cycle_days > 0:
+            r.issue(loc, item, "'cycle_days' must be > 0")
+        doses = body.get("doses") or []
+        if not isinstance(doses, list) or not doses:
+            r.issue(loc, item, "needs 'doses:', a list of {drug, amount[, day, duration]}")
+            doses = []
+        start = body.get("start_day")
+        return Phase(str(body.get("name", item)), cycle_days, count,
+                     tuple(d for d in (self.dose(d, loc, f"{item} dose {i + 1}") for i, d in enumerate(doses)) if d),
+                     None if start is None else r.number(body, "start_day", loc, item))
+
+    def dose(self, body: Any, parent: Location, item: str) -> PhaseDose | None:
+        r = self.r
+        if not isinstance(body, Mapping) or "drug" not in body or "amount" not in body:
+            r.issue(parent, item, "must be a mapping with 'drug' and 'amount'")
+            return None
+        loc = r.loc(body)
+        r.check_keys(body, DOSE_KEYS, item)
+        amount = body["amount"]
+        amount = str(amount) if isinstance(amount, str) else r.number(body, "amount", loc, item)
+        return PhaseDose(str(body["drug"]), amount, r.number(body, "day", loc, item, 0.0),
+                         r.number(body, "duration", loc, item, 0.0))
+
+    def comparisons(self, doc: Mapping, arms: Mapping[str, Arm]) -> tuple[tuple[str, str], ...]:
+        r, loc = self.r, self.r.loc(doc, "comparisons")
+        control = str(doc.get("control", ""))
+        pairs = []
+        default = [f"{a} vs {control}" for a in arms if a != control] if control else []
+        for text in doc["comparisons"] or [] if "comparisons" in doc else default:
+            parts = [p.strip() for p in str(text).split(" vs ")]
+            if len(parts) != 2:
+                r.issue(loc, f"comparison '{text}'", "must read 'EXPERIMENTAL vs CONTROL'")
+                continue
+            for arm in parts:
+                if arm not in arms:
+                    r.issue(loc, f"comparison '{text}'", f"no arm '{arm}'", suggest(arm, arms))
+            pairs.append((parts[0], parts[1]))
+        return tuple(pairs)
+
+    def scans(self, doc: Mapping) -> ScanSchedule:
+        r = self.r
+        windows = []
+        for i, body in enumerate(doc.get("scans") or []):
+            item = f"scan window {i + 1}"
+            if not isinstance(body, Mapping):
+                r.issue(r.loc(doc, "scans"), item, "must be {from_week, every_weeks[, until_week]}")
+                continue
+            loc = r.loc(body)
+            r.check_keys(body, SCAN_KEYS, item)
+            every = r.number(body, "every_weeks", loc, item)
+            if not every > 0:
+                r.issue(loc, item, "'every_weeks' must be > 0")
+            windows.append((r.number(body, "from_week", loc, item, 0.0), every,
+                            r.number(body, "until_week", loc, item, math.inf)))
+        if not windows:
+            r.issue(r.loc(doc), "trial", "has no 'scans:' (tumour assessment windows)",
+                    "e.g. scans: [{from_week: 0, every_weeks: 6, until_week: 48}, {from_week: 48, every_weeks: 9}]")
+        return ScanSchedule(tuple(windows))
+
+    def settings(self, doc: Mapping, key: str, cls: type, keys: tuple[str, ...]):
+        body = doc.get(key) or {}
+        if not isinstance(body, Mapping):
+            self.r.issue(self.r.loc(doc, key), key, "must be a mapping of " + ", ".join(keys))
+            return cls()
+        self.r.check_keys(body, keys, key)
+        loc = self.r.loc(body)
+        values = {}
+        for k in keys:
+            if k in body:
+                number = self.r.number(body, k, loc, key)
+                values[k] = int(number) if isinstance(getattr(cls(), k), int) else number
+        try:
+            return cls(**values)
+        except ValueError as exc:
+            self.r.issue(loc, key, str(exc))
+            return cls()

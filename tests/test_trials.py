@@ -1,0 +1,120 @@
+"""In-silico trials end to end on a small test model (tests/specs/trial_model.yaml, trial_small.yaml).
+
+References are independent of the code under test: the design's own schedule (q21d, 4 or 6
+induction cycles), the in-kernel progression day against the Python RECIST readout, lifelines
+re-analysis of the exported event times, and reruns with the same seed.
+"""
+
+import numpy as np
+import pytest
+from lifelines import KaplanMeierFitter
+from typer.testing import CliRunner
+
+import immunoedit_models as ie
+from immunoedit_models.cli import app
+from immunoedit_models.errors import SimulationError, SpecError
+from immunoedit_models.trials import load_trial, run_trial
+from immunoedit_models.trials.design import DAYS_PER_MONTH
+
+DESIGN = "tests/specs/trial_small.yaml"
+
+
+@pytest.fixture(scope="module")
+def model():
+    return ie.compile_model("tests/specs/trial_model.yaml")
+
+
+@pytest.fixture(scope="module")
+def trial(model):
+    return run_trial(DESIGN, model=model, seed=3)
+
+
+def test_same_seed_same_trial_other_seed_differs(model, trial):
+    again = run_trial(DESIGN, model=model, seed=3)
+    for name in ("pfs_months", "os_months", "best_response", "dose_day", "pdl1_high"):
+        np.testing.assert_array_equal(trial[name].values, again[name].values)
+    other = run_trial(DESIGN, model=model, seed=4)
+    assert not np.array_equal(trial.pfs_months.values, other.pfs_months.values)
+
+
+def test_no_dose_on_or_after_progression(trial):
+    pd_day = trial.progression_day_kernel.values
+    last = np.nanmax(trial.dose_day.values, axis=-1)
+    progressed = np.isfinite(pd_day)
+    assert progressed.sum() > 50                    # the test is not vacuous
+    assert np.all(last[progressed] < pd_day[progressed])
+
+
+def test_maintenance_continues_until_progression_death_or_cutoff(trial):
+    combo = trial.sel(arm="COMBO")
+    ab = np.where(combo.dose_drug.values == "antibody", combo.dose_day.values, np.nan)
+    end = np.fmin(combo.progression_day_kernel.values, combo.os_months.values * DAYS_PER_MONTH)
+    last_ab = np.nanmax(ab, axis=-1)
+    # the next q21d dose would have fallen at or after the end of treatment
+    assert np.all(last_ab + 21 >= end - 1e-9)
+    spacing = np.diff(ab, axis=-1)
+    np.testing.assert_allclose(spacing[np.isfinite(spacing)], 21.0)
+
+
+def test_induction_has_four_or_six_cycles(trial):
+    chemo = (trial.dose_drug.values == "chemo").sum(axis=-1)
+    end = np.fmin(trial.progression_day_kernel.values, trial.os_months.values * DAYS_PER_MONTH)
+    full = end > 6 * 21                                  # patients who could finish 6 cycles
+    assert set(np.unique(chemo[full])) == {4, 6}
+
+
+def test_kernel_progression_matches_the_recist_readout(trial):
+    # pd_day: first PD among the visits that happened (before death and the cut-off)
+    seen = np.isfinite(trial.pd_day.values)
+    np.testing.assert_array_equal(trial.pd_day.values[seen], trial.progression_day_kernel.values[seen])
+
+
+def test_progression_is_detected_at_visits_only(trial):
+    pd_event = np.isfinite(trial.pd_day.values)
+    pfs_day = trial.pfs_months.values[pd_event] * DAYS_PER_MONTH
+    assert np.all(np.isin(np.round(pfs_day, 6), np.round(trial.scan_day.values, 6)))
+
+
+def test_medians_and_orr_agree_with_an_independent_reanalysis(trial):
+    for arm in trial.arm.values:
+        s = trial.sel(arm=arm)
+        km = KaplanMeierFitter().fit(s.pfs_months.values, s.pfs_event.values)
+        assert float(s.pfs_median_months) == pytest.approx(km.median_survival_time_, rel=1e-12)
+        orr = np.isin(s.best_response.values, ("CR", "PR")).mean()
+        assert float(s.orr) == pytest.approx(orr)
+
+
+def test_subgroup_counts(trial):
+    n = trial.n_subgroup.sel(comparison="COMBO_vs_CHEMO")
+    assert set(n.subgroup.values) == {"all", "pdl1_high", "not_pdl1_high", "pdl1_negative",
+                                      "not_pdl1_negative", "teff_high", "not_teff_high"}
+    for g in ("pdl1_high", "pdl1_negative", "teff_high"):
+        assert int(n.sel(subgroup=g)) == int(trial[g].sum())
+        assert int(n.sel(subgroup="not_" + g)) == 2 * trial.sizes["patient"] - int(trial[g].sum())
+
+
+def test_bad_designs_are_reported(tmp_path, model):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: bad\nmodel: trial_model\ndata_cut_months: 12\n"
+                   "scans: [{from_week: 0, every_weeks: 6}]\ncomparisons: [A vs B]\n"
+                   "arms:\n  A:\n    phases: [{cycle_days: 21, cycles: 0, doses: [{drug: chemo, amount: 1}]}]\n")
+    with pytest.raises(SpecError) as err:
+        load_trial(bad)
+    text = str(err.value)
+    assert "bad.yaml:5: comparison 'A vs B': no arm 'B'" in text
+    assert "'cycles' must be a positive integer" in text
+    unknown = tmp_path / "unknown_drug.yaml"
+    unknown.write_text(open(DESIGN).read().replace("drug: antibody", "drug: antibodie"))
+    with pytest.raises(SimulationError, match=r"doses \['antibodie'\], which model 'trial_model' does not declare"):
+        run_trial(load_trial(unknown), model=model, patients_per_arm=5)
+
+
+def test_cli_trial_writes_results_and_report(tmp_path):
+    out, report = tmp_path / "trial.nc", tmp_path / "report"
+    result = CliRunner().invoke(app, ["trial", DESIGN, "--patients", "40", "--seed", "1",
+                                      "--out", str(out), "--report", str(report)])
+    assert result.exit_code == 0, result.output
+    assert "COMBO_vs_CHEMO: HR PFS" in result.output
+    ds = ie.load_result(out)
+    assert ds.sizes["patient"] == 40 and set(ds.arm.values) == {"COMBO", "CHEMO"}
+    assert (report / "report.md").is_file()
