@@ -229,5 +229,46 @@ def _print_trial(ds, seconds: float) -> None:
         console.print(f"[yellow]{ds.attrs['failed_runs']} patients' simulations failed; see `status`[/yellow]")
 
 
+@app.command("sensitivity")
+def sensitivity_command(
+    spec: str = typer.Argument(..., help="built-in name or path to a spec YAML file"),
+    method: str = typer.Option("sobol", help="sobol | morris | local"),
+    output: list[str] = typer.Option([], "--output", "-o", help="'T@365', 'auc(T, 0, 365)', 'max(E)' or 'T' "
+                                                                "(time-resolved); repeatable"),
+    param: list[str] = typer.Option([], "--param", "-p", help="NAME:LOW:HIGH, or NAME for the spec's bounds/prior "
+                                                              "(repeatable; default: all with bounds or priors)"),
+    n: Optional[int] = typer.Option(None, help="Sobol base samples (power of two; runs n(k+2)), default 1024; "
+                                               "Morris trajectories, default 20"),
+    backend: str = typer.Option("numba", help="numba | jax | cuda"),
+    seed: int = typer.Option(0, help="seed of the design and the bootstrap"),
+    scale: str = typer.Option("auto", help="auto (log for ranges spanning >= 10x or log priors) | linear | log"),
+    days: Optional[float] = typer.Option(None, help="daily output grid up to this day (default: from the outputs)"),
+    regimen: Optional[str] = typer.Option(None, help="regimen name from the spec ('none' for untreated)"),
+    rtol: float = typer.Option(1e-6, help="relative tolerance"),
+    atol: float = typer.Option(1e-9, help="absolute tolerance"),
+    on_failure: str = typer.Option("raise", help="raise | drop (leave out design blocks with failed runs)"),
+    out: Optional[Path] = typer.Option(None, help="write the indices (.nc netCDF or .zarr)"),
+    plot: Optional[Path] = typer.Option(None, help="write a PNG (tornado, Sobol bars or indices over time)"),
+) -> None:
+    """Local, Morris or Sobol sensitivity of model outputs to parameters."""
+    from . import save_result
+    from .sensitivity import command
+
+    try:
+        ds = command.run(spec, method, output, param, n, backend, seed, scale, days, regimen, rtol, atol, on_failure)
+    except ImmunoeditError as exc:
+        _fail(exc)
+    command.summary(ds, console)
+    if out is not None:
+        save_result(ds, out)
+        console.print(f"wrote {out}")
+    if plot is not None:
+        from .plots import save_figure
+        from .sensitivity.plots import plot_sensitivity
+
+        save_figure(plot_sensitivity(ds), plot)
+        console.print(f"wrote {plot}")
+
+
 def main() -> None:  # pragma: no cover - console entry point
     app()

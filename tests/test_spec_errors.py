@@ -58,12 +58,12 @@ def test_spec_error_text_lists_count_and_each_issue(specs_dir):
                      "(exp() needs a dimensionless argument)"),
     ("kkill*T**n", "flow 'kill': rate 'T ** n' raises a quantity in cell to a symbolic power "
                    "(divide the base by a reference value first, or use hill(x, K, n))"),
-    ("foo(T)", "flow 'kill': rate unknown function 'foo' (allowed: exp, log, log10, sqrt, tanh, abs, min, max, "
-               "hill, piecewise)"),
+    ("foo(T)", "flow 'kill': rate unknown function 'foo' (allowed: exp, log, log10, sqrt, tanh, sin, cos, abs, min, "
+               "max, hill, piecewise)"),
     ("__import__('os')", "flow 'kill': rate unknown function '__import__' (allowed: exp, log, log10, sqrt, "
-                         "tanh, abs, min, max, hill, piecewise)"),
+                         "tanh, sin, cos, abs, min, max, hill, piecewise)"),
     ("T.real", "flow 'kill': rate 'T.real' is not allowed in an expression (use numbers, names, + - * / ^, "
-               "comparisons and the functions exp, log, log10, sqrt, tanh, abs, min, max, hill, piecewise)"),
+               "comparisons and the functions exp, log, log10, sqrt, tanh, sin, cos, abs, min, max, hill, piecewise)"),
     ("kkill*(T", "flow 'kill': rate cannot parse 'kkill*(T': '(' was never closed "
                  "(check brackets and operators (+ - * / ^))"),
     ("hill(T, kkill, 2)", "flow 'kill': rate 'hill(T, kkill, 2)' combines 'T' in cell with 'kkill' in 1 / day "

@@ -1,4 +1,5 @@
-"""Backends: one spec -> kernels for numba (CPU) or JAX (diffrax; CPU or GPU)."""
+"""Backends: one spec -> kernels for numba (CPU), JAX (diffrax; CPU or GPU) or CUDA (numba.cuda:
+one trajectory per GPU thread)."""
 
 from __future__ import annotations
 
@@ -11,10 +12,11 @@ from ..errors import BackendUnavailable, CompileError, SpecError
 from ..spec.schema import ModelSpec
 from ..symbolic import SymbolicModel, build_symbolic
 
-BACKENDS = ("numba", "jax")
+BACKENDS = ("numba", "jax", "cuda")
 #: The solver each backend uses unless told otherwise (both stiff, both adaptive).
-DEFAULT_METHOD = {"numba": "rodas5p", "jax": "kvaerno5"}
-METHODS = {"numba": ("rodas5p", "tsit5"), "jax": ("kvaerno5", "tsit5")}
+DEFAULT_METHOD = {"numba": "rodas5p", "jax": "kvaerno5", "cuda": "rodas5p"}
+METHODS = {"numba": ("rodas5p", "tsit5"), "jax": ("kvaerno5", "tsit5"),
+           "cuda": ("rodas5p", "tsit5")}
 
 
 @dataclass(frozen=True, eq=False)
@@ -59,7 +61,8 @@ def _recompile(path: str, backend: str) -> CompiledModel:
 
 
 def compile_model(spec: ModelSpec | str | Path, backend: str = "numba") -> CompiledModel:
-    """Compile a spec (or a built-in name / path, loaded first) for `backend` ('numba' | 'jax').
+    """Compile a spec (or a built-in name / path, loaded first) for `backend`: 'numba', 'jax' or
+    'cuda' (an NVIDIA GPU, or numba's simulator with NUMBA_ENABLE_CUDASIM=1).
 
     Code is printed from sympy once per model structure and cached on disk.
     """
@@ -77,13 +80,15 @@ def compile_model(spec: ModelSpec | str | Path, backend: str = "numba") -> Compi
     try:
         if backend == "numba":
             from .numba_backend import compile_numba as compile_backend
+        elif backend == "cuda":
+            from .cuda_backend import compile_cuda as compile_backend
         else:
             from .jax_backend import compile_jax as compile_backend
     except ImportError as exc:
         raise BackendUnavailable(f"backend '{backend}' needs {exc.name}: pip install {exc.name}") from exc
     try:
         kernels = compile_backend(symbolic)
-    except SpecError:
+    except (SpecError, BackendUnavailable):
         raise
     except Exception as exc:  # a code-generation failure is a bug or an unsupported construct
         raise CompileError(f"{spec.path}: could not compile '{spec.name}' for {backend}: {exc}") from exc

@@ -276,6 +276,41 @@ def _check_events(ev_t: np.ndarray, ev_state: np.ndarray, ev_kind: np.ndarray,
         raise SimulationError("event values must be finite")
 
 
+def check_solve_inputs(kernels: Any, Y0: Any, P: Any, t0: float, t_out: Any, ev_t: Any,
+                       ev_state: Any, ev_kind: Any, ev_value: Any, rtol: float, atol: float,
+                       method: str, max_steps: int, scan_t: Any, burden_index: int, ev_guard: Any
+                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[np.ndarray]]:
+    """Validated C arrays for a `solve_scanned` call of any backend's kernels (with n_states,
+    n_params, output_names): y0 (B, n), params (B, n_par), t_out (n_out,), scan_t (n_scan,) and
+    [ev_t, ev_state, ev_kind, ev_value, ev_guard] (B, n_ev); SimulationError on bad input."""
+    if method not in METHODS:
+        raise SimulationError(f"unknown method {method!r}; choose one of {sorted(METHODS)}")
+    y0 = _rows(Y0, kernels.n_states, "Y0")
+    params = _rows(P, kernels.n_params, "P")
+    n_traj = y0.shape[0]
+    if params.shape[0] != n_traj:
+        raise SimulationError(f"P has {params.shape[0]} rows but Y0 has {n_traj}")
+    t = _c_array(t_out)
+    if t.ndim != 1 or not np.isfinite(t).all() or (np.diff(t) < 0).any() or (t < t0).any():
+        raise SimulationError("t_out must be a finite, sorted 1-d array with t_out >= t0")
+    scans = _c_array(np.asarray(scan_t, dtype=np.float64).reshape(-1))
+    if not np.isfinite(scans).all() or (np.diff(scans) < 0).any() or (scans < t0).any():
+        raise SimulationError("scan_t must be finite, sorted, with scan_t >= t0")
+    n_outputs = len(kernels.output_names)
+    if scans.size and not 0 <= burden_index < n_outputs:
+        raise SimulationError(f"burden_index {burden_index} is not an output index "
+                              f"(the model has {n_outputs} outputs: {list(kernels.output_names)})")
+    if not (rtol > 0 and atol > 0 and max_steps >= 1):
+        raise SimulationError("rtol and atol must be > 0 and max_steps >= 1")
+    shape = (n_traj, np.shape(ev_t)[-1])
+    guard = np.full(shape, -np.inf) if ev_guard is None else ev_guard
+    ev = [_c_array(np.broadcast_to(a, shape), dt) for a, dt in
+          ((ev_t, np.float64), (ev_state, np.int64), (ev_kind, np.int64),
+           (ev_value, np.float64), (guard, np.float64))]
+    _check_events(*ev[:4], kernels.n_states)
+    return y0, params, t, scans, ev
+
+
 # ---- kernels object -----------------------------------------------------------------------------
 @dataclass(frozen=True, eq=False)
 class NumbaKernels:
@@ -356,31 +391,11 @@ class NumbaKernels:
         `numba_solvers` docstring. Returns Y, status, accepted, rejected (as `solve`), scan
         values (B, n_scan) and progression times (B,) (+inf: no progression).
         """
-        if method not in METHODS:
-            raise SimulationError(f"unknown method {method!r}; choose one of {sorted(METHODS)}")
-        y0 = _rows(Y0, self.n_states, "Y0")
-        params = _rows(P, self.n_params, "P")
+        y0, params, t, scans, ev = check_solve_inputs(
+            self, Y0, P, t0, t_out, ev_t, ev_state, ev_kind, ev_value, rtol, atol, method,
+            max_steps, scan_t, burden_index, ev_guard)
         n_traj = y0.shape[0]
-        if params.shape[0] != n_traj:
-            raise SimulationError(f"P has {params.shape[0]} rows but Y0 has {n_traj}")
-        t = _c_array(t_out)
-        if t.ndim != 1 or not np.isfinite(t).all() or (np.diff(t) < 0).any() or (t < t0).any():
-            raise SimulationError("t_out must be a finite, sorted 1-d array with t_out >= t0")
-        scans = _c_array(np.asarray(scan_t, dtype=np.float64).reshape(-1))
-        if not np.isfinite(scans).all() or (np.diff(scans) < 0).any() or (scans < t0).any():
-            raise SimulationError("scan_t must be finite, sorted, with scan_t >= t0")
         n_outputs = len(self.output_names)
-        if scans.size and not 0 <= burden_index < n_outputs:
-            raise SimulationError(f"burden_index {burden_index} is not an output index "
-                                  f"(the model has {n_outputs} outputs: {list(self.output_names)})")
-        if not (rtol > 0 and atol > 0 and max_steps >= 1):
-            raise SimulationError("rtol and atol must be > 0 and max_steps >= 1")
-        shape = (n_traj, np.shape(ev_t)[-1])
-        guard = np.full(shape, -np.inf) if ev_guard is None else ev_guard
-        ev = [_c_array(np.broadcast_to(a, shape), dt) for a, dt in
-              ((ev_t, np.float64), (ev_state, np.int64), (ev_kind, np.int64),
-               (ev_value, np.float64), (guard, np.float64))]
-        _check_events(*ev[:4], self.n_states)
         opts = (scans, n_outputs, int(burden_index), float(pd_rel), float(pd_abs), float(rtol),
                 float(atol), METHODS[method], int(max_steps), float(h0))
         if n_traj == 1:

@@ -33,6 +33,8 @@ FUNCTIONS: dict[str, tuple[int, int | None, str]] = {
     "log10": (1, 1, "base-10 log, x dimensionless"),
     "sqrt": (1, 1, "square root"),
     "tanh": (1, 1, "hyperbolic tangent, x dimensionless"),
+    "sin": (1, 1, "sine, x dimensionless (radians)"),
+    "cos": (1, 1, "cosine, x dimensionless (radians)"),
     "abs": (1, 1, "absolute value"),
     "min": (2, None, "smallest argument, all in one unit"),
     "max": (2, None, "largest argument, all in one unit"),
@@ -264,6 +266,14 @@ class _Translator:
     def _fn_tanh(self, node, args):
         self._dimensionless_arg(node, args[0][1], "tanh")
         return sp.tanh(args[0][0]), registry().dimensionless
+
+    def _fn_sin(self, node, args):
+        self._dimensionless_arg(node, args[0][1], "sin")
+        return sp.sin(args[0][0]), registry().dimensionless
+
+    def _fn_cos(self, node, args):
+        self._dimensionless_arg(node, args[0][1], "cos")
+        return sp.cos(args[0][0]), registry().dimensionless
 
     def _fn_sqrt(self, node, args):
         (x, unit), = args

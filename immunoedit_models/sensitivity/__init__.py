@@ -1,0 +1,25 @@
+"""Sensitivity analysis on any scalar or time-resolved model output.
+
+    from immunoedit_models import sensitivity as sa
+    model = ie.compile_model("benchmark_reference", backend="numba")
+    sa.sobol(model, ["T@365", "auc(T, 0, 365)"], n=1024)        # S1, ST with bootstrap CIs
+    sa.morris(model, "max(E)", n=20)                             # mu, mu*, sigma
+    sa.local_sensitivity(jax_model, ["T"])                       # d ln T / d ln p over time
+
+Outputs: `outputs.parse_output` text forms or `Output(name, function)`; parameter ranges:
+`designs.parameter_ranges`; results are xarray Datasets over (output, [time,] param).
+"""
+
+from .designs import (Design, ParameterRange, morris_design, parameter_ranges, run_design, salib_problem,
+                      sobol_design)
+from .indices import FailedRunsError, morris, morris_indices, sobol, sobol_indices
+from .local import local_sensitivity
+from .outputs import Output, evaluate_outputs, output_grid, parse_output, parse_outputs
+from .plots import plot_sensitivity, plot_sobol, plot_time_resolved, plot_tornado
+
+__all__ = [
+    "Design", "FailedRunsError", "Output", "ParameterRange", "evaluate_outputs", "local_sensitivity", "morris",
+    "morris_design", "morris_indices", "output_grid", "parameter_ranges", "parse_output", "parse_outputs",
+    "plot_sensitivity", "plot_sobol", "plot_time_resolved", "plot_tornado", "run_design", "salib_problem", "sobol",
+    "sobol_design", "sobol_indices",
+]

@@ -1,0 +1,78 @@
+"""The work behind `immunoedit sensitivity`: read the options, run the analysis, print a summary."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import xarray as xr
+from rich.console import Console
+from rich.table import Table
+
+from ..errors import SimulationError
+
+METHODS = ("sobol", "morris", "local")
+SCALES = {"auto": "auto", "linear": False, "log": True}
+#: Default n per method: Sobol base samples (a power of two), Morris trajectories.
+DEFAULT_N = {"sobol": 1024, "morris": 20}
+
+
+def parse_param(text: str) -> str | tuple[str, float, float]:
+    """'NAME' (range from the spec) or 'NAME:LOW:HIGH'."""
+    parts = text.split(":")
+    if len(parts) == 1 and parts[0].strip():
+        return parts[0].strip()
+    try:
+        name, low, high = parts
+        return name.strip(), float(low), float(high)
+    except ValueError:
+        raise SimulationError(f"--param '{text}' must look like NAME or NAME:LOW:HIGH") from None
+
+
+def run(spec: str, method: str, outputs: Sequence[str], params: Sequence[str], n: int | None, backend: str,
+        seed: int, scale: str, days: float | None, regimen: str | None, rtol: float, atol: float,
+        on_failure: str) -> xr.Dataset:
+    """Compile `spec` and run one analysis (see `immunoedit sensitivity --help`)."""
+    from .. import compile_model
+    from .indices import morris, sobol
+    from .local import local_sensitivity
+
+    if method not in METHODS:
+        raise SimulationError(f"--method must be one of {', '.join(METHODS)}, got '{method}'")
+    if scale not in SCALES:
+        raise SimulationError(f"--scale must be one of {', '.join(SCALES)}, got '{scale}'")
+    parsed = [parse_param(p) for p in params]
+    times = None if days is None else np.arange(0.0, days + 0.5, 1.0)
+    model = compile_model(spec, backend=backend)
+    if method == "local":
+        if any(not isinstance(p, str) for p in parsed):
+            raise SimulationError("local sensitivities are taken at the nominal values: give --param NAME "
+                                  "without a range")
+        return local_sensitivity(model, list(outputs) or None, parsed or None, times=times, regimen=regimen,
+                                 rtol=rtol, atol=atol)
+    if not outputs:
+        raise SimulationError(f"{method} needs at least one --output (e.g. --output 'T@365')")
+    run_analysis = sobol if method == "sobol" else morris
+    return run_analysis(model, list(outputs), parsed or None, n or DEFAULT_N[method], times=times,
+                        log=SCALES[scale], seed=seed, on_failure=on_failure, progress=True, regimen=regimen,
+                        rtol=rtol, atol=atol)
+
+
+def summary(ds: xr.Dataset, console: Console) -> None:
+    """One table per output (time-resolved results at their last time)."""
+    kind = ds.attrs["analysis"]
+    if "time" in ds.dims:
+        ds = ds.isel(time=-1)
+        console.print(f"time-resolved: indices at day {float(ds['time']):g} shown", highlight=False)
+    columns = {"sobol": ["S1", "S1_conf", "ST", "ST_conf"], "morris": ["mu_star", "mu_star_conf", "mu", "sigma"],
+               "local": ["S", "dy_dlnp"]}[kind]
+    sort_by = {"sobol": "ST", "morris": "mu_star", "local": "S"}[kind]
+    runs = f", {ds.attrs['n_runs']} runs, {ds.attrs['n_failed_runs']} failed" if "n_runs" in ds.attrs else ""
+    console.print(f"[bold]{ds.attrs['model']}[/] | {kind} | backend {ds.attrs['backend']}{runs}", highlight=False)
+    for out in ds["output"].values:
+        row = ds.sel(output=out)
+        table = Table("param", *columns, title=str(out), box=None, header_style="bold", title_justify="left")
+        order = np.argsort(-np.nan_to_num(np.abs(row[sort_by].values), nan=-1.0))
+        for j in order:
+            table.add_row(str(ds["param"].values[j]), *(f"{row[c].values[j]:.4g}" for c in columns))
+        console.print(table)
