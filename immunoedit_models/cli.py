@@ -270,5 +270,20 @@ def sensitivity_command(
         console.print(f"wrote {plot}")
 
 
+@app.command("cite")
+def cite_command(
+    spec: str = typer.Argument(..., help="built-in name or path to a spec YAML file"),
+    format: str = typer.Option("bibtex", "--format", "-f", help="bibtex | text"),  # noqa: A002
+) -> None:
+    """Print the references of a model and of every module it uses (BibTeX or text)."""
+    from .citations import cite
+
+    try:
+        text = cite(spec, format=format)
+    except (ImmunoeditError, ValueError) as exc:
+        _fail(exc)
+    typer.echo(text, nl=False)
+
+
 def main() -> None:  # pragma: no cover - console entry point
     app()

@@ -7,7 +7,9 @@ Criteria (on the tumour variable, default 'T', over the simulated horizon; `Phas
   fraction of the horizon above `growth_rate` per day) while larger than initially;
 - equilibrium: anything else (the tumour persists, bounded and not growing);
 - failed: the run's status is not 0 (see the result's status meanings).
-'Sneaking through' is a statement about several inocula, see `sneaks_through`.
+'Sneaking through' is a statement about several inocula, see `sneaks_through` and
+`inoculum_ladder`. A bounded tumour that keeps oscillating (limit cycles, as in Kirschner & Panetta
+1998) is an equilibrium in this reading; `oscillation` measures its period and amplitude.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import pandas as pd
 import xarray as xr
 from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
+from scipy.signal import find_peaks
 
 from .errors import SimulationError
 
@@ -67,6 +70,100 @@ def sneaks_through(labels_by_inoculum: Sequence[str]) -> bool:
         if low == "escape" and any(h in ("elimination", "equilibrium") for h in labels[i + 1:]):
             return True
     return False
+
+
+def inoculum_ladder(model, inocula: Sequence[float], escape_size: float, tumour: str = "T",
+                    days: float = 3650.0, initial: dict[str, float] | None = None,
+                    params: dict[str, float] | None = None, regimen: Any = None, **solver: Any) -> xr.Dataset:
+    """Challenge the model with each inoculum (tumour cells at day 0) and label each outcome.
+
+    inocula: tumour sizes in the tumour state's unit, increasing. escape_size: the burden that
+    counts as escape (e.g. a lethal or clinically detectable size): an inoculum settling above it
+    escapes whatever its own size, and a small one growing into a bounded dormant state below it is
+    held (escape_fold plays no part here). `initial` sets the other states and
+    `params` the parameters of every run. Returns `phase` and `final_tumour` over `inoculum`, with
+    attrs `sneaks_through` (1 when a small inoculum escapes while a larger one is held) and the
+    criteria.
+    """
+    from .simulate import simulate_batch
+
+    sizes = np.asarray(inocula, dtype=float)
+    if sizes.ndim != 1 or sizes.size < 2 or np.any(np.diff(sizes) <= 0):
+        raise SimulationError(f"inocula must be at least two increasing sizes, got {sizes.tolist()}")
+    criteria = PhaseCriteria(tumour=tumour, escape_fold=np.inf, escape_size=escape_size)
+    n = sizes.size
+    table = pd.DataFrame({k: np.full(n, float(v)) for k, v in (params or {}).items()}, index=range(n))
+    starts = pd.DataFrame({**{k: np.full(n, float(v)) for k, v in (initial or {}).items()}, tumour: sizes})
+    batch = simulate_batch(model, table, np.linspace(0.0, days, 401), initial=starts, regimen=regimen, **solver)
+    labels = phase(batch, criteria).values
+    return xr.Dataset({"phase": (("inoculum",), labels.astype(object)),
+                       "final_tumour": (("inoculum",), batch[tumour].values[:, -1])},
+                      coords={"inoculum": sizes},
+                      attrs={**batch.attrs, "sneaks_through": int(sneaks_through(list(labels))),
+                             "criteria": repr(criteria), "days": days})
+
+
+def oscillation(ds: xr.Dataset, variable: str = "T", log: bool = True, settle: float = 0.5,
+                prominence: float = 1.0, drift_tolerance: float = 1e-3) -> xr.Dataset:
+    """Period and amplitude of sustained oscillations of `variable` in each run.
+
+    Only the part of the horizon after the first `settle` fraction is read (transients excluded).
+    Peaks and troughs are those with at least `prominence` (in ln units when log=True); their times
+    are refined by a parabola through the three grid points around each, so the output grid need
+    only resolve the cycle. Returns over the batch dims: `period` (days, mean peak-to-peak),
+    `peak` and `trough` (mean heights, in ln units when log), `amplitude` (peak - trough),
+    `n_peaks`, `drift` (change of peak height per cycle) and `sustained` (at least 3 peaks and
+    |drift| <= drift_tolerance); NaN where fewer than 2 peaks are found.
+    """
+    if variable not in ds:
+        raise SimulationError(f"no variable '{variable}' in the result; oscillation(ds, variable=...) names one")
+    values = ds[variable]
+    time = ds["time"].values
+    keep = time >= time[0] + settle * (time[-1] - time[0])
+    batch_dims = [d for d in values.dims if d != "time"]
+    stacked = values.transpose(*batch_dims, "time").values.reshape(-1, time.size)[:, keep]
+    rows = [_cycle_statistics(time[keep], np.log(np.maximum(row, 1e-300)) if log else row, prominence,
+                              drift_tolerance) for row in stacked]
+    shape = [values.sizes[d] for d in batch_dims]
+    coords = {d: values.coords[d] for d in batch_dims if d in values.coords}
+    names = ("period", "peak", "trough", "amplitude", "n_peaks", "drift", "sustained")
+    out = {name: (batch_dims, np.array([r[i] for r in rows]).reshape(shape)) for i, name in enumerate(names)}
+    result = xr.Dataset(out, coords=coords, attrs={"variable": variable, "log": int(log), "settle": settle})
+    result["period"].attrs["units"] = ds.attrs.get("time_unit", "day")
+    return result
+
+
+def _cycle_statistics(t: np.ndarray, y: np.ndarray, prominence: float,
+                      drift_tolerance: float) -> tuple[float, float, float, float, int, float, bool]:
+    peaks, _ = find_peaks(y, prominence=prominence)
+    troughs, _ = find_peaks(-y, prominence=prominence)
+    if peaks.size < 2:
+        return (np.nan, np.nan, np.nan, np.nan, int(peaks.size), np.nan, False)
+    times, heights = _refine(t, y, peaks)
+    period = float(np.mean(np.diff(times)))
+    drift = float((heights[-1] - heights[0]) / (peaks.size - 1))
+    trough = float(np.mean(_refine(t, y, troughs)[1])) if troughs.size else np.nan
+    peak = float(np.mean(heights))
+    return (period, peak, trough, peak - trough, int(peaks.size), drift,
+            bool(peaks.size >= 3 and abs(drift) <= drift_tolerance))
+
+
+def _refine(t: np.ndarray, y: np.ndarray, index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Vertex of the parabola through each extremum and its two neighbours (times, heights).
+
+    Hand-written: scipy's find_peaks returns grid indices only, and a three-point vertex is all
+    that is needed to turn a grid-limited period into an accurate one.
+    """
+    i = np.clip(index, 1, t.size - 2)
+    t0, t1, t2 = t[i - 1], t[i], t[i + 1]
+    y0, y1, y2 = y[i - 1], y[i], y[i + 1]
+    d0, d2 = t0 - t1, t2 - t1
+    denom = d0 * d2 * (d0 - d2)
+    a = (d2 * (y0 - y1) - d0 * (y2 - y1)) / denom
+    b = (d0**2 * (y2 - y1) - d2**2 * (y0 - y1)) / denom
+    shift = np.where(a != 0, -b / (2 * np.where(a != 0, a, 1.0)), 0.0)
+    shift = np.clip(shift, d0, d2)
+    return t1 + shift, y1 + b * shift + a * shift**2
 
 
 def _axis(spec: tuple[str, float, float], n: int, log: bool) -> tuple[str, np.ndarray]:

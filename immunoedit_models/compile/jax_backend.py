@@ -121,25 +121,30 @@ def _status_code(result: dfx.RESULTS) -> jax.Array:
                                STATUS_FAILED))
 
 
-def _solve_segment(vector_field, method, max_steps, y, args, start, end, ts, rtol, atol, h0):
+def _solve_segment(vector_field, method, max_steps, y, args, start, end, ts, rtol, atol, h0,
+                   adjoint=None):
     """One event-free diffrax solve over [start, end], saving at `ts` (inside it) and at `end`."""
     pid = dfx.PIDController(rtol=rtol, atol=atol)
     controller = dfx.ClipStepSizeController(pid, step_ts=ts) if _STEP_TO_OUTPUTS[method] else pid
     return dfx.diffeqsolve(
         dfx.ODETerm(vector_field), METHODS[method](), start, end, h0, y, args,
         saveat=dfx.SaveAt(ts=ts, t1=True), stepsize_controller=controller,
-        max_steps=max_steps, throw=False)
+        max_steps=max_steps, throw=False,
+        adjoint=dfx.RecursiveCheckpointAdjoint() if adjoint is None else adjoint)
 
 
 def solve_trajectory(vector_field: VectorField, y0, p, t0, t_out, ev_t, ev_state, ev_kind, ev_value,
-                     rtol, atol, h0=None, *, method: str = "kvaerno5", max_steps: int = 100_000):
+                     rtol, atol, h0=None, *, method: str = "kvaerno5", max_steps: int = 100_000,
+                     adjoint=None):
     """Solve one dosed trajectory (plain JAX; jit-, vmap- and grad-able).
 
     y0 (n,), p (np,), t0 scalar, t_out (n_out,) sorted >= t0; events ev_* (ne,) sorted by
     time, padded with ev_t = +inf: kind BOLUS adds ev_value to y[ev_state], kind INFUSION adds
     it to the infusion rate u[ev_state]. Events at t <= t0 apply at t0; all events sharing a
     time apply before the solution is reported there (right-continuous). `h0` is the first
-    step (None: automatic); `max_steps` applies per event segment.
+    step (None: automatic); `max_steps` applies per event segment. `adjoint`: how diffrax
+    differentiates the solve (default reverse mode, `RecursiveCheckpointAdjoint`; pass
+    `diffrax.ForwardMode()` for jax.jacfwd / jvp, cheaper with few parameters).
 
     Returns Y (n_out, n) (NaN if status != 0), status, accepted steps, rejected steps.
     """
@@ -165,7 +170,7 @@ def solve_trajectory(vector_field: VectorField, y0, p, t0, t_out, ev_t, ev_state
         end = jnp.where(status == STATUS_OK, end, start)  # stop integrating after a failure
         ts = jnp.clip(t_out, start, end)
         sol = _solve_segment(vector_field, method, max_steps, y, (p, u), start, end, ts,
-                             rtol, atol, h0)
+                             rtol, atol, h0, adjoint)
         Y = jnp.where((segment_of_out == k)[:, None], sol.ys[:-1], Y)
         status = jnp.where(status == STATUS_OK, _status_code(sol.result), status)
         carry = (sol.ys[-1], u, Y, status, n_acc + sol.stats["num_accepted_steps"],
