@@ -1,0 +1,186 @@
+"""Mechanism signatures of the composed models: each test fails if its mechanism is broken.
+
+The behaviours are those the source reviews attribute to each mechanism
+(../shared/references/seed_catalogue.md sections 3a-3c and 2.4.2; published_models.md sections
+2-4); every criterion is stated in the test. Patients are the specs' default parameter sets
+(the prior medians) unless a test states its own; tumour size is compared between regimens at
+the same day, so the criteria do not depend on a response threshold.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import immunoedit_models as ie
+from immunoedit_models.simulate.regimen import Regimen
+
+
+@pytest.fixture(scope="module")
+def nsclc():
+    return ie.compile_model(ie.load_spec("immunoediting_nsclc"), backend="numba")
+
+
+@pytest.fixture(scope="module")
+def melanoma():
+    return ie.compile_model(ie.load_spec("immunoediting_melanoma"), backend="numba")
+
+
+def run(model, days, regimen, **params):
+    ds = ie.simulate(model, np.asarray(days, dtype=float), regimen=regimen, params=params)
+    assert int(ds["status"]) == 0
+    return ds
+
+
+def at(ds, var, day):
+    return float(ds[var].sel(time=float(day)))
+
+
+# ---- IL-2 dose duality (seed catalogue 3b; published_models.md section 3) --------------------
+def test_il2_dose_response_is_non_monotone(melanoma):
+    """Constant aldesleukin infusion for 28 days: low doses (pM, the CD25 band) expand Tregs and
+    do not help; high doses (nM, the IL-2Rbeta-gamma band) expand effectors and shrink the
+    tumour; persistent very high exposure exhausts effectors, loses the benefit and raises the
+    toxicity marker."""
+    days = [0, 14, 28, 84]
+    rates = {"low": 1e6, "high": 2e8, "very high": 3e9}          # IU per day
+    none = run(melanoma, days, "untreated")
+    runs = {k: run(melanoma, days, Regimen.repeated("aldesleukin", 28 * r, start=0.0, duration=28.0))
+            for k, r in rates.items()}
+    fold = {k: {v: at(ds, v, 14) / at(none, v, 14) for v in ("R", "E")} for k, ds in runs.items()}
+    tumour = {k: at(ds, "tumour_cells", 84) / at(none, "tumour_cells", 84) for k, ds in runs.items()}
+    toxicity = {k: at(ds, "il2_toxicity", 28) for k, ds in runs.items()}
+
+    assert fold["low"]["R"] >= 1.5 and fold["low"]["E"] <= 1.1 and tumour["low"] >= 1.0
+    assert fold["high"]["E"] >= 2.0 and tumour["high"] <= 0.9
+    assert at(runs["very high"], "il2_exhaustion", 14) >= 10 * at(runs["high"], "il2_exhaustion", 14)
+    assert fold["very high"]["E"] < fold["high"]["E"] and at(runs["very high"], "X", 28) > at(runs["high"], "X", 28)
+    assert tumour["very high"] > tumour["high"] + 0.05                 # non-monotone outcome
+    assert toxicity["low"] < 0.05 < toxicity["high"] < toxicity["very high"] and toxicity["very high"] > 0.8
+
+
+# ---- IFN-gamma -> PD-L1 adaptive resistance (seed catalogue 3a) ----------------------------
+def test_anti_pdl1_benefit_grows_with_ifng_driven_pdl1(nsclc):
+    """An inflamed tumour whose PD-L1 is mostly adaptive (low constitutive PD-L1): the benefit of
+    atezolizumab, log(untreated / treated tumour) at 26 weeks, rises with the IFN-gamma -> PD-L1
+    induction, and cutting the link (fold 0) removes at least half of the benefit at the QSP-IO
+    value (6-fold)."""
+    adaptive = dict(pdl1_basal=0.02, pdl1_myeloid_basal=0.05, cd8_infiltration=0.03)
+    benefit = []
+    for fold in (0.0, 3.0, 6.0, 12.0):
+        u = run(nsclc, [0, 182], "untreated", pdl1_ifng_fold=fold, **adaptive)
+        a = run(nsclc, [0, 182], "atezolizumab_q3w", pdl1_ifng_fold=fold, **adaptive)
+        benefit.append(np.log(at(u, "tumour_cells", 182) / at(a, "tumour_cells", 182)))
+    assert np.all(np.diff(benefit) > 0)
+    assert benefit[0] < 0.5 * benefit[2]
+
+
+def test_escape_subclones_grow_through_checkpoint_therapy(nsclc):
+    """In a patient who responds to atezolizumab (inflamed tumour), the MHC-I-normal
+    IFN-gamma-responsive clone shrinks while the MHC-I-low and IFN-gamma-insensitive clones keep
+    growing, so the escape fraction rises (acquired resistance by selection, seed 000
+    L1291-1298); a tumour made of escape clones alone gains little from the same therapy."""
+    responder = dict(cd8_infiltration=0.05, pdl1_basal=0.3)
+    days = [0, 182, 365]
+    a = run(nsclc, days, "atezolizumab_q3w", **responder)
+    assert at(a, "T_s", 182) < 0.5 * at(a, "T_s", 0)
+    assert at(a, "T_m", 182) > at(a, "T_m", 0) and at(a, "T_g", 182) > at(a, "T_g", 0)
+    assert at(a, "escape_fraction", 365) >= 5 * at(a, "escape_fraction", 0)
+
+    def benefit(**clones):
+        u = run(nsclc, days, "untreated", **responder, **clones)
+        t = run(nsclc, days, "atezolizumab_q3w", **responder, **clones)
+        return np.log(at(u, "tumour_cells", 182) / at(t, "tumour_cells", 182))
+
+    sensitive = benefit(f_mhc_low0=1e-5, f_ifng_insens0=1e-5)
+    assert benefit(f_mhc_low0=0.3, f_ifng_insens0=1e-5) < 0.5 * sensitive
+    assert benefit(f_mhc_low0=1e-5, f_ifng_insens0=0.3) < sensitive
+
+
+# ---- lactate / hypoxia / vessels (seed catalogue 3c) -------------------------------------------
+def test_glycolysis_raises_lactate_and_lowers_killing(nsclc):
+    """More tumour glycolysis: more lactate, a lower mean CD8 kill rate per tumour cell (at
+    baseline and after 6 weeks) and a larger untreated tumour at 26 weeks."""
+    runs = [run(nsclc, [0, 42, 182], "untreated", glycolysis=g) for g in (0.5, 1.0, 2.0, 4.0)]
+    lactate = [at(ds, "lactate", 0) for ds in runs]
+    for day in (0, 42):
+        kill = [at(ds, "ctl_kill_rate", day) for ds in runs]
+        assert np.all(np.diff(kill) < 0), day
+    tumour = [at(ds, "tumour_cells", 182) for ds in runs]
+    assert np.all(np.diff(lactate) > 0) and np.all(np.diff(tumour) > 0)
+    assert 10 <= lactate[1] <= 40                       # Walenta 2000: 10-40 mM in tumours
+
+
+def test_vessel_normalisation_lowers_hypoxia_and_raises_infiltration(nsclc):
+    """Bevacizumab normalises vessels: after 6 weeks, vessel function and oxygen up, hypoxic
+    fraction down by at least a third, effector CD8 per tumour cell up by at least 20 %."""
+    u = run(nsclc, [0, 42], "untreated")
+    b = run(nsclc, [0, 42], "bevacizumab_q3w")
+    assert at(b, "V", 42) > at(u, "V", 42) and at(b, "oxygen", 42) > at(u, "oxygen", 42)
+    assert at(b, "hypoxic_fraction", 42) <= (2 / 3) * at(u, "hypoxic_fraction", 42)
+    assert at(b, "effector_ratio", 42) >= 1.2 * at(u, "effector_ratio", 42)
+
+
+def test_anti_vegf_and_anti_pdl1_are_synergistic(nsclc):
+    """Bliss independence on tumour size at 26 weeks: the fractional inhibition of
+    atezolizumab + bevacizumab exceeds the Bliss expectation I_A + I_B - I_A I_B (and each
+    single agent), for the median patient and for most of a small virtual cohort."""
+    def inhibition(params: pd.DataFrame):
+        size = {reg: ie.simulate_batch(nsclc, params, [0.0, 182.0], regimen=reg)["tumour_cells"].values[:, -1]
+                for reg in ("untreated", "atezolizumab_q3w", "bevacizumab_q3w", "atezolizumab_bevacizumab_q3w")}
+        return {reg: 1 - size[reg] / size["untreated"] for reg in size}
+
+    rng = np.random.default_rng(3)
+    cohort = pd.DataFrame({"cd8_infiltration": 0.015 * np.exp(0.5 * rng.standard_normal(40)),
+                           "pdl1_basal": 0.08 * np.exp(1.0 * rng.standard_normal(40)),
+                           "vegf_basal": 1.5 * np.exp(0.5 * rng.standard_normal(40))})
+    median = pd.DataFrame({"cd8_infiltration": [0.015]})
+    for params, share in ((median, 1.0), (cohort, 0.75)):
+        i = inhibition(params)
+        a, b, ab = i["atezolizumab_q3w"], i["bevacizumab_q3w"], i["atezolizumab_bevacizumab_q3w"]
+        excess = ab - (a + b - a * b)
+        assert np.mean(excess > 0) >= share and np.mean(ab > np.maximum(a, b)) >= share
+
+
+# ---- exhaustion chain (seed catalogue 2.4.2) ----------------------------------------------------
+def test_pd1_blockade_expands_progenitors_not_terminally_exhausted(melanoma):
+    """Nivolumab: progenitor-exhausted cells expand (>= 20 % above untreated at 2 weeks) more than
+    terminally exhausted cells; and blockade reinvigorates only progenitors: starting from
+    progenitors alone it produces effectors, from terminally exhausted cells alone nothing."""
+    u = run(melanoma, [0, 14], "untreated")
+    n = run(melanoma, [0, 14], "nivolumab_q4w")
+    p_fold, x_fold = at(n, "P", 14) / at(u, "P", 14), at(n, "X", 14) / at(u, "X", 14)
+    assert p_fold >= 1.2 and p_fold > x_fold + 0.05
+
+    def effectors(regimen, state):
+        # no priming (cd8_infiltration 0 sets the priming rate to 0): only the given pool acts
+        ds = ie.simulate(melanoma, np.array([0.0, 21.0]), regimen=regimen,
+                         params={"cd8_infiltration": 0.0}, initial={"E": 0.0, "P": 0.0, "X": 0.0, state: 1e9})
+        return float(ds["E"].values[-1])
+
+    assert effectors("nivolumab_q4w", "P") >= 3 * effectors("untreated", "P") > 0
+    assert effectors("nivolumab_q4w", "X") == effectors("untreated", "X") == 0.0
+
+
+def test_pd1_plus_lag3_blockade_beats_pd1_alone(melanoma):
+    """Relatlimab adds LAG-3 release to nivolumab's PD-1 release: tumours at 26 weeks are never
+    larger and are smaller for the median patient, and more virtual patients respond
+    (best change <= -30 % at 8-weekly scans in the first year)."""
+    rng = np.random.default_rng(11)
+    n = 60
+    cohort = pd.DataFrame({"cd8_infiltration": 0.04 * np.exp(0.5 * rng.standard_normal(n)),
+                           "pdl1_basal": 0.08 * np.exp(1.4 * rng.standard_normal(n)),
+                           "lag3_level": np.exp(1.2 * rng.standard_normal(n)),
+                           "r_tumour": 0.018 * np.exp(0.35 * rng.standard_normal(n))})
+    days = np.arange(0.0, 365.0, 56.0)
+    runs = {reg: ie.simulate_batch(melanoma, cohort, days, regimen=reg)
+            for reg in ("nivolumab_q4w", "nivolumab_relatlimab_q4w")}
+    size = {reg: ds["tumour_cells"].values[:, days.tolist().index(168.0)] for reg, ds in runs.items()}
+    assert np.all(size["nivolumab_relatlimab_q4w"] <= size["nivolumab_q4w"] * (1 + 1e-6))
+    response = {reg: np.mean(np.min(ds["sld_mm"].values, axis=1) <= 0.7 * ds["sld_mm"].values[:, 0])
+                for reg, ds in runs.items()}
+    assert response["nivolumab_relatlimab_q4w"] > response["nivolumab_q4w"]
+    u = run(melanoma, [0, 182], "nivolumab_q4w")
+    c = run(melanoma, [0, 182], "nivolumab_relatlimab_q4w")
+    assert at(c, "tumour_cells", 182) < 0.9 * at(u, "tumour_cells", 182)
