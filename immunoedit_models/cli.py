@@ -270,6 +270,21 @@ def sensitivity_command(
         console.print(f"wrote {plot}")
 
 
+@app.command("fit")
+def fit_command(
+    problem: Path = typer.Argument(..., help="a fitting problem folder (fitting/<problem>) or its problem.yaml"),
+    out: Path = typer.Option(..., help="output folder: checkpoints, fit.nc, calibration.yaml, report.md + PNGs"),
+    resume: bool = typer.Option(False, help="continue the checkpointed fit in --out (nothing done is redone)"),
+) -> None:
+    """Fit a calibration problem (time courses, or trial endpoints); checkpointed and resumable."""
+    from .fit import command
+
+    try:
+        command.run(problem, out, resume, console)
+    except ImmunoeditError as exc:
+        _fail(exc)
+
+
 @app.command("cite")
 def cite_command(
     spec: str = typer.Argument(..., help="built-in name or path to a spec YAML file"),

@@ -7,9 +7,12 @@ the dose conversion factors (e.g. 1/V1) and dose amounts given as expressions (e
 "15*weight"), so gradients flow through all of them. What stays fixed (static) is the schedule:
 dose times, durations, target states and the output times.
 
-Gradients are discretise-then-differentiate: reverse mode (`jax.grad`) goes through diffrax's
-recursive checkpointing; forward mode (`jax.jacfwd`) through the same solve. A failed solve
-(max_steps, non-finite state) returns NaN everywhere, which optimisers treat as a rejected point.
+Gradients are discretise-then-differentiate, in reverse mode (`jax.grad`, `jax.jacrev`, `jax.vjp`)
+through diffrax's recursive checkpointing. Forward mode (`jax.jacfwd`, `jax.jvp`) is not available
+yet: `compile.jax_backend.solve_trajectory` uses diffrax's default RecursiveCheckpointAdjoint, whose
+checkpointed loop has no JVP rule; it needs `adjoint=diffrax.ForwardMode()` passed through
+`solve_trajectory` to `diffeqsolve`. A failed solve (max_steps, non-finite state) returns NaN
+everywhere, which optimisers treat as a rejected point.
 """
 
 from __future__ import annotations
@@ -116,7 +119,8 @@ def differentiable_simulator(model: Any, times: Any, params: Sequence[str], *, r
                              initial: Mapping[str, float] | None = None,
                              t0: float | None = None) -> Callable[[jax.Array], jax.Array]:
     """Pure JAX function theta (k,) -> Y (n_times, n_outputs) for a model compiled with backend
-    'jax' (CompileError otherwise), doses included; jit/grad/jacfwd-able.
+    'jax' (CompileError otherwise), doses included; jit-, vmap-, grad- and jacrev-able (forward
+    mode: see the module docstring).
 
     params: names of the k parameters in theta (the others: nominal, or `base`).
     outputs: names of states, expressions or observables (default: all states), in natural

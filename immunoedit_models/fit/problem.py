@@ -1,0 +1,502 @@
+"""Fitting problems as data: `fitting/<problem>/problem.yaml` -> `FitProblem`.
+
+Two kinds share one file format (see fitting/README.md for the full schema):
+
+- `kind: timecourse`: a model, simulation conditions (regimen, parameter and initial-state
+  overrides), observables (model output, transformation lin/log/log10, noise model
+  normal/lognormal/laplace with a fixed or fitted sigma), a PEtab-style measurement table
+  (observableId, simulationConditionId, time, measurement [, noise]), and the free parameters.
+- `kind: trial`: a model and a trial design (`trial:`), the cohort size and seed, free
+  parameters (model parameters shared by all patients, `survival` parameters of the death model,
+  and `populations:` whose median and sigma are fitted), and targets with likelihood terms:
+  `ipd` (reconstructed individual patient data), `median`, `hazard_ratio`, `landmark`, `response`.
+  Targets may pull their value, CI and source from a `published.csv` row
+  (`published: {analysis, population, endpoint, arm, statistic}`).
+
+Every problem found in a file is collected and raised once as a FitError with file:line.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import pandas as pd
+
+from ..errors import FitError, Issue
+from ..spec.expressions import suggest
+from ..spec.loader import SpecReader, read_yaml
+from ..spec.schema import Location
+from .likelihoods import NOISE_MODELS, TRANSFORMATIONS
+from .parameters import PRIOR_ARGS, SCALES, FreeParameter, ParameterSet, PopulationParameter
+
+KINDS = ("timecourse", "trial")
+PROBLEM_KEYS = ("name", "kind", "description", "model", "backend", "solver", "t0", "conditions",
+                "observables", "measurements", "parameters", "populations", "fit", "sources",
+                "trial", "cohort", "targets", "predictions")
+PARAM_KEYS = ("bounds", "scale", "start", "prior", "source", "role")
+POP_KEYS = ("distribution", "median", "sigma", "bounds", "source")
+CONDITION_KEYS = ("regimen", "parameters", "initial", "description")
+OBSERVABLE_KEYS = ("output", "transformation", "noise", "sigma", "description")
+SOLVER_KEYS = ("rtol", "atol", "method", "max_steps")
+FIT_KEYS = ("method", "n_starts", "seed", "max_iter", "profiles", "profile_points", "posterior",
+            "popsize", "sigma0", "use_priors")
+TARGET_KEYS = ("id", "kind", "endpoint", "arm", "comparison", "data", "published", "value", "ci",
+               "n", "months", "hazard_bins_months", "smoothing_months", "weight", "source", "note")
+TARGET_KINDS = ("ipd", "median", "hazard_ratio", "landmark", "response")
+MEASUREMENT_COLUMNS = ("observableId", "simulationConditionId", "time", "measurement")
+ROLES = ("model", "survival", "noise")
+SURVIVAL_PARAMETERS = ("lethal_tumour_cells", "background_hazard_per_month",
+                       "post_progression_hazard_per_month")
+
+
+@dataclass(frozen=True)
+class Condition:
+    """A simulation condition: regimen (None: the spec's default), parameter/initial overrides."""
+
+    name: str
+    regimen: str | None = None
+    parameters: Mapping[str, float] = field(default_factory=dict)
+    initial: Mapping[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Observable:
+    """h = transformation(output); measurement ~ noise(h, sigma). sigma: number or free parameter."""
+
+    name: str
+    output: str
+    transformation: str = "lin"
+    noise: str = "normal"
+    sigma: float | str = 1.0
+
+
+@dataclass(frozen=True)
+class Target:
+    """One likelihood term of a trial problem (see module doc); months throughout."""
+
+    id: str
+    kind: str
+    endpoint: str = "pfs"
+    arm: str | None = None
+    comparison: str | None = None
+    value: float | None = None
+    ci: tuple[float, float] | None = None
+    n: int | None = None
+    months: float | None = None
+    data: pd.DataFrame | None = None  # ipd: columns time_months, event
+    hazard_bins_months: tuple[float, ...] = ()
+    smoothing_months: float = 0.5
+    weight: float = 1.0
+    source: str = ""
+
+
+@dataclass(frozen=True)
+class Solver:
+    rtol: float = 1e-6
+    atol: float = 1e-9
+    method: str | None = None
+    max_steps: int = 100_000
+
+
+@dataclass(frozen=True)
+class FitSettings:
+    """How to fit: method (multistart | cmaes | nuts), budget, seed, profiles."""
+
+    method: str = "multistart"
+    n_starts: int = 8
+    seed: int = 0
+    max_iter: int = 200
+    profiles: tuple[str, ...] = ()
+    profile_points: int = 12
+    posterior: Mapping[str, Any] = field(default_factory=dict)
+    popsize: int | None = None
+    sigma0: float = 0.25
+    use_priors: bool = False
+
+
+@dataclass(frozen=True, eq=False)
+class FitProblem:
+    """A validated fitting problem (paths resolved relative to its folder)."""
+
+    name: str
+    kind: str
+    folder: Path
+    model: str
+    parameters: ParameterSet
+    fit: FitSettings
+    roles: Mapping[str, str] = field(default_factory=dict)  # free parameter -> model|survival|noise
+    description: str = ""
+    backend: str = "jax"
+    solver: Solver = Solver()
+    t0: float = 0.0
+    conditions: Mapping[str, Condition] = field(default_factory=dict)
+    observables: Mapping[str, Observable] = field(default_factory=dict)
+    measurements: pd.DataFrame | None = None
+    trial: str | None = None
+    cohort: Mapping[str, Any] = field(default_factory=dict)
+    targets: tuple[Target, ...] = ()
+    predictions: tuple[Mapping[str, Any], ...] = ()
+    sources: tuple[str, ...] = ()
+    source_text: str = ""
+
+    def model_path(self) -> str:
+        """The model as load_spec accepts it: a path relative to the folder if one exists there."""
+        return _local(self.folder, self.model)
+
+    def trial_path(self) -> str:
+        """The trial design as load_trial accepts it: a path relative to the folder if one exists there."""
+        return _local(self.folder, self.trial or "")
+
+
+def _local(folder: Path, name: str) -> str:
+    local = folder / name
+    return str(local) if name and local.is_file() else name
+
+
+def _raise(issues: list[Issue]) -> None:
+    n = len(issues)
+    error = FitError("\n".join([f"{n} problem{'s' if n != 1 else ''} in fitting problem:",
+                                *(f"  {issue}" for issue in issues)]))
+    error.issues = issues
+    raise error
+
+
+def problem_file(path: str | Path) -> Path:
+    """problem.yaml of a folder, or the file itself."""
+    path = Path(path)
+    return path / "problem.yaml" if path.is_dir() else path
+
+
+def load_problem(path: str | Path) -> FitProblem:
+    """Load and validate `fitting/<problem>/problem.yaml` (or the folder); FitError lists every issue."""
+    file = problem_file(path)
+    issues: list[Issue] = []
+    if not file.is_file():
+        _raise([Issue(str(file), None, "problem", "no such file",
+                      "give a folder with a problem.yaml, e.g. fitting/reference_timecourse")])
+    doc = read_yaml(file, issues)
+    if issues:
+        _raise(issues)
+    if not isinstance(doc, Mapping):
+        _raise([Issue(str(file), None, "problem", "must be a YAML mapping")])
+    problem = _Reader(SpecReader(file, issues), file.parent).read(doc)
+    if issues:
+        _raise(sorted(issues, key=lambda i: (i.file, i.line or 0)))
+    return problem
+
+
+class _Reader:
+    """Builds a FitProblem from the YAML tree, collecting issues with locations."""
+
+    def __init__(self, reader: SpecReader, folder: Path):
+        self.r = reader
+        self.folder = folder
+
+    # ---- top level -------------------------------------------------------------------------
+    def read(self, doc: Mapping) -> FitProblem:
+        r = self.r
+        r.check_keys(doc, PROBLEM_KEYS, "problem")
+        loc = r.loc(doc)
+        kind = str(doc.get("kind", "timecourse"))
+        if kind not in KINDS:
+            r.issue(r.loc(doc, "kind"), "problem", f"kind must be one of {', '.join(KINDS)}, got '{kind}'")
+        if not doc.get("model"):
+            r.issue(loc, "problem", "missing 'model'", "a built-in spec name or a path relative to the folder")
+        free, roles = self.free_parameters(doc)
+        populations = self.populations(doc) if kind == "trial" else ()
+        free = free + [p for pop in populations for p in (pop.median, pop.sigma)]
+        roles.update({p.name: "population" for pop in populations for p in (pop.median, pop.sigma)})
+        common = dict(name=str(doc.get("name", self.folder.name)), kind=kind, folder=self.folder,
+                      model=str(doc.get("model", "")), parameters=ParameterSet(tuple(free), tuple(populations)),
+                      fit=self.fit_settings(doc, [p.name for p in free]), roles=roles,
+                      description=str(doc.get("description", "")).strip(),
+                      backend=str(doc.get("backend", "jax" if kind == "timecourse" else "numba")),
+                      solver=self.solver(doc), sources=tuple(str(s) for s in doc.get("sources") or ()),
+                      source_text=Path(r.file).read_text(encoding="utf-8"))
+        if kind == "trial":
+            if not doc.get("trial"):
+                r.issue(loc, "problem", "a trial problem needs 'trial:' (the trial design name)")
+            return FitProblem(**common, trial=str(doc.get("trial", "")), cohort=r.plain(doc.get("cohort") or {}),
+                              targets=self.targets(doc),
+                              predictions=tuple(r.plain(doc.get("predictions") or [])))
+        observables = self.observables(doc, roles)
+        conditions = self.conditions(doc)
+        return FitProblem(**common, t0=float(r.number(doc, "t0", loc, "problem", 0.0)), conditions=conditions,
+                          observables=observables, measurements=self.measurements(doc, observables, conditions))
+
+    def solver(self, doc) -> Solver:
+        body = doc.get("solver") or {}
+        if not isinstance(body, Mapping):
+            self.r.issue(self.r.loc(doc, "solver"), "solver", "must be a mapping of " + ", ".join(SOLVER_KEYS))
+            return Solver()
+        self.r.check_keys(body, SOLVER_KEYS, "solver")
+        loc = self.r.loc(doc, "solver")
+        return Solver(self.r.number(body, "rtol", loc, "solver", 1e-6), self.r.number(body, "atol", loc, "solver", 1e-9),
+                      body.get("method"), int(self.r.number(body, "max_steps", loc, "solver", 100_000)))
+
+    # ---- parameters --------------------------------------------------------------------------
+    def free_parameter(self, name: str, body: Mapping, loc: Location, item: str) -> FreeParameter | None:
+        r = self.r
+        bounds = body.get("bounds")
+        if not (isinstance(bounds, list) and len(bounds) == 2):
+            r.issue(loc, item, "needs 'bounds: [low, high]'")
+            return None
+        prior = r.plain(body.get("prior")) if body.get("prior") is not None else None
+        if prior is not None:
+            dist = prior.get("distribution") if isinstance(prior, Mapping) else None
+            if dist not in PRIOR_ARGS:
+                r.issue(r.loc(body, "prior"), item, f"prior distribution must be one of {', '.join(PRIOR_ARGS)}, "
+                        f"got {dist!r}")
+                prior = None
+        scale = str(body.get("scale", "log"))
+        if scale not in SCALES:
+            r.issue(r.loc(body, "scale"), item, f"scale must be one of {', '.join(SCALES)}, got '{scale}'")
+            return None
+        try:
+            return FreeParameter(name, (float(bounds[0]), float(bounds[1])), scale,
+                                 None if body.get("start") is None else float(body["start"]), prior,
+                                 str(body.get("source", "")))
+        except (FitError, ValueError, TypeError) as exc:
+            r.issue(loc, item, str(exc))
+            return None
+
+    def free_parameters(self, doc) -> tuple[list[FreeParameter], dict[str, str]]:
+        out, roles = [], {}
+        section = self.r.section(doc, "parameters")
+        for name in section:
+            got = self.r.entry(section, name, "parameter", PARAM_KEYS)
+            if not got:
+                continue
+            body, loc, item = got
+            role = str(body.get("role", "survival" if str(name) in SURVIVAL_PARAMETERS else "model"))
+            if role not in ROLES:
+                self.r.issue(loc, item, f"role must be one of {', '.join(ROLES)}, got '{role}'")
+            p = self.free_parameter(str(name), body, loc, item)
+            if p is not None:
+                out.append(p)
+                roles[p.name] = role
+        return out, roles
+
+    def populations(self, doc) -> tuple[PopulationParameter, ...]:
+        out = []
+        section = self.r.section(doc, "populations")
+        for name in section:
+            got = self.r.entry(section, name, "population", POP_KEYS)
+            if not got:
+                continue
+            body, loc, item = got
+            if str(body.get("distribution", "lognormal")) != "lognormal":
+                self.r.issue(loc, item, "only 'distribution: lognormal' populations are supported "
+                             "(value = median * exp(sigma * z))")
+            parts = []
+            for part in ("median", "sigma"):
+                sub = body.get(part)
+                if not isinstance(sub, Mapping):
+                    self.r.issue(loc, item, f"needs '{part}: {{bounds: [low, high], scale: log}}'")
+                    continue
+                self.r.check_keys(sub, PARAM_KEYS, f"{item} {part}")
+                parts.append(self.free_parameter(f"{name}.{part}", sub, self.r.loc(body, part), f"{item} {part}"))
+            bounds = body.get("bounds")
+            if len(parts) == 2 and all(parts):
+                out.append(PopulationParameter(str(name), parts[0], parts[1],
+                                               tuple(float(b) for b in bounds) if bounds else None))
+        return tuple(out)
+
+    def fit_settings(self, doc, names: list[str]) -> FitSettings:
+        r = self.r
+        body = doc.get("fit") or {}
+        if not isinstance(body, Mapping):
+            r.issue(r.loc(doc, "fit"), "fit", "must be a mapping of " + ", ".join(FIT_KEYS))
+            return FitSettings()
+        r.check_keys(body, FIT_KEYS, "fit")
+        loc = r.loc(doc, "fit")
+        method = str(body.get("method", "multistart" if doc.get("kind", "timecourse") == "timecourse" else "cmaes"))
+        if method not in ("multistart", "cmaes", "nuts"):
+            r.issue(loc, "fit", f"method must be multistart, cmaes or nuts, got '{method}'")
+        elif doc.get("kind") == "trial" and method != "cmaes":
+            r.issue(loc, "fit", f"trial problems are fitted with method cmaes (their objective is a "
+                    f"simulated trial, not differentiable), got '{method}'")
+        profiles = body.get("profiles", [])
+        profiles = names if profiles is True else ([] if profiles is False else [str(p) for p in profiles])
+        for p in profiles:
+            if p not in names:
+                r.issue(loc, "fit", f"profile of '{p}', which is not a free parameter",
+                        suggest(p, names) or "profiles: list free parameter names, or true for all")
+        return FitSettings(method, int(r.number(body, "n_starts", loc, "fit", 8)), int(r.number(body, "seed", loc, "fit", 0)),
+                           int(r.number(body, "max_iter", loc, "fit", 200)), tuple(profiles),
+                           int(r.number(body, "profile_points", loc, "fit", 12)), r.plain(body.get("posterior") or {}),
+                           None if body.get("popsize") is None else int(body["popsize"]),
+                           float(r.number(body, "sigma0", loc, "fit", 0.25)), bool(body.get("use_priors", False)))
+
+    # ---- time courses ------------------------------------------------------------------------
+    def conditions(self, doc) -> dict[str, Condition]:
+        section = self.r.section(doc, "conditions")
+        out = {}
+        for name in section:
+            got = self.r.entry(section, name, "condition", CONDITION_KEYS)
+            if got:
+                body, _, _ = got
+                out[str(name)] = Condition(str(name), None if body.get("regimen") is None else str(body["regimen"]),
+                                           {str(k): float(v) for k, v in (body.get("parameters") or {}).items()},
+                                           {str(k): float(v) for k, v in (body.get("initial") or {}).items()})
+        if not out:
+            out["default"] = Condition("default")
+        return out
+
+    def observables(self, doc, roles: Mapping[str, str]) -> dict[str, Observable]:
+        section = self.r.section(doc, "observables")
+        out = {}
+        if not section:
+            self.r.issue(self.r.loc(doc), "problem", "a timecourse problem needs 'observables:'")
+        for name in section:
+            got = self.r.entry(section, name, "observable", OBSERVABLE_KEYS)
+            if not got:
+                continue
+            body, loc, item = got
+            transformation, noise = str(body.get("transformation", "lin")), str(body.get("noise", "normal"))
+            if transformation not in TRANSFORMATIONS:
+                self.r.issue(loc, item, f"transformation must be one of {', '.join(TRANSFORMATIONS)}")
+            if noise not in NOISE_MODELS:
+                self.r.issue(loc, item, f"noise must be one of {', '.join(NOISE_MODELS)}")
+            sigma = body.get("sigma", 1.0)
+            if isinstance(sigma, str):
+                if roles.get(sigma) != "noise":
+                    self.r.issue(loc, item, f"sigma '{sigma}' must be a number or a free parameter with "
+                                 "'role: noise'", suggest(sigma, [k for k, v in roles.items() if v == "noise"]))
+            elif not (isinstance(sigma, (int, float)) and sigma > 0):
+                self.r.issue(loc, item, f"sigma must be > 0, got {sigma!r}")
+            out[str(name)] = Observable(str(name), str(body.get("output", name)), transformation, noise,
+                                        sigma if isinstance(sigma, str) else float(sigma))
+        return out
+
+    def measurements(self, doc, observables, conditions) -> pd.DataFrame | None:
+        r = self.r
+        name = doc.get("measurements")
+        loc = r.loc(doc, "measurements") if name else r.loc(doc)
+        if not name:
+            r.issue(loc, "problem", "a timecourse problem needs 'measurements:' (a TSV file)")
+            return None
+        path = self.folder / str(name)
+        if not path.is_file():
+            r.issue(loc, "measurements", f"no such file: {path}")
+            return None
+        table = pd.read_csv(path, sep="\t" if path.suffix in (".tsv", ".tab") else ",",
+                            float_precision="round_trip")
+        missing = [c for c in MEASUREMENT_COLUMNS if c not in table.columns]
+        if missing:
+            r.issue(loc, "measurements", f"{path.name} lacks the columns {missing}",
+                    "PEtab style: observableId, simulationConditionId, time, measurement [, noise]")
+            return None
+        for col, known in (("observableId", observables), ("simulationConditionId", conditions)):
+            unknown = sorted(set(table[col].astype(str)) - set(known))
+            if unknown:
+                r.issue(loc, "measurements", f"{path.name}: {col} {unknown} not defined in the problem",
+                        f"defined: {', '.join(known)}")
+        numeric = ["time", "measurement"] + (["noise"] if "noise" in table else [])
+        table[numeric] = table[numeric].apply(pd.to_numeric, errors="coerce")
+        if not np.isfinite(table[numeric].to_numpy(float)).all():
+            r.issue(loc, "measurements", f"{path.name}: time, measurement and noise must be finite numbers")
+        table["observableId"] = table["observableId"].astype(str)
+        table["simulationConditionId"] = table["simulationConditionId"].astype(str)
+        return table
+
+    # ---- trial targets -----------------------------------------------------------------------
+    def targets(self, doc) -> tuple[Target, ...]:
+        r = self.r
+        items = doc.get("targets") or []
+        if not isinstance(items, list) or not items:
+            r.issue(r.loc(doc), "problem", "a trial problem needs 'targets:', a list of likelihood terms")
+            return ()
+        out = []
+        for i, body in enumerate(items):
+            item = f"target {i + 1}"
+            if not isinstance(body, Mapping):
+                r.issue(r.loc(doc, "targets"), item, "must be a mapping")
+                continue
+            loc = r.loc(body)
+            r.check_keys(body, TARGET_KEYS, item)
+            kind = str(body.get("kind", ""))
+            if kind not in TARGET_KINDS:
+                r.issue(loc, item, f"kind must be one of {', '.join(TARGET_KINDS)}, got '{kind}'")
+                continue
+            fields = dict(id=str(body.get("id", f"{kind}_{i + 1}")), kind=kind,
+                          endpoint=str(body.get("endpoint", "pfs")).lower(),
+                          arm=None if body.get("arm") is None else str(body["arm"]),
+                          comparison=None if body.get("comparison") is None else str(body["comparison"]),
+                          weight=float(body.get("weight", 1.0)), source=str(body.get("source", "")))
+            if body.get("published"):
+                fields.update(self.published(body, loc, item))
+            if body.get("value") is not None:
+                fields["value"] = float(body["value"])
+            if body.get("ci") is not None:
+                fields["ci"] = tuple(float(c) for c in body["ci"])
+            if body.get("n") is not None:
+                fields["n"] = int(body["n"])
+            if body.get("months") is not None:
+                fields["months"] = float(body["months"])
+            if kind == "ipd":
+                fields["data"] = self.ipd(body, loc, item)
+                edges = body.get("hazard_bins_months")
+                if not edges:
+                    r.issue(loc, item, "an ipd target needs 'hazard_bins_months: [0, ...]'")
+                else:
+                    fields["hazard_bins_months"] = tuple(float(e) for e in edges)
+                fields["smoothing_months"] = float(body.get("smoothing_months", 0.5))
+            self.check_target(fields, loc, item)
+            out.append(Target(**fields))
+        return tuple(out)
+
+    def published(self, body, loc, item) -> dict[str, Any]:
+        sel = self.r.plain(body["published"])
+        path = self.folder / str(sel.pop("file", "published.csv"))
+        if not path.is_file():
+            self.r.issue(loc, item, f"no such file: {path}")
+            return {}
+        table = pd.read_csv(path, float_precision="round_trip")
+        rows = table
+        for key, value in sel.items():
+            if key not in table.columns:
+                self.r.issue(loc, item, f"published: {path.name} has no column '{key}'")
+                return {}
+            rows = rows[rows[key].astype(str) == str(value)]
+        if len(rows) != 1:
+            self.r.issue(loc, item, f"published: {sel} matches {len(rows)} rows of {path.name}, need exactly 1")
+            return {}
+        row = rows.iloc[0]
+        out: dict[str, Any] = {"value": float(row["value"]), "source": str(row.get("source", ""))}
+        if pd.notna(row.get("ci_low")) and pd.notna(row.get("ci_high")):
+            out["ci"] = (float(row["ci_low"]), float(row["ci_high"]))
+        return out
+
+    def ipd(self, body, loc, item) -> pd.DataFrame | None:
+        if not body.get("data"):
+            self.r.issue(loc, item, "an ipd target needs 'data:' (a CSV with time_months, event)")
+            return None
+        path = self.folder / str(body["data"])
+        if not path.is_file():
+            self.r.issue(loc, item, f"no such file: {path}")
+            return None
+        table = pd.read_csv(path, float_precision="round_trip")
+        if not {"time_months", "event"} <= set(table.columns):
+            self.r.issue(loc, item, f"{path.name} must have the columns time_months, event")
+            return None
+        time = pd.to_numeric(table["time_months"], errors="coerce").to_numpy(float)
+        event = pd.to_numeric(table["event"], errors="coerce").to_numpy(float)
+        if not (np.all(np.isfinite(time) & (time >= 0)) and np.all(np.isin(event, (0, 1)))):
+            self.r.issue(loc, item, f"{path.name}: time_months must be numbers >= 0 and event 0 or 1")
+            return None
+        return pd.DataFrame({"time_months": time, "event": event.astype(int)})
+
+    def check_target(self, f: Mapping[str, Any], loc: Location, item: str) -> None:
+        kind = f["kind"]
+        needs = {"ipd": ("arm",), "median": ("arm", "value", "ci"), "hazard_ratio": ("comparison", "value", "ci"),
+                 "landmark": ("arm", "value", "ci", "months"), "response": ("arm", "value", "n")}[kind]
+        for key in needs:
+            if f.get(key) is None:
+                self.r.issue(loc, item, f"a {kind} target needs '{key}'"
+                             + (" (from 'published:' or given)" if key in ("value", "ci") else ""))
+        if f["endpoint"] not in ("pfs", "os"):
+            self.r.issue(loc, item, f"endpoint must be pfs or os, got '{f['endpoint']}'")

@@ -1,0 +1,261 @@
+"""`fit(problem, out)`: run a fitting problem end to end, resumable, and write its results.
+
+Stages (each checkpointed in `out`, so `resume=True` after a kill loses nothing):
+- timecourse problems: gradient multistart (`fit.method: multistart`, the default), CMA-ES
+  (`cmaes`), or multistart followed by NUTS (`nuts`); then profile likelihoods for `fit.profiles`;
+- trial problems: CMA-ES on the trial objective (the trial runner simulates each candidate with
+  common random numbers).
+Outputs in `out`: `fit.nc` (the result Dataset), `calibration.yaml` (the estimates grouped by
+role, ready for a calibrated simulation or trial), `report.md` and its PNG figures.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import xarray as xr
+from ruamel.yaml import YAML
+
+from ..compile import compile_model
+from ..errors import FitError
+from ..io.results import load as load_result
+from ..io.results import provenance
+from ..io.results import save as save_result
+from .bayes import nuts_posterior
+from .optimize import (cmaes, cmaes_dataset, multistart, multistart_dataset, profile_likelihood)
+from .problem import FitProblem, load_problem
+from .report import plot_convergence, plot_km_fit, plot_posterior, plot_profiles, plot_timecourse_fit, write_report
+from .timecourse import timecourse_objective
+from .trial import (TrialObjective, observed_statistic, simulated_statistic, trial_simulator,
+                    trial_terms)
+
+CHECKPOINTS = ("multistart.pkl", "cmaes.pkl")
+_START_NAMES = {"start_value": "start_initial", "estimate": "start_estimate", "objective": "start_objective",
+                "iterations": "start_iterations", "evaluations": "start_evaluations",
+                "converged": "start_converged", "message": "start_message", "trace": "start_trace"}
+
+
+def problem_hash(problem: FitProblem) -> str:
+    """sha256 of the problem file and its data (measurements, IPD)."""
+    h = hashlib.sha256(problem.source_text.encode())
+    if problem.measurements is not None:
+        h.update(problem.measurements.to_csv().encode())
+    for t in problem.targets:
+        if t.data is not None:
+            h.update(t.data.to_csv().encode())
+    return h.hexdigest()[:16]
+
+
+def start_vector(problem: FitProblem, nominal: dict[str, float]) -> np.ndarray:
+    """First start on the fit scale: each parameter's `start`, else its nominal model value, else the
+    centre of its bounds on the fit scale; clipped into the bounds."""
+    x = []
+    for p in problem.parameters.free:
+        lo, hi = p.x_bounds
+        value = p.start if p.start is not None else nominal.get(p.name)
+        x.append(float(np.clip(p.to_x(value), lo, hi)) if value is not None and (p.scale == "lin" or value > 0)
+                 else 0.5 * (lo + hi))
+    return np.array(x)
+
+
+def _prepare_out(out: Path, resume: bool) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    existing = [c for c in CHECKPOINTS if (out / c).exists()]
+    if existing and not resume:
+        raise FitError(f"{out} already holds a fit checkpoint ({', '.join(existing)}): pass resume=True "
+                       "(--resume) to continue it, or choose another output folder")
+
+
+def _staged(path: Path, resume: bool, compute: Callable[[], xr.Dataset]) -> xr.Dataset:
+    """A finished stage's saved Dataset (on resume), else compute and save it."""
+    if resume and path.exists():
+        return load_result(path)
+    ds = compute()
+    save_result(ds, path)
+    return ds
+
+
+def fit(problem: FitProblem | str | Path, out: str | Path, resume: bool = False, progress: bool = False,
+        callback: Callable[[str, int, Any], None] | None = None) -> xr.Dataset:
+    """Fit a problem (object, folder or problem.yaml); write results into `out`; return the result.
+
+    callback(stage, iteration, state) is called after each multistart start or CMA-ES generation,
+    after its checkpoint is written (for progress displays and tests that interrupt a fit).
+    """
+    problem = problem if isinstance(problem, FitProblem) else load_problem(problem)
+    if not problem.parameters.free:
+        raise FitError(f"problem '{problem.name}' has no free parameters: list them under 'parameters:' "
+                       "(or 'populations:') in its problem.yaml")
+    out = Path(out)
+    _prepare_out(out, resume)
+    if problem.kind == "timecourse":
+        return _fit_timecourse(problem, out, resume, progress, callback)
+    return _fit_trial(problem, out, resume, progress, callback)
+
+
+def _base(problem, x_best, f_best, model, extra_attrs) -> xr.Dataset:
+    params = problem.parameters
+    bounds = np.array([p.bounds for p in params.free], dtype=float)
+    return xr.Dataset(
+        {"estimate": ("parameter", params.natural(x_best)),
+         "objective": ((), float(f_best), {"description": "negative log-likelihood at the estimate"}),
+         "bound_lower": ("parameter", bounds[:, 0]), "bound_upper": ("parameter", bounds[:, 1]),
+         "scale": ("parameter", np.array([p.scale for p in params.free])),
+         "role": ("parameter", np.array([problem.roles.get(n, "model") for n in params.names]))},
+        coords={"parameter": params.names},
+        attrs=provenance(model, problem=problem.name, problem_kind=problem.kind, problem_hash=problem_hash(problem),
+                         problem_path=str(problem.folder), method=problem.fit.method, seed=problem.fit.seed,
+                         **extra_attrs))
+
+
+def _fit_timecourse(problem, out, resume, progress, callback) -> xr.Dataset:
+    s = problem.fit
+    obj = timecourse_objective(problem)
+    model = obj.model
+    nominal = dict(zip(model.parameters, model.symbolic.param_values))
+    first = start_vector(problem, nominal)
+    key = {"problem_hash": problem_hash(problem)}
+    parts = []
+    if s.method in ("multistart", "nuts"):
+        starts = multistart(obj.value_and_grad, problem.parameters, s.n_starts, s.seed, s.max_iter, first=first,
+                            checkpoint=out / "multistart.pkl", settings_key=key, progress=progress,
+                            on_start=(lambda i, r: callback("multistart", i, r)) if callback else None)
+        ms = multistart_dataset(starts, problem.parameters)
+        best = starts[int(np.argmin([r.fun for r in starts]))]
+        x_best, f_best = best.x, best.fun
+        parts.append(ms.rename(_START_NAMES))
+    else:
+        res = cmaes(obj.value, problem.parameters, first, s.sigma0, s.seed, s.max_iter, s.popsize,
+                    checkpoint=out / "cmaes.pkl", settings_key=key, progress=progress,
+                    on_iteration=(lambda i, r: callback("cmaes", i, r)) if callback else None)
+        x_best, f_best = res.x, res.fun
+        parts.append(cmaes_dataset(res, problem.parameters).drop_vars(["estimate", "objective"]))
+    if s.profiles:
+        prof = _staged(out / "profiles.nc", resume, lambda: profile_likelihood(
+            obj.value_and_grad, problem.parameters, x_best, f_best, s.profiles, s.profile_points, s.max_iter,
+            progress=progress))
+        parts.append(prof.drop_vars("estimate").rename({"parameter": "profiled"}))
+    if s.method == "nuts":
+        post_settings = {"num_warmup": 300, "num_samples": 300, "num_chains": 1, **s.posterior}
+        post = _staged(out / "posterior.nc", resume, lambda: nuts_posterior(
+            obj.raw_value_and_grad, problem.parameters, x_best, seed=s.seed, progress=progress, **post_settings))
+        parts.append(post)
+    result = xr.merge([_base(problem, x_best, f_best, model, {"n_measurements": obj.n_measurements}), *parts],
+                      combine_attrs="drop_conflicts")
+    result = _profile_on_parameters(result)
+    _write_outputs(problem, result, out, _timecourse_figures(problem, result, x_best))
+    return result
+
+
+def _profile_on_parameters(result: xr.Dataset) -> xr.Dataset:
+    """CI bounds over `parameter` (NaN for parameters without a profile)."""
+    if "profiled" not in result.dims:
+        return result
+    for name in ("ci_lower", "ci_upper"):
+        result[name] = result[name].rename({"profiled": "parameter"}).reindex(parameter=result["parameter"])
+    return result
+
+
+def _dense_curves(problem: FitProblem, x: np.ndarray) -> dict:
+    """Fitted trajectories per condition on a 200-point grid, with the numba backend (an independent
+    solver; compiled once per model and cached on disk)."""
+    from ..simulate.core import simulate
+
+    model = compile_model(problem.model_path(), backend="numba")
+    values = dict(zip(problem.parameters.names, problem.parameters.natural(x)))
+    curves = {}
+    m = problem.measurements
+    for cond in problem.conditions.values():
+        sub = m[m["simulationConditionId"] == cond.name]
+        if sub.empty:
+            continue
+        grid = np.linspace(min(problem.t0, float(sub["time"].min())), float(sub["time"].max()), 200)
+        params = {**cond.parameters, **{k: v for k, v in values.items() if k in model.parameters}}
+        ds = simulate(model, grid, params=params, initial=cond.initial, regimen=cond.regimen,
+                      rtol=problem.solver.rtol, atol=problem.solver.atol, t0=problem.t0)
+        outputs = {problem.observables[o].output for o in sub["observableId"]}
+        curves[cond.name] = ds[sorted(outputs)].to_dataframe().reset_index()
+    return curves
+
+
+def _timecourse_figures(problem, result, x_best) -> list:
+    figs = [("fitted_vs_data", plot_timecourse_fit(problem, _dense_curves(problem, x_best))),
+            ("convergence", plot_convergence(result))]
+    if "profile_value" in result:
+        figs.append(("profiles", plot_profiles(_profiles_view(result))))
+    if "posterior" in result:
+        figs.append(("posterior", plot_posterior(result)))
+    return figs
+
+
+def _profiles_view(result: xr.Dataset) -> xr.Dataset:
+    view = result[["profile_value", "profile_objective"]].rename({"profiled": "parameter"})
+    for name in ("ci_lower", "ci_upper"):
+        view[name] = result[name].sel(parameter=view["parameter"])
+    return view
+
+
+def _fit_trial(problem, out, resume, progress, callback) -> xr.Dataset:
+    s = problem.fit
+    simulate = trial_simulator(problem)
+    likelihood = TrialObjective(problem, simulate)
+
+    def objective(x):  # with use_priors: MAP, adding -ln prior of the fit vector
+        return likelihood(x) - (float(problem.parameters.log_prior_x(x)) if s.use_priors else 0.0)
+
+    first = start_vector(problem, {})
+    res = cmaes(objective, problem.parameters, first, s.sigma0, s.seed, s.max_iter, s.popsize,
+                checkpoint=out / "cmaes.pkl", settings_key={"problem_hash": problem_hash(problem)},
+                progress=progress, on_iteration=(lambda i, r: callback("cmaes", i, r)) if callback else None)
+    trial = simulate(likelihood.grouped(res.x))
+    terms = trial_terms(trial, problem.targets)
+    result = xr.merge([_base(problem, res.x, res.fun, simulate.model, {}),
+                       cmaes_dataset(res, problem.parameters).drop_vars(["estimate", "objective"]),
+                       xr.Dataset({"target_nll": ("target", np.array(list(terms.values())))},
+                                  coords={"target": list(terms)})], combine_attrs="drop_conflicts")
+    save_result(trial, out / "trial_at_estimate.nc")
+    figs = [("fitted_vs_data", plot_km_fit(problem, trial)), ("convergence", plot_convergence(result))]
+    extra = ["## Targets at the estimate", "",
+             "| target | kind | endpoint | arm / comparison | observed | simulated | weighted -ln L |",
+             "| --- | --- | --- | --- | --- | --- | --- |",
+             *(f"| {t.id} | {t.kind} | {'ORR' if t.kind == 'response' else t.endpoint} | {t.arm or t.comparison} | "
+               f"{observed_statistic(t):.4g}"
+               + (f" ({t.ci[0]:g}–{t.ci[1]:g})" if t.ci else "")
+               + f" | {simulated_statistic(trial, t):.4g} | {terms[t.id]:.4g} |" for t in problem.targets),
+             "", "observed / simulated: the median (months) for median and ipd targets (KM of the "
+             "reconstructed IPD), the HR, the landmark survival or the ORR."]
+    _write_outputs(problem, result, out, figs, extra)
+    return result
+
+
+def calibration_mapping(problem: FitProblem, result: xr.Dataset) -> dict[str, Any]:
+    """The estimates as the keywords of `run_trial` / `immunoedit trial --calibration`: `priors`
+    (population parameters: {name: {distribution: lognormal, median, sigma}}), `fixed` (model
+    parameters shared by all patients), `survival` (death-model parameters), plus `noise` and
+    provenance (problem, problem_hash, objective)."""
+    est = {str(k): float(v) for k, v in zip(result["parameter"].values, result["estimate"].values)}
+    out: dict[str, Any] = {"problem": problem.name, "problem_hash": result.attrs["problem_hash"],
+                           "objective": float(result["objective"]), "priors": {}, "fixed": {}, "survival": {},
+                           "noise": {}}
+    for pop in problem.parameters.populations:
+        out["priors"][pop.name] = {"distribution": "lognormal", "median": est[pop.median.name],
+                                   "sigma": est[pop.sigma.name],
+                                   **({"bounds": list(pop.bounds)} if pop.bounds else {})}
+    group = {"model": "fixed", "survival": "survival", "noise": "noise"}
+    for name, value in est.items():
+        role = problem.roles.get(name, "model")
+        if role in group:
+            out[group[role]][name] = value
+    return {k: v for k, v in out.items() if v != {}}
+
+
+def _write_outputs(problem, result, out: Path, figures, extra=()) -> None:
+    save_result(result, out / "fit.nc")
+    yaml = YAML()
+    yaml.default_flow_style = False
+    with open(out / "calibration.yaml", "w", encoding="utf-8") as f:
+        yaml.dump(calibration_mapping(problem, result), f)
+    write_report(problem, result, out, figures, extra)

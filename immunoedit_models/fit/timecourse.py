@@ -1,0 +1,193 @@
+"""The time-course objective: PEtab-style measurements against a JAX-compiled model.
+
+`TimecourseObjective(problem)` compiles the problem's model with the JAX backend and builds, per
+simulation condition, a `differentiable_simulator` at the condition's measurement times. The
+negative log-likelihood of all measurements is a pure JAX function of the fit vector x (fit scale:
+ln value for `scale: log` parameters), so `value_and_grad` is exact autodiff through the solver.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+
+from ..compile import CompiledModel, compile_model
+from ..errors import FitError
+from ..simulate.differentiable import differentiable_simulator
+from .likelihoods import NOISE, transform
+from .problem import FitProblem
+
+#: Value (and zero gradient) returned where the solver fails, so line searches back off.
+FAILED_VALUE = 1e12
+
+
+@dataclass(frozen=True)
+class _Group:
+    """Rows sharing one (transformation, noise model): where their predictions and sigmas come from."""
+
+    transformation: str
+    noise: str
+    rows: np.ndarray        # positions in the measurement table
+    flat: np.ndarray        # positions in the concatenated prediction vector
+    y: np.ndarray
+    sigma_const: np.ndarray
+    sigma_param: np.ndarray  # index into x, or -1 for a fixed sigma
+
+
+class TimecourseObjective:
+    """Negative log-likelihood of a timecourse problem; `value(x)`, `value_and_grad(x)` on the fit scale.
+
+    model: a JAX-compiled model (default: the problem's model compiled with backend 'jax').
+    use_priors: add -ln prior(x) (MAP estimation).
+    """
+
+    def __init__(self, problem: FitProblem, model: CompiledModel | None = None, use_priors: bool | None = None):
+        if problem.kind != "timecourse":
+            raise FitError(f"problem '{problem.name}' is a {problem.kind} problem, not a timecourse")
+        self.problem = problem
+        self.model = model if model is not None else compile_model(problem.model_path(), backend="jax")
+        self.params = problem.parameters
+        self.use_priors = problem.fit.use_priors if use_priors is None else use_priors
+        names = self.params.names
+        self.model_params = [n for n in names if problem.roles.get(n, "model") == "model"]
+        unknown = [n for n in self.model_params if n not in self.model.parameters]
+        if unknown:
+            raise FitError(f"problem '{problem.name}': free parameters {unknown} are not parameters of model "
+                           f"'{self.model.name}' (noise parameters need 'role: noise')")
+        self._model_idx = np.array([names.index(n) for n in self.model_params], dtype=int)
+        self._build(problem.measurements)
+
+    def _build(self, table: pd.DataFrame) -> None:
+        p, names = self.problem, self.params.names
+        sims, flat_index, offset = [], np.zeros(len(table), dtype=int), 0
+        for cond in p.conditions.values():
+            rows = np.flatnonzero(table["simulationConditionId"].to_numpy() == cond.name)
+            if rows.size == 0:
+                continue
+            sub = table.iloc[rows]
+            times = np.unique(sub["time"].to_numpy(float))
+            outputs = sorted({p.observables[o].output for o in sub["observableId"]})
+            sim = differentiable_simulator(
+                self.model, times, self.model_params, regimen=cond.regimen, outputs=outputs,
+                base=cond.parameters, initial=cond.initial, rtol=p.solver.rtol, atol=p.solver.atol,
+                method=p.solver.method or "kvaerno5", max_steps=p.solver.max_steps, t0=min(p.t0, times[0]))
+            t_idx = np.searchsorted(times, sub["time"].to_numpy(float))
+            o_idx = np.array([outputs.index(p.observables[o].output) for o in sub["observableId"]])
+            flat_index[rows] = offset + t_idx * len(outputs) + o_idx
+            offset += len(times) * len(outputs)
+            sims.append(sim)
+        self._sims = sims
+        groups = []
+        obs = table["observableId"].to_numpy()
+        for key in sorted({(p.observables[o].transformation, p.observables[o].noise) for o in set(obs)}):
+            rows = np.flatnonzero([(p.observables[o].transformation, p.observables[o].noise) == key for o in obs])
+            sig_const = np.array([p.observables[o].sigma if not isinstance(p.observables[o].sigma, str) else 1.0
+                                  for o in obs[rows]], dtype=float)
+            if "noise" in table:
+                sig_const = table["noise"].to_numpy(float)[rows]
+            sig_param = np.array([names.index(p.observables[o].sigma) if isinstance(p.observables[o].sigma, str)
+                                  else -1 for o in obs[rows]], dtype=int)
+            groups.append(_Group(key[0], key[1], rows, flat_index[rows], table["measurement"].to_numpy(float)[rows],
+                                 sig_const, sig_param))
+        self._groups = groups
+        self.n_measurements = len(table)
+
+    # ---- pure JAX functions of x ---------------------------------------------------------------
+    def predictions(self, x) -> jax.Array:
+        """Model outputs (before transformation) at every measurement row, (n_measurements,)."""
+        x = jnp.asarray(x, dtype=jnp.float64)
+        theta = self.params.natural_jax(x)[self._model_idx]
+        flat = jnp.concatenate([sim(theta).reshape(-1) for sim in self._sims])
+        out = jnp.zeros(self.n_measurements)
+        for g in self._groups:
+            out = out.at[g.rows].set(flat[g.flat])
+        return out
+
+    def nll(self, x, constants: bool = True) -> jax.Array:
+        """Negative log-likelihood (plus -ln prior with use_priors); constants: see likelihoods."""
+        x = jnp.asarray(x, dtype=jnp.float64)
+        values = self.params.natural_jax(x)
+        pred = self.predictions(x)
+        total = jnp.asarray(0.0)
+        for g in self._groups:
+            sigma = jnp.where(g.sigma_param >= 0, values[jnp.maximum(g.sigma_param, 0)], g.sigma_const)
+            total = total + NOISE[g.noise](g.y, transform(pred[g.rows], g.transformation), sigma, constants)
+        if self.use_priors:
+            total = total - self.params.log_prior_x(x)
+        return total
+
+    # ---- numpy interface for optimisers ----------------------------------------------------------
+    @cached_property
+    def _jit_value(self) -> Callable:
+        return jax.jit(self.nll)
+
+    @cached_property
+    def _jit_value_and_grad(self) -> Callable:
+        return jax.jit(jax.value_and_grad(self.nll))
+
+    def value(self, x) -> float:
+        v = float(self._jit_value(jnp.asarray(x, dtype=jnp.float64)))
+        return v if np.isfinite(v) else FAILED_VALUE
+
+    def raw_value_and_grad(self, x) -> tuple[float, np.ndarray]:
+        """(J, dJ/dx) as computed: NaN where the solver fails (samplers treat it as a divergence).
+
+        A failed forward solve leaves NaN states, and the adjoint's Newton linear solves (lineax)
+        then raise a runtime error instead of returning NaN; that is a failed point too."""
+        try:
+            v, g = self._jit_value_and_grad(jnp.asarray(x, dtype=jnp.float64))
+        except (ValueError, RuntimeError) as exc:
+            if "non-finite" not in str(exc):
+                raise
+            return float("nan"), np.full(len(self.params.free), np.nan)
+        return float(v), np.asarray(g, dtype=float)
+
+    def value_and_grad(self, x) -> tuple[float, np.ndarray]:
+        """(J, dJ/dx); a failed solve gives (FAILED_VALUE, 0)."""
+        v, g = self.raw_value_and_grad(x)
+        if not (np.isfinite(v) and np.all(np.isfinite(g))):
+            return FAILED_VALUE, np.zeros_like(g)
+        return v, g
+
+    def simulate(self, x, times: np.ndarray | None = None) -> dict[str, pd.DataFrame]:
+        """Dense trajectories of every observable's output per condition (for plots): condition ->
+        DataFrame(time, <output>...)."""
+        p = self.problem
+        theta = self.params.natural(x)[self._model_idx]
+        out = {}
+        table = p.measurements
+        for cond in p.conditions.values():
+            sub = table[table["simulationConditionId"] == cond.name]
+            if sub.empty:
+                continue
+            t_end = float(sub["time"].max())
+            grid = np.linspace(min(p.t0, 0.0), t_end, 200) if times is None else np.asarray(times, float)
+            outputs = sorted({p.observables[o].output for o in sub["observableId"]})
+            sim = differentiable_simulator(self.model, grid, self.model_params, regimen=cond.regimen,
+                                           outputs=outputs, base=cond.parameters, initial=cond.initial,
+                                           rtol=p.solver.rtol, atol=p.solver.atol,
+                                           method=p.solver.method or "kvaerno5", max_steps=p.solver.max_steps,
+                                           t0=min(p.t0, grid[0]))
+            Y = np.asarray(sim(jnp.asarray(theta)))
+            out[cond.name] = pd.DataFrame({"time": grid, **{o: Y[:, i] for i, o in enumerate(outputs)}})
+        return out
+
+
+_OBJECTIVES: dict[tuple, TimecourseObjective] = {}
+
+
+def timecourse_objective(problem: FitProblem, use_priors: bool | None = None) -> TimecourseObjective:
+    """The objective of a problem, memoised by its content (file text, measurements, priors flag), so
+    the optimisers, profiles, sampler and CLI of one process share one XLA compilation."""
+    key = (problem.source_text, str(problem.folder.resolve()), problem.measurements.to_csv(),
+           problem.fit.use_priors if use_priors is None else use_priors)
+    if key not in _OBJECTIVES:
+        _OBJECTIVES[key] = TimecourseObjective(problem, use_priors=key[-1])
+    return _OBJECTIVES[key]
+

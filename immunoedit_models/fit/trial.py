@@ -1,0 +1,191 @@
+"""Trial-level objectives: published endpoints against a simulated trial Dataset.
+
+A simulated trial is the contract Dataset over (arm, patient) (`pfs_months`, `pfs_event`,
+`os_months`, `os_event`, `best_response`, and the trial's own summaries `hr_pfs` / `hr_os` over
+`comparison` labelled '<experimental>_vs_<control>', `pfs_median_months`, ...). Each target of a
+trial problem is one likelihood term (problem.py `Target`):
+
+- ipd: survival likelihood of the reconstructed IPD under the simulated arm's smoothed
+  piecewise-exponential hazard (`likelihoods.ipd_nll`);
+- median: Gaussian on ln median, SE from the reported 95 % CI;
+- hazard_ratio: Gaussian on ln HR, SE from the CI; the simulated value is the simulated trial's
+  Cox HR (`hr_<endpoint>`), not a model hazard ratio;
+- landmark: Gaussian on cloglog S(months), SE from the CI on that scale;
+- response: binomial count round(value * n) of n under the simulated ORR.
+
+`TrialObjective` turns a fit vector into the simulated trial (through an injected `simulate`
+function, common random numbers inside it) and sums the weighted terms. `trial_simulator` wires
+`immunoedit_models.trials.run_trial` in, when the installation has it: population medians and
+sigmas become lognormal priors of the cohort (truncated to the population's `bounds`), other
+model parameters `fixed` values, death-model parameters `survival` values; the cohort seed is
+fixed. The cohort's draws are then the same normal scores at every evaluation, so parameter
+values move continuously with x; plausibility constraints (acceptance-rejection) can still swap
+a patient in or out, which is one reason to optimise trials with CMA-ES rather than gradients.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Callable, Mapping
+
+import numpy as np
+import xarray as xr
+
+from ..errors import FitError
+from .km import cox_hazard_ratio, km_median, km_survival
+from .likelihoods import binomial_nll, gaussian_nll, ipd_nll, se_from_ci
+from .problem import FitProblem, Target
+
+Simulate = Callable[[Mapping[str, Mapping[str, float]]], xr.Dataset]
+
+
+def _arm(trial: xr.Dataset, endpoint: str, arm: str) -> tuple[np.ndarray, np.ndarray]:
+    if arm not in trial["arm"].values:
+        raise FitError(f"the simulated trial has no arm '{arm}' (arms: {list(map(str, trial['arm'].values))})")
+    t = trial[f"{endpoint}_months"].sel(arm=arm).values
+    e = trial[f"{endpoint}_event"].sel(arm=arm).values
+    keep = np.isfinite(t)
+    return t[keep], e[keep].astype(int)
+
+
+def simulated_median(trial: xr.Dataset, endpoint: str, arm: str) -> float:
+    name = f"{endpoint}_median_months"
+    if name in trial:
+        return float(trial[name].sel(arm=arm))
+    return km_median(*_arm(trial, endpoint, arm))
+
+
+def simulated_hazard_ratio(trial: xr.Dataset, endpoint: str, comparison: str) -> float:
+    name = f"hr_{endpoint}"
+    if name in trial and "comparison" in trial.coords and comparison in trial["comparison"].values:
+        return float(trial[name].sel(comparison=comparison))
+    experimental, sep, control = comparison.partition("_vs_")
+    if not sep:
+        raise FitError(f"comparison '{comparison}' must be written EXPERIMENTAL_vs_CONTROL")
+    return cox_hazard_ratio(*_arm(trial, endpoint, experimental), *_arm(trial, endpoint, control))[0]
+
+
+def simulated_landmark(trial: xr.Dataset, endpoint: str, arm: str, months: float) -> float:
+    name = f"{endpoint}_landmark"
+    if name in trial and "landmark_month" in trial.coords and months in trial["landmark_month"].values:
+        return float(trial[name].sel(arm=arm, landmark_month=months))
+    return float(km_survival(*_arm(trial, endpoint, arm), [months])[0])
+
+
+def simulated_orr(trial: xr.Dataset, arm: str) -> float:
+    if "orr" in trial:
+        return float(trial["orr"].sel(arm=arm))
+    response = trial["best_response"].sel(arm=arm).values
+    present = np.isfinite(trial["pfs_months"].sel(arm=arm).values)
+    return float(np.isin(response[present], ("CR", "PR")).mean())
+
+
+def simulated_statistic(trial: xr.Dataset, target: Target) -> float:
+    """The simulated counterpart of a target: the median, HR, landmark rate or ORR (for an ipd
+    target, the simulated arm's KM median)."""
+    k, ep = target.kind, target.endpoint
+    if k in ("ipd", "median"):
+        return simulated_median(trial, ep, target.arm)
+    if k == "hazard_ratio":
+        return simulated_hazard_ratio(trial, ep, target.comparison)
+    if k == "landmark":
+        return simulated_landmark(trial, ep, target.arm, target.months)
+    if k == "response":
+        return simulated_orr(trial, target.arm)
+    raise FitError(f"unknown target kind '{k}'")
+
+
+def observed_statistic(target: Target) -> float:
+    """The target's published value (for an ipd target, the KM median of the reconstructed IPD)."""
+    if target.kind == "ipd":
+        return km_median(target.data["time_months"], target.data["event"])
+    return float(target.value)
+
+
+def target_nll(trial: xr.Dataset, target: Target) -> float:
+    """The negative log-likelihood of one target given a simulated trial (unweighted)."""
+    if target.kind == "ipd":
+        sim_t, sim_e = _arm(trial, target.endpoint, target.arm)
+        if not np.any(sim_e > 0):
+            return np.inf  # no simulated events: the observed curve is impossible under this point
+        return ipd_nll(target.data["time_months"].to_numpy(float), target.data["event"].to_numpy(int),
+                       sim_t, sim_e, target.hazard_bins_months, target.smoothing_months)
+    sim = simulated_statistic(trial, target)
+    if target.kind in ("median", "hazard_ratio"):
+        return gaussian_nll(sim, target.value, se_from_ci(*target.ci, "log"), "log")
+    if target.kind == "landmark":
+        return gaussian_nll(sim, target.value, se_from_ci(*target.ci, "cloglog"), "cloglog")
+    return binomial_nll(round(target.value * target.n), target.n, sim)
+
+
+def trial_terms(trial: xr.Dataset, targets) -> dict[str, float]:
+    """target id -> weighted negative log-likelihood."""
+    return {t.id: t.weight * target_nll(trial, t) for t in targets}
+
+
+@dataclass
+class TrialObjective:
+    """x (fit scale) -> sum of the targets' weighted terms for the simulated trial.
+
+    simulate: natural values grouped by role ({"model": {...}, "population": {name: {median,
+    sigma}}, "survival": {...}}) -> contract trial Dataset; it must use fixed seeds (common random
+    numbers) so the objective is a deterministic function of x.
+    """
+
+    problem: FitProblem
+    simulate: Simulate
+    penalty: float = 1e12
+
+    def grouped(self, x) -> dict[str, dict]:
+        params = self.problem.parameters
+        values = dict(zip(params.names, params.natural(x)))
+        out: dict[str, dict] = {"model": {}, "survival": {}, "population": {}}
+        for pop in params.populations:
+            out["population"][pop.name] = {"median": values[pop.median.name], "sigma": values[pop.sigma.name]}
+        for name, value in values.items():
+            role = self.problem.roles.get(name, "model")
+            if role in ("model", "survival"):
+                out[role][name] = float(value)
+        return out
+
+    def terms(self, x) -> dict[str, float]:
+        return trial_terms(self.simulate(self.grouped(x)), self.problem.targets)
+
+    def __call__(self, x) -> float:
+        try:
+            total = float(sum(self.terms(x).values()))
+        except (ArithmeticError, ValueError):  # e.g. a Cox fit that cannot converge: a rejected point
+            return self.penalty
+        return total if np.isfinite(total) else self.penalty
+
+
+def trial_simulator(problem: FitProblem) -> Simulate:
+    """The simulated trial of a trial problem as a function of grouped parameter values, through
+    `immunoedit_models.trials.run_trial` (checked at call time: FitError if it is not installed)."""
+    try:
+        trials = importlib.import_module("immunoedit_models.trials")
+    except ImportError:
+        trials = None
+    run_trial = getattr(trials, "run_trial", None)
+    if run_trial is None:
+        raise FitError(f"trial problems need the trial runner immunoedit_models.trials.run_trial, which this "
+                       f"installation does not have yet; '{problem.name}' can be fitted once it is there "
+                       "(time-course problems work now)")
+    from ..compile import compile_model
+
+    model = compile_model(problem.model_path(), backend=problem.backend)
+    n = problem.cohort.get("patients_per_arm")
+    seed = int(problem.cohort.get("seed", problem.fit.seed))
+
+    truncation = {pop.name: pop.bounds for pop in problem.parameters.populations if pop.bounds}
+
+    def simulate(groups: Mapping[str, Mapping[str, float]]) -> xr.Dataset:
+        priors = {name: {"distribution": "lognormal", "median": v["median"], "sigma": v["sigma"],
+                         **({"bounds": list(truncation[name])} if name in truncation else {})}
+                  for name, v in groups["population"].items()}
+        return run_trial(problem.trial_path(), model=model, patients_per_arm=n, seed=seed, priors=priors or None,
+                         fixed=dict(groups["model"]) or None, survival=dict(groups["survival"]) or None)
+
+    simulate.model = model
+    return simulate
