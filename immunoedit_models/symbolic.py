@@ -92,8 +92,11 @@ class SymbolicModel:
         natural = tuple(self.stoichiometry * sp.Matrix(self.flow_rates))
         if not self.log_states:
             return natural
-        to_kernel = self.natural_to_kernel
-        return tuple(to_kernel(e) * (sp.exp(-x) if name in self.log_states else 1)
+        # d(ln X)/dt = (dX/dt) / X, divided term by term before X -> exp(u), so that the usual
+        # per-capita terms (X * rate) cancel symbolically: exp(u) * exp(-u) would overflow to
+        # inf * 0 = NaN once X falls below ~1e-308.
+        per_capita = lambda e, x: sp.Add(*(term / x for term in sp.Add.make_args(e)))  # noqa: E731
+        return tuple(self.natural_to_kernel(per_capita(e, x) if name in self.log_states else e)
                      for name, x, e in zip(self.states, self.state_symbols, natural))
 
     def natural_to_kernel(self, expr: sp.Expr) -> sp.Expr:

@@ -44,8 +44,9 @@ def _package_version() -> str:
         return "unknown"
 
 
-# The code generator's own source is part of the tag, so any change to it invalidates caches.
-_GENERATOR_HASH = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:8]
+# The code generator's sources (this file, and symbolic.py whose CSE shapes the printed code) are
+# part of the tag, so any change to them invalidates caches.
+_GENERATOR_HASH = hashlib.sha256(Path(__file__).read_bytes() + (Path(__file__).parent.parent / "symbolic.py").read_bytes()).hexdigest()[:8]
 VERSION_TAG = re.sub(r"[^0-9A-Za-z]+", "_", f"g{_GENERATOR_HASH}_nb{numba.__version__}"
                      f"_sp{sp.__version__}_ie{_package_version()}")
 

@@ -7,11 +7,10 @@ the dose conversion factors (e.g. 1/V1) and dose amounts given as expressions (e
 "15*weight"), so gradients flow through all of them. What stays fixed (static) is the schedule:
 dose times, durations, target states and the output times.
 
-Gradients are discretise-then-differentiate, in reverse mode (`jax.grad`, `jax.jacrev`, `jax.vjp`)
-through diffrax's recursive checkpointing. Forward mode (`jax.jacfwd`, `jax.jvp`) is not available
-yet: `compile.jax_backend.solve_trajectory` uses diffrax's default RecursiveCheckpointAdjoint, whose
-checkpointed loop has no JVP rule; it needs `adjoint=diffrax.ForwardMode()` passed through
-`solve_trajectory` to `diffeqsolve`. A failed solve (max_steps, non-finite state) returns NaN
+Gradients are discretise-then-differentiate: reverse mode (`jax.grad`, `jax.jacrev`, `jax.vjp`)
+through diffrax's recursive checkpointing by default, or forward mode (`jax.jacfwd`, `jax.jvp`)
+with `forward_mode=True` (diffrax.ForwardMode), cheaper when the parameters are fewer than the
+outputs x times. A failed solve (max_steps, non-finite state) returns NaN
 everywhere, which optimisers treat as a rejected point.
 """
 
@@ -117,10 +116,11 @@ def differentiable_simulator(model: Any, times: Any, params: Sequence[str], *, r
                              log_params: bool = False, rtol: float = 1e-6, atol: float = 1e-9,
                              method: str = "kvaerno5", max_steps: int = 100_000,
                              initial: Mapping[str, float] | None = None,
-                             t0: float | None = None) -> Callable[[jax.Array], jax.Array]:
+                             t0: float | None = None,
+                             forward_mode: bool = False) -> Callable[[jax.Array], jax.Array]:
     """Pure JAX function theta (k,) -> Y (n_times, n_outputs) for a model compiled with backend
-    'jax' (CompileError otherwise), doses included; jit-, vmap-, grad- and jacrev-able (forward
-    mode: see the module docstring).
+    'jax' (CompileError otherwise), doses included; jit-, vmap-, grad- and jacrev-able, or
+    jacfwd-able with forward_mode=True (see the module docstring).
 
     params: names of the k parameters in theta (the others: nominal, or `base`).
     outputs: names of states, expressions or observables (default: all states), in natural
@@ -182,6 +182,9 @@ def differentiable_simulator(model: Any, times: Any, params: Sequence[str], *, r
     kernels = model.kernels
     vector_field = kernels.vector_field
     from ..compile.jax_backend import solve_trajectory  # imported here: it enables float64 on import
+    import diffrax
+
+    adjoint = diffrax.ForwardMode() if forward_mode else None
 
     def simulate(theta: jax.Array) -> jax.Array:
         theta = jnp.asarray(theta, dtype=jnp.float64)
@@ -191,7 +194,7 @@ def differentiable_simulator(model: Any, times: Any, params: Sequence[str], *, r
         y0 = y0.at[fixed_idx].set(fixed_val)
         Y, _status, _n_acc, _n_rej = solve_trajectory(
             vector_field, y0, P, start, t_out, ev_t, ev_state, ev_kind, event_values(P),
-            rtol, atol, method=method, max_steps=int(max_steps))
+            rtol, atol, method=method, max_steps=int(max_steps), adjoint=adjoint)
         O = kernels._outputs(t_out, Y[None], P[None])[0] if needs_outputs else None
         cols = [(jnp.exp(Y[:, i]) if i in log_idx else Y[:, i]) if kind == "state" else O[:, i]
                 for kind, i in picks]
