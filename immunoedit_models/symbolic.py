@@ -125,6 +125,17 @@ class SymbolicModel:
                         dtype=bool).reshape(self.n_states, self.n_states)
 
     @cached_property
+    def jacobian_blocks(self) -> np.ndarray:
+        """Block starts, then n: the finest split of the states, in their order, into contiguous
+        blocks with no Jacobian entry above the diagonal blocks (a state never depends on a later
+        block). Composed models list their PK compartments first, which then form small blocks of
+        their own; `[0, n]` when the order allows no split."""
+        nz = self.jacobian_sparsity
+        n = self.n_states
+        cuts = [m for m in range(1, n) if not nz[:m, m:].any()]
+        return np.array([0, *cuts, n], dtype=np.int64)
+
+    @cached_property
     def structure_hash(self) -> str:
         """Hash of everything that shapes compiled code (not parameter values)."""
         h = hashlib.sha256()

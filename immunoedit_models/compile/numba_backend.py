@@ -334,6 +334,7 @@ class NumbaKernels:
     initial_kernel: Any
     outputs_kernel: Any
     dose_factors_kernel: Any
+    blocks: np.ndarray          # block-lower-triangular structure of the Jacobian (solver speed-up)
 
     @property
     def n_states(self) -> int:
@@ -401,12 +402,12 @@ class NumbaKernels:
                 float(atol), METHODS[method], int(max_steps), float(h0))
         if n_traj == 1:
             y, status, n_acc, n_rej, scan_value, pd_time = solve_single(
-                self.rhs, self.jac, self.tgrad, self.outputs_kernel, y0[0], params[0], float(t0),
+                self.rhs, self.jac, self.tgrad, self.outputs_kernel, self.blocks, y0[0], params[0], float(t0),
                 t, *(a[0] for a in ev), *opts)
             counts = np.array([[status], [n_acc], [n_rej]], dtype=np.int64)
             return (y[None], counts[0], counts[1], counts[2], scan_value[None],
                     np.array([pd_time]))
-        return solve_batch(self.rhs, self.jac, self.tgrad, self.outputs_kernel, y0, params,
+        return solve_batch(self.rhs, self.jac, self.tgrad, self.outputs_kernel, self.blocks, y0, params,
                            float(t0), t, *ev, *opts)
 
 
@@ -426,4 +427,5 @@ def compile_numba(sym: SymbolicModel, cache_dir: Path | None = None) -> NumbaKer
         state_names=tuple(sym.states), param_names=tuple(sym.parameters),
         output_names=tuple(sym.outputs), drug_names=tuple(sym.dose_targets),
         rhs=module.rhs, jac=module.jac, tgrad=module.tgrad, initial_kernel=module.initial,
-        outputs_kernel=module.outputs, dose_factors_kernel=module.dose_factors)
+        outputs_kernel=module.outputs, dose_factors_kernel=module.dose_factors,
+        blocks=sym.jacobian_blocks)

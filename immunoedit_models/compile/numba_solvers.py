@@ -182,57 +182,70 @@ def _zero_non_finite(jmat, dtg):
 
 
 @njit(cache=True, error_model="numpy", fastmath=_FASTMATH, inline="always")
-def _invert(a, piv):
-    """In-place inverse of a (n, n) by Gauss-Jordan elimination with partial pivoting.
+def _invert_blocks(a, piv, blocks):
+    """Invert in place the diagonal blocks of a block-lower-triangular a (n, n).
 
-    piv (n,) receives the row swaps. Returns False (a destroyed) if a is singular.
+    blocks (m + 1,): block starts, then n; entries above the diagonal blocks are zero. Each block
+    is inverted by Gauss-Jordan elimination with partial pivoting within it (piv receives the row
+    swaps); the blocks below the diagonal are left as they are, for `_block_solve_row`. Cost
+    sum(block^3) instead of n^3: the PK compartments of a composed model form their own small
+    blocks. Returns False (a destroyed) if a block is singular.
     """
-    n = a.shape[0]
-    for k in range(n):
-        p = k
-        amax = abs(a[k, k])
-        for i in range(k + 1, n):
-            if abs(a[i, k]) > amax:
-                amax = abs(a[i, k])
-                p = i
-        piv[k] = p
-        if amax == 0.0:
-            return False
-        if p != k:
-            for j in range(n):
-                a[k, j], a[p, j] = a[p, j], a[k, j]
-        inv = 1.0 / a[k, k]
-        a[k, k] = 1.0
-        for j in range(n):
-            a[k, j] *= inv
-        for i in range(n):
-            if i != k:
-                f = a[i, k]
-                if f != 0.0:    # Jacobians of reaction networks are sparse
-                    a[i, k] = 0.0
-                    for j in range(n):
-                        a[i, j] -= f * a[k, j]
-    for k in range(n - 1, -1, -1):      # row swaps of a are column swaps of its inverse
-        p = piv[k]
-        if p != k:
-            for i in range(n):
-                a[i, k], a[i, p] = a[i, p], a[i, k]
+    for b in range(blocks.size - 1):
+        lo = blocks[b]
+        hi = blocks[b + 1]
+        for k in range(lo, hi):
+            p = k
+            amax = abs(a[k, k])
+            for i in range(k + 1, hi):
+                if abs(a[i, k]) > amax:
+                    amax = abs(a[i, k])
+                    p = i
+            piv[k] = p
+            if amax == 0.0:
+                return False
+            if p != k:
+                for j in range(lo, hi):
+                    a[k, j], a[p, j] = a[p, j], a[k, j]
+            inv = 1.0 / a[k, k]
+            a[k, k] = 1.0
+            for j in range(lo, hi):
+                a[k, j] *= inv
+            for i in range(lo, hi):
+                if i != k:
+                    f = a[i, k]
+                    if f != 0.0:    # Jacobians of reaction networks are sparse
+                        a[i, k] = 0.0
+                        for j in range(lo, hi):
+                            a[i, j] -= f * a[k, j]
+        for k in range(hi - 1, lo - 1, -1):     # row swaps of a are column swaps of its inverse
+            p = piv[k]
+            if p != k:
+                for i in range(lo, hi):
+                    a[i, k], a[i, p] = a[i, p], a[i, k]
     return True
 
 
 @njit(cache=True, error_model="numpy", fastmath={"contract", "reassoc"})
-def _matvec_row(a, b, out, r):
-    """out[r] = a @ b for a (n, n), b (n,), into row r of out (m, n) by index.
+def _block_solve_row(a, blocks, b, out, r):
+    """out[r] = W^-1 b by block forward substitution, a as left by `_invert_blocks`.
 
-    Reassociation (only here) lets each dot product be summed in SIMD lanes; it does not
-    assume finite values, so NaN/inf still propagate to the status checks.
+    b (n,) is overwritten. Reassociation (only here) lets each dot product be summed in SIMD
+    lanes; it does not assume finite values, so NaN/inf still propagate to the status checks.
     """
-    n = b.size
-    for i in range(n):
-        acc = 0.0
-        for j in range(n):
-            acc += a[i, j] * b[j]
-        out[r, i] = acc
+    for blk in range(blocks.size - 1):
+        lo = blocks[blk]
+        hi = blocks[blk + 1]
+        for i in range(lo, hi):             # b_i - sum over earlier blocks of W_ij x_j
+            acc = b[i]
+            for j in range(lo):
+                acc -= a[i, j] * out[r, j]
+            b[i] = acc
+        for i in range(lo, hi):
+            acc = 0.0
+            for j in range(lo, hi):
+                acc += a[i, j] * b[j]
+            out[r, i] = acc
 
 
 # ---- helpers ----------------------------------------------------------------------------------
@@ -289,11 +302,12 @@ def _initial_step(rhs, t, y, p, u_in, f0, rtol, atol, y1, f1):
 
 # ---- one step of each method ----------------------------------------------------------------
 @njit(cache=True, error_model="numpy", fastmath=_FASTMATH, inline="always")
-def _rodas_step(rhs, t, h, y, p, u_in, f0, jmat, dtg, w, piv, k, ytmp, ftmp, y_new):
+def _rodas_step(rhs, t, h, y, p, u_in, f0, jmat, dtg, w, piv, blocks, k, ytmp, ftmp, y_new):
     """Rodas5P step of size h from (t, y): stages into k (8, n), solution into y_new.
 
     f0, jmat, dtg: f, Jacobian and df/dt at (t, y). k[7] is the local error estimate.
-    w (n, n) receives W^-1. Returns False (nothing computed) when W is singular.
+    w (n, n) receives W with its diagonal blocks inverted (blocks: see `_invert_blocks`).
+    Returns False (nothing computed) when W is singular.
     """
     n = y.size
     inv_hg = 1.0 / (h * _R_GAMMA)
@@ -301,12 +315,12 @@ def _rodas_step(rhs, t, h, y, p, u_in, f0, jmat, dtg, w, piv, k, ytmp, ftmp, y_n
         for j in range(n):
             w[i, j] = -jmat[i, j]
         w[i, i] += inv_hg
-    if not _invert(w, piv):
+    if not _invert_blocks(w, piv, blocks):
         return False
     inv_h = 1.0 / h
     for i in range(n):
         ftmp[i] = f0[i] + h * _R_d[0] * dtg[i]
-    _matvec_row(w, ftmp, k, 0)
+    _block_solve_row(w, blocks, ftmp, k, 0)
     # Stage s: ytmp = y + sum_j A[s, j] k_j and (in y_new, free until the end) the linear part
     # u_in + h d_s df/dt + sum_j (C[s, j] / h) k_j, both in one pass over the earlier stages.
     for s in range(1, 8):
@@ -333,7 +347,7 @@ def _rodas_step(rhs, t, h, y, p, u_in, f0, jmat, dtg, w, piv, k, ytmp, ftmp, y_n
         rhs(t + _R_c[s] * h, ytmp, p, ftmp)
         for i in range(n):
             ftmp[i] += y_new[i]
-        _matvec_row(w, ftmp, k, s)     # k_s = W^-1 ftmp
+        _block_solve_row(w, blocks, ftmp, k, s)     # k_s = W^-1 ftmp
     for i in range(n):          # stiffly accurate: B = A[7] + e_7
         y_new[i] = ytmp[i] + k[7, i]
     return True
@@ -441,11 +455,11 @@ def _scan(outputs, t, y, p, out_buf, burden_index, s, scan_value, nadir, pd_time
 
 
 @njit(cache=True, error_model="numpy", fastmath=_FASTMATH, inline="always")
-def _attempt(rodas, rhs, t, h, y, p, u_in, f0, jmat, dtg, w, piv, k, ytmp, ftmp, err_vec,
+def _attempt(rodas, rhs, t, h, y, p, u_in, f0, jmat, dtg, w, piv, blocks, k, ytmp, ftmp, err_vec,
              y_new, rtol, atol):
     """One step attempt of the chosen method; returns the scaled error norm (inf: singular W)."""
     if rodas:
-        if not _rodas_step(rhs, t, h, y, p, u_in, f0, jmat, dtg, w, piv, k, ytmp, ftmp, y_new):
+        if not _rodas_step(rhs, t, h, y, p, u_in, f0, jmat, dtg, w, piv, blocks, k, ytmp, ftmp, y_new):
             return np.inf
         return _rms_norm(k[7], y, y_new, rtol, atol)
     _tsit5_step(rhs, t, h, y, p, u_in, k, err_vec, y_new)
@@ -492,11 +506,12 @@ def _reject_factor(err, last_rejected, err_prev, h_prev, h):
 
 
 @njit(cache=True, error_model="numpy", fastmath=_FASTMATH)
-def _integrate(rhs, jac, tgrad, outputs, y0, p, t0, t_out, ev_t, ev_state, ev_kind, ev_value,
+def _integrate(rhs, jac, tgrad, outputs, blocks, y0, p, t0, t_out, ev_t, ev_state, ev_kind, ev_value,
                ev_guard, scan_t, n_outputs, burden_index, pd_rel, pd_abs, rtol, atol, method,
                max_steps, h0, y_out, scan_value):
     """Integrate one trajectory, writing y_out (n_out, n) and scan_value (n_scan,); returns
     (status, n_accepted, n_rejected, pd_time) with pd_time = +inf without progression.
+    blocks: the block-lower-triangular structure of the Jacobian (see `_invert_blocks`).
 
     The time axis is cut into segments at event and scan times; each segment is integrated
     exactly to its end, scans are read and events applied there and the method restarts (f
@@ -591,7 +606,7 @@ def _integrate(rhs, jac, tgrad, outputs, y0, p, t0, t_out, ev_t, ev_state, ev_ki
                 break
             last = t + 1.01 * h >= t_end
             h_step = t_end - t if last else h
-            err = _attempt(rodas, rhs, t, h_step, y, p, u_in, f0, jmat, dtg, w, piv, k, ytmp,
+            err = _attempt(rodas, rhs, t, h_step, y, p, u_in, f0, jmat, dtg, w, piv, blocks, k, ytmp,
                            ftmp, err_vec, y_new, rtol, atol)
             if err <= 1.0:
                 t_new = t_end if last else t + h_step
@@ -634,18 +649,18 @@ def _integrate(rhs, jac, tgrad, outputs, y0, p, t0, t_out, ev_t, ev_state, ev_ki
 # ---- public entry points ----------------------------------------------------------------------
 _SOLVE_BATCH_SIG = types.Tuple((float64[:, :, ::1], int64[::1], int64[::1], int64[::1],
                                 float64[:, ::1], float64[::1]))(
-    RHS_TYPE, JAC_TYPE, TGRAD_TYPE, OUTPUT_TYPE, float64[:, ::1], float64[:, ::1], float64,
+    RHS_TYPE, JAC_TYPE, TGRAD_TYPE, OUTPUT_TYPE, int64[::1], float64[:, ::1], float64[:, ::1], float64,
     float64[::1], float64[:, ::1], int64[:, ::1], int64[:, ::1], float64[:, ::1], float64[:, ::1],
     float64[::1], int64, int64, float64, float64, float64, float64, int64, int64, float64)
 
 _SOLVE_SINGLE_SIG = types.Tuple((float64[:, ::1], int64, int64, int64, float64[::1], float64))(
-    RHS_TYPE, JAC_TYPE, TGRAD_TYPE, OUTPUT_TYPE, float64[::1], float64[::1], float64,
+    RHS_TYPE, JAC_TYPE, TGRAD_TYPE, OUTPUT_TYPE, int64[::1], float64[::1], float64[::1], float64,
     float64[::1], float64[::1], int64[::1], int64[::1], float64[::1], float64[::1], float64[::1],
     int64, int64, float64, float64, float64, float64, int64, int64, float64)
 
 
 @njit(_SOLVE_BATCH_SIG, cache=True, parallel=True, error_model="numpy", fastmath=_FASTMATH)
-def solve_batch(rhs, jac, tgrad, outputs, y0, p, t0, t_out, ev_t, ev_state, ev_kind, ev_value,
+def solve_batch(rhs, jac, tgrad, outputs, blocks, y0, p, t0, t_out, ev_t, ev_state, ev_kind, ev_value,
                 ev_guard, scan_t, n_outputs, burden_index, pd_rel, pd_abs, rtol, atol, method,
                 max_steps, h0):
     """Integrate B trajectories in parallel, each with its own adaptive step.
@@ -653,7 +668,8 @@ def solve_batch(rhs, jac, tgrad, outputs, y0, p, t0, t_out, ev_t, ev_state, ev_k
     y0 (B, n), p (B, n_par); t_out (n_out,) sorted, >= t0; ev_* (B, n_ev) sorted per row,
     padded with ev_t = +inf; ev_guard (B, n_ev) (see the module docstring; -inf: always apply);
     scan_t (n_scan,) sorted, >= t0 (may be empty); outputs: the model's outputs kernel with
-    n_outputs values, burden_index the one scans read. method: a value of `METHODS`; h0 <= 0
+    n_outputs values, burden_index the one scans read; blocks: the Jacobian's block-lower-
+    triangular structure (block starts, then n; `[0, n]` always works). method: a value of `METHODS`; h0 <= 0
     picks the first step automatically. Returns Y (B, n_out, n), status (B,), accepted steps
     (B,), rejected (B,), scan values (B, n_scan), progression time (B,) (+inf: none).
     """
@@ -666,14 +682,14 @@ def solve_batch(rhs, jac, tgrad, outputs, y0, p, t0, t_out, ev_t, ev_state, ev_k
     pd_time = np.empty(n_traj)
     for b in prange(n_traj):
         status[b], n_acc[b], n_rej[b], pd_time[b] = _integrate(
-            rhs, jac, tgrad, outputs, y0[b], p[b], t0, t_out, ev_t[b], ev_state[b], ev_kind[b],
+            rhs, jac, tgrad, outputs, blocks, y0[b], p[b], t0, t_out, ev_t[b], ev_state[b], ev_kind[b],
             ev_value[b], ev_guard[b], scan_t, n_outputs, burden_index, pd_rel, pd_abs, rtol,
             atol, method, max_steps, h0, y_all[b], scan_all[b])
     return y_all, status, n_acc, n_rej, scan_all, pd_time
 
 
 @njit(_SOLVE_SINGLE_SIG, cache=True, error_model="numpy", fastmath=_FASTMATH)
-def solve_single(rhs, jac, tgrad, outputs, y0, p, t0, t_out, ev_t, ev_state, ev_kind, ev_value,
+def solve_single(rhs, jac, tgrad, outputs, blocks, y0, p, t0, t_out, ev_t, ev_state, ev_kind, ev_value,
                  ev_guard, scan_t, n_outputs, burden_index, pd_rel, pd_abs, rtol, atol, method,
                  max_steps, h0):
     """One trajectory on the calling thread: y0 (n,), p (n_par,), ev_* (n_ev,).
@@ -684,7 +700,7 @@ def solve_single(rhs, jac, tgrad, outputs, y0, p, t0, t_out, ev_t, ev_state, ev_
     y_all = np.empty((t_out.size, y0.size))
     scan_value = np.empty(scan_t.size)
     status, n_acc, n_rej, pd_time = _integrate(
-        rhs, jac, tgrad, outputs, y0, p, t0, t_out, ev_t, ev_state, ev_kind, ev_value, ev_guard,
+        rhs, jac, tgrad, outputs, blocks, y0, p, t0, t_out, ev_t, ev_state, ev_kind, ev_value, ev_guard,
         scan_t, n_outputs, burden_index, pd_rel, pd_abs, rtol, atol, method, max_steps, h0,
         y_all, scan_value)
     return y_all, status, n_acc, n_rej, scan_value, pd_time
