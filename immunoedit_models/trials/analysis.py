@@ -78,7 +78,8 @@ def cox_hazard_ratio(months, event, experimental, alpha: float = 0.05) -> tuple[
     log_hr = float(fit.params_["experimental"])
     z = stats.norm.ppf(1.0 - alpha / 2.0)
     se = float(fit.standard_errors_["experimental"])
-    return float(np.exp(log_hr)), float(np.exp(log_hr - z * se)), float(np.exp(log_hr + z * se))
+    with np.errstate(over="ignore"):    # a near-separated small subgroup: an unbounded CI is the answer
+        return float(np.exp(log_hr)), float(np.exp(log_hr - z * se)), float(np.exp(log_hr + z * se))
 
 
 def clopper_pearson(responders, n, alpha: float = 0.05) -> tuple[np.ndarray, np.ndarray]:
