@@ -220,7 +220,7 @@ def _print_trial(ds, seconds: float) -> None:
         table.add_row(str(arm), f"{float(s.pfs_median_months):.1f}", f"{float(s.os_median_months):.1f}",
                       f"{float(s.orr):.1%}")
     console.print(table)
-    for c in ds.coords.get("comparison", np.array([])).values:
+    for c in (ds["comparison"].values if "comparison" in ds.coords else ()):
         s = ds.sel(comparison=c)
         console.print(f"{c}: HR PFS {float(s.hr_pfs):.2f} ({float(s.hr_pfs_lower):.2f}-{float(s.hr_pfs_upper):.2f}),"
                       f" HR OS {float(s.hr_os):.2f} ({float(s.hr_os_lower):.2f}-{float(s.hr_os_upper):.2f})",

@@ -5,6 +5,8 @@ induction cycles), the in-kernel progression day against the Python RECIST reado
 re-analysis of the exported event times, and reruns with the same seed.
 """
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from lifelines import KaplanMeierFitter
@@ -118,3 +120,19 @@ def test_cli_trial_writes_results_and_report(tmp_path):
     ds = ie.load_result(out)
     assert ds.sizes["patient"] == 40 and set(ds.arm.values) == {"COMBO", "CHEMO"}
     assert (report / "report.md").is_file()
+
+
+def test_single_arm_trial_runs_and_reports(tmp_path, model):
+    """A single-arm design (like high_dose_il2): per-arm summaries, no comparisons, a report."""
+    from immunoedit_models.trials.report import write_report
+
+    text = open(DESIGN).read().replace("comparisons: [COMBO vs CHEMO]", "comparisons: []")
+    text = text[:text.index("  COMBO:")] + text[text.index("  CHEMO:"):]
+    design = tmp_path / "single.yaml"
+    design.write_text(text.replace("model: trial_model.yaml",
+                                   f"model: {Path('tests/specs/trial_model.yaml').resolve()}"))
+    trial = run_trial(load_trial(design), model=model, patients_per_arm=40, seed=1)
+    assert list(trial.arm.values) == ["CHEMO"] and "hr_pfs" not in trial
+    km = KaplanMeierFitter().fit(trial.pfs_months.values[0], trial.pfs_event.values[0])
+    assert float(trial.pfs_median_months.sel(arm="CHEMO")) == pytest.approx(km.median_survival_time_)
+    assert write_report(trial, tmp_path / "report").is_file()

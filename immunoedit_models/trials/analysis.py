@@ -151,6 +151,8 @@ def comparison_summary(trial: xr.Dataset, comparisons: Sequence[str | tuple[str,
     over (`comparison`, `subgroup`).
     """
     labels = [comparison_label(c) for c in comparisons]
+    if not labels:              # a single-arm trial: nothing to compare
+        return xr.Dataset(attrs={"hazard_ratio": "none (no comparisons)"})
     out: dict[str, tuple] = {}
     for endpoint in ENDPOINTS:
         rows = np.array([_compare(trial, endpoint, exp, ctl, None, alpha) for _, exp, ctl in labels])

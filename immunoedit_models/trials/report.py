@@ -53,10 +53,10 @@ def write_report(trial: xr.Dataset, out_dir: str | Path, *, summary: xr.Dataset 
 def _summary(trial, summary, comparisons) -> xr.Dataset:
     if summary is not None:
         return summary
-    if "hr_pfs" in trial and comparisons is None:
+    if "pfs_median_months" in trial and comparisons is None:    # summaries of run_trial (single-arm: no HRs)
         return trial
     if comparisons is None:
-        raise ValueError("write_report: the trial carries no summaries (hr_pfs); pass summary= from "
+        raise ValueError("write_report: the trial carries no summaries (pfs_median_months); pass summary= from "
                          "analysis.summarise_trial or comparisons=[('EXPERIMENTAL', 'CONTROL')]")
     return summarise_trial(trial, comparisons)
 
