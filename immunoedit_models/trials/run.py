@@ -55,6 +55,9 @@ def run_trial(design: TrialDesign | str, *, model: CompiledModel | None = None,
     n = int(patients_per_arm or design.patients_per_arm)
     arms = list(design.arms)
     rng = np.random.default_rng(seed)
+    if cohort is not None and (priors or fixed):
+        raise SimulationError("run_trial: pass either a ready cohort or priors/fixed to sample one, not both "
+                              "(a cohort's parameters are already drawn)")
     if cohort is None:
         settings = dict(design.cohort)
         cohort = sample_cohort(model, n * len(arms), seed, priors=priors, fixed=fixed,
