@@ -84,7 +84,7 @@ def simulate(
     plot: Optional[Path] = typer.Option(None, help="write a PNG of every state over time"),
 ) -> None:
     """Simulate one dosed trajectory and print a summary."""
-    from . import compile_model, load_spec, save_result
+    from . import compile_model, load_spec
     from . import simulate as run
 
     try:
@@ -98,13 +98,21 @@ def simulate(
     except (ImmunoeditError, typer.BadParameter) as exc:
         _fail(exc)
     _print_summary(ds, t1 - t0, t2 - t1)
+    from .plots import plot_trajectories
+
+    _write(ds, out, plot, plot_trajectories)
+
+
+def _write(ds, out: Optional[Path], plot: Optional[Path], figure) -> None:
+    """Save the result (netCDF/zarr) and its figure, each when a path is given."""
+    from . import save_result
+    from .plots import save_figure
+
     if out is not None:
         save_result(ds, out)
         console.print(f"wrote {out}")
     if plot is not None:
-        from .plots import plot_trajectories, save_figure
-
-        save_figure(plot_trajectories(ds), plot)
+        save_figure(figure(ds), plot)
         console.print(f"wrote {plot}")
 
 
@@ -251,7 +259,6 @@ def sensitivity_command(
     plot: Optional[Path] = typer.Option(None, help="write a PNG (tornado, Sobol bars or indices over time)"),
 ) -> None:
     """Local, Morris or Sobol sensitivity of model outputs to parameters."""
-    from . import save_result
     from .sensitivity import command
 
     try:
@@ -259,15 +266,9 @@ def sensitivity_command(
     except ImmunoeditError as exc:
         _fail(exc)
     command.summary(ds, console)
-    if out is not None:
-        save_result(ds, out)
-        console.print(f"wrote {out}")
-    if plot is not None:
-        from .plots import save_figure
-        from .sensitivity.plots import plot_sensitivity
+    from .sensitivity.plots import plot_sensitivity
 
-        save_figure(plot_sensitivity(ds), plot)
-        console.print(f"wrote {plot}")
+    _write(ds, out, plot, plot_sensitivity)
 
 
 @app.command("fit")
