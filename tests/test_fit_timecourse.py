@@ -9,6 +9,7 @@ estimate, the profile-likelihood CI and the conjugate Gaussian posterior are all
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -22,7 +23,7 @@ import immunoedit_models as ie
 from immunoedit_models.cli import app
 from immunoedit_models.errors import CompileError, FitError, SimulationError
 from immunoedit_models.fit import fit, load_problem, multistart, nuts_posterior, profile_likelihood
-from immunoedit_models.fit.timecourse import timecourse_objective
+from immunoedit_models.fit.timecourse import TimecourseObjective, timecourse_objective
 from immunoedit_models.simulate.differentiable import differentiable_simulator
 
 SIGMA = 0.2
@@ -106,16 +107,24 @@ def test_differentiable_simulator_errors(specs_dir):
 
 # ---- the reference problem -----------------------------------------------------------------------
 def test_reference_problem_reproduces_the_protocol_objective(shared_dir):
-    """J = 0.5 sum (ln T(t_i) - d_i)^2 = 436.555 at the nominal parameters (benchmark README)."""
+    """J = 0.5 sum (ln T(t_i) - d_i)^2 = 436.555 at the nominal parameters (benchmark README), with
+    the problem's numba backend (forward sensitivities) and with JAX; their gradients agree."""
     problem = load_problem("fitting/reference_timecourse")
     obs = json.loads((shared_dir / "benchmarks" / "observations.json").read_text())
     np.testing.assert_array_equal(problem.measurements["measurement"], obs["logT"])
     obj = timecourse_objective(problem)
+    assert obj.model.backend == "numba"
     nominal = dict(zip(obj.model.parameters, obj.model.symbolic.param_values))
     x = problem.parameters.to_x({n: nominal[n] for n in problem.parameters.names})
-    J = float(jax.jit(lambda x: obj.nll(x, constants=False))(x))
+    constant = 20 * 0.5 * math.log(2 * math.pi)
+    value, grad = obj.value_and_grad(x)
+    assert value - constant == pytest.approx(436.555, abs=5e-4)
+    jax_obj = TimecourseObjective(dataclasses.replace(problem, backend="jax", solver=dataclasses.replace(
+        problem.solver, method="kvaerno5")))
+    J = float(jax.jit(lambda x: jax_obj.nll(x, constants=False))(x))
     assert J == pytest.approx(436.555, abs=5e-4)
-    assert obj.value(x) == pytest.approx(J + 20 * 0.5 * math.log(2 * math.pi), rel=1e-12)
+    assert jax_obj.value(x) == pytest.approx(J + constant, rel=1e-12)
+    np.testing.assert_allclose(grad, jax_obj.value_and_grad(x)[1], rtol=1e-5)
 
 
 # ---- optimisation, profiles, posterior ---------------------------------------------------------
@@ -145,6 +154,27 @@ def test_multistart_finds_the_least_squares_estimate_and_resumes_exactly(growth_
         assert a.fun == b.fun and a.trace == b.trace
     with pytest.raises(FitError, match="written by a different fit"):
         multistart(obj.value_and_grad, problem.parameters, 3, seed=1, max_iter=100, checkpoint=ckpt)
+
+
+def test_numba_forward_sensitivities_fit_the_least_squares_estimate(growth_problem):
+    """backend: numba (forward sensitivities of Rodas5P): the same objective and gradient as JAX's
+    autodiff, and multistart reaches the closed-form least-squares estimate."""
+    problem, y = growth_problem
+    numba_problem = dataclasses.replace(problem, backend="numba",
+                                        solver=dataclasses.replace(problem.solver, method=None))
+    obj_numba = TimecourseObjective(numba_problem)
+    obj_jax = timecourse_objective(problem)
+    x = np.array([math.log(2e6), 0.07])
+    v_n, g_n = obj_numba.value_and_grad(x)
+    v_j, g_j = obj_jax.value_and_grad(x)
+    assert obj_numba.model.backend == "numba"
+    assert v_n == pytest.approx(v_j, rel=1e-8)
+    np.testing.assert_allclose(g_n, g_j, rtol=1e-6)
+    _, beta = _ols(y)
+    best = min(multistart(obj_numba.value_and_grad, problem.parameters, 2, seed=0, max_iter=100), key=lambda r: r.fun)
+    np.testing.assert_allclose(best.x, beta, rtol=1e-6)
+    with pytest.raises(FitError, match="solver method 'tsit5' is a JAX method"):
+        TimecourseObjective(dataclasses.replace(problem, backend="numba"))
 
 
 def test_profile_likelihood_ci_is_the_exact_linear_gaussian_interval(growth_problem):
