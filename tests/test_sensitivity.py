@@ -126,13 +126,14 @@ def test_sobol_time_resolved_additive_model(linear_model):
     assert ds["S1"].dims == ("output", "time", "param")
 
 
-@pytest.mark.parametrize("backend, derivative", [("numba", "fd"), ("jax", "autodiff")])
+@pytest.mark.parametrize("backend, derivative", [("numba", "forward"), ("numba", "fd"), ("jax", "autodiff")])
 def test_local_linear_decay_against_analytic(specs_dir, backend, derivative):
     model = ie.compile_model(specs_dir / "linear_sensitivity.yaml", backend=backend)
     t = np.array([0.0, 5.0, 10.0, 20.0])
     # tsit5 for JAX: the model is not stiff and its reverse-mode graph compiles ~2x faster than kvaerno5's
     method = "tsit5" if backend == "jax" else None
-    ds = sa.local_sensitivity(model, ["x"], ["k", "x0"], times=t, rtol=1e-10, atol=1e-12, method=method)
+    ds = sa.local_sensitivity(model, ["x"], ["k", "x0"], times=t, rtol=1e-10, atol=1e-12, method=method,
+                              derivative="auto" if derivative != "fd" else "fd")
     assert ds.attrs["derivative"] == derivative
     k = dict(zip(model.parameters, model.symbolic.param_values))["k"]
     np.testing.assert_allclose(ds["S"].sel(output="x", param="k").values, -k * t, rtol=0, atol=1e-6)
@@ -140,13 +141,14 @@ def test_local_linear_decay_against_analytic(specs_dir, backend, derivative):
     np.testing.assert_allclose(ds["value"].sel(output="x").values, 10 * np.exp(-k * t), rtol=1e-8)
 
 
-def test_local_fd_through_parameter_dependent_doses(specs_dir):
+@pytest.mark.parametrize("derivative", ["forward", "fd"])
+def test_local_through_parameter_dependent_doses(specs_dir, derivative):
     """pk_one_compartment, 100 mg boluses on days 0, 7, ..., 28 into C via 1/V: each dose adds
     T_i = (100/V) exp(-(CL/V)(t - t_i)), so d ln C / d ln V = sum T_i (-1 + ke (t - t_i)) / C and
     d ln C / d ln CL = -sum T_i ke (t - t_i) / C with ke = CL/V."""
     model = ie.compile_model(specs_dir / "pk_one_compartment.yaml", backend="numba")
     t = np.array([0.0, 1.0, 10.0, 30.0, 40.0])  # integration starts at the first output time, as in simulate
-    ds = sa.local_sensitivity(model, ["C"], ["V", "CL"], times=t, rtol=1e-10, atol=1e-14)
+    ds = sa.local_sensitivity(model, ["C"], ["V", "CL"], times=t, rtol=1e-10, atol=1e-14, derivative=derivative)
     CL, V = 0.2, 3.0
     ke = CL / V
     since = t[:, None] - np.arange(0.0, 35.0, 7.0)[None, :]

@@ -1,6 +1,11 @@
 """Local sensitivities: normalised coefficients S = d ln y / d ln p = (p / y) dy/dp at nominal values.
 
-Two ways to the derivative:
+Three ways to the derivative:
+- 'forward' (models compiled with backend='numba'): the sensitivity equations integrated with
+  the model by Rodas5P (`simulate.sensitivities.ForwardSensitivities`), doses included; exact up
+  to the solver's discretisation. Outputs that reduce a trajectory (a value at a time, an AUC, a
+  maximum) get their derivatives by the chain rule through the reduction (`jax.jvp` of the same
+  code that evaluates them).
 - 'autodiff' (models compiled with backend='jax'): forward-mode JAX (`jax.jacfwd`, one tangent
   per parameter, diffrax.ForwardMode) through the diffrax solve built by
   `differentiable_simulator`, doses included; exact up to the solver's discretisation. Forward
@@ -27,11 +32,11 @@ from ..compile import CompiledModel
 from ..errors import SimulationError
 from ..io.results import STATUS_MEANINGS, provenance
 from ..simulate import simulate_batch
-from ..simulate.core import regimen_list, require_compiled
+from ..simulate.core import parameter_matrix, regimen_list, require_compiled
 from .designs import check_parameter
 from .outputs import Output, evaluate_outputs, output_grid, parse_outputs, split_kind
 
-Derivative = Literal["auto", "autodiff", "fd"]
+Derivative = Literal["auto", "forward", "autodiff", "fd"]
 
 
 def default_step(rtol: float) -> float:
@@ -56,10 +61,7 @@ def _autodiff(model: CompiledModel, outputs: list[Output], names: list[str], gri
 
     from ..simulate.differentiable import differentiable_simulator
 
-    undifferentiable = [o.name for o in outputs if not o.differentiable]
-    if undifferentiable:
-        raise SimulationError(f"outputs {undifferentiable} are user functions of the batch, which JAX cannot "
-                              "differentiate: use derivative='fd'")
+    _require_differentiable(outputs, "autodiff")
     variables = list(dict.fromkeys(o.variable for o in outputs))
     f = differentiable_simulator(model, grid, names, regimen=regimen, outputs=variables, base=base,
                                  initial=initial, rtol=rtol, atol=atol, method=method or "kvaerno5",
@@ -77,6 +79,50 @@ def _autodiff(model: CompiledModel, outputs: list[Output], names: list[str], gri
 
     y, J = jax.jit(value_and_jacobian)(jnp.asarray(f.theta0))
     return np.asarray(y), np.asarray(J) * np.asarray(f.theta0)
+
+
+def _reduce_with_tangents(outputs: list[Output], variables: list[str], grid: np.ndarray, Y: Any,
+                          dY: Any) -> tuple[np.ndarray, np.ndarray]:
+    """(y (output[, time]), dy (output[, time], param)): the outputs of trajectories Y (n_t, n_var)
+    and their pushforward of the tangents dY (n_t, n_var, param) through each output's reduction."""
+    import jax
+    import jax.numpy as jnp
+
+    def quantities(values):
+        return jnp.stack([o.on_trajectory(values[:, variables.index(o.variable)], grid, jnp) for o in outputs])
+
+    pushforward = lambda tangent: jax.jvp(quantities, (jnp.asarray(Y),), (tangent,))  # noqa: E731
+    y, J = jax.vmap(pushforward, in_axes=-1, out_axes=(None, -1))(jnp.asarray(dY))
+    return np.asarray(y), np.asarray(J)
+
+
+def _forward(model: CompiledModel, outputs: list[Output], names: list[str], grid: np.ndarray,
+             base: Mapping[str, float], initial: Mapping[str, float], regimen: Any, rtol: float, atol: float,
+             max_steps: int) -> tuple[np.ndarray, np.ndarray]:
+    """(y, dy/d ln p) from the numba backend's forward sensitivities."""
+    from ..simulate.sensitivities import ForwardSensitivities
+
+    _require_differentiable(outputs, "forward")
+    variables = list(dict.fromkeys(o.variable for o in outputs))
+    fs = ForwardSensitivities(model, grid, names, regimen=regimen, initial=initial, rtol=rtol, atol=atol,
+                              max_steps=max_steps)
+    P, _ = parameter_matrix(model, {k: [v] for k, v in base.items()}, 1)
+    got = fs.solve(P)
+    if got.status[0] != 0:
+        status = int(got.status[0])
+        raise SimulationError(f"the nominal simulation of '{model.name}' with sensitivities failed (status {status}: "
+                              f"{STATUS_MEANINGS.get(status)}): check the nominal values, or change rtol/atol, "
+                              "max_steps")
+    values, derivs = fs.outputs(got, P, variables)
+    y, dy = _reduce_with_tangents(outputs, variables, grid, values[0], derivs[0])
+    return y, dy * P[0, fs.kernels.index]
+
+
+def _require_differentiable(outputs: list[Output], derivative: str) -> None:
+    undifferentiable = [o.name for o in outputs if not o.differentiable]
+    if undifferentiable:
+        raise SimulationError(f"outputs {undifferentiable} are user functions of the batch, which derivative="
+                              f"'{derivative}' cannot differentiate: use derivative='fd'")
 
 
 def _finite_differences(model: CompiledModel, outputs: list[Output], names: list[str], grid: np.ndarray,
@@ -119,8 +165,10 @@ def local_sensitivity(model: CompiledModel, outputs: Sequence[str | Output] | st
 
     outputs: see `parse_output` (default: every state, time-resolved); params: names (default
     all); times: output days (see `output_grid`); base / initial: nominal parameter values and
-    initial states replacing the spec's; derivative: 'autodiff' (JAX backend), 'fd' (central
-    differences, any backend) or 'auto' (autodiff on JAX models, else fd); step: fd step in ln p.
+    initial states replacing the spec's; derivative: 'forward' (numba backend: sensitivity
+    equations), 'autodiff' (JAX backend), 'fd' (central differences, any backend) or 'auto'
+    (autodiff on JAX models, forward on numba models, fd for user-function outputs or other
+    backends); step: fd step in ln p.
     Returns a Dataset with `S` and `dy_dlnp` over (output, [time,] param), `value` (y) and the
     `nominal` parameter values.
     """
@@ -134,8 +182,14 @@ def local_sensitivity(model: CompiledModel, outputs: Sequence[str | Output] | st
     nominal = _nominal(model, names, base)
     grid = output_grid(parsed, times)
     if derivative == "auto":
-        derivative = "autodiff" if model.backend == "jax" else "fd"
-    if derivative == "autodiff":
+        exact = {"jax": "autodiff", "numba": "forward"}.get(model.backend)
+        derivative = exact if exact and all(o.differentiable for o in parsed) else "fd"
+    if derivative == "forward":
+        if model.backend != "numba":
+            raise SimulationError(f"derivative='forward' needs a model compiled with backend='numba', got "
+                                  f"'{model.backend}': use derivative='autodiff' (jax) or 'fd'")
+        y, dy = _forward(model, parsed, names, grid, base, initial, regimen, rtol, atol, max_steps)
+    elif derivative == "autodiff":
         if model.backend != "jax":
             raise SimulationError(f"derivative='autodiff' needs a model compiled with backend='jax', got "
                                   f"'{model.backend}': compile with ie.compile_model(spec, backend='jax') "
@@ -151,14 +205,14 @@ def local_sensitivity(model: CompiledModel, outputs: Sequence[str | Output] | st
         y, dy = _finite_differences(model, parsed, names, grid, base, initial, regimen, rtol, atol, method,
                                     max_steps, step)
     else:
-        raise SimulationError(f"derivative must be 'auto', 'autodiff' or 'fd', got {derivative!r}")
+        raise SimulationError(f"derivative must be 'auto', 'forward', 'autodiff' or 'fd', got {derivative!r}")
     with np.errstate(divide="ignore", invalid="ignore"):
         S = np.where(y[..., None] != 0, dy / y[..., None], np.nan)
     lead = ("output", "time") if time_resolved else ("output",)
     coords: dict[str, Any] = {"param": names, "output": [o.name for o in parsed]}
     if time_resolved:
         coords["time"] = ("time", grid, {"units": model.symbolic.time_unit})
-    solver = method or ("kvaerno5" if derivative == "autodiff" else None)
+    solver = method or {"autodiff": "kvaerno5", "forward": "rodas5p"}.get(derivative)
     attrs = provenance(model, analysis="local", derivative=derivative, step=step if derivative == "fd" else None,
                        rtol=rtol, atol=atol, solver=solver, max_steps=max_steps,
                        regimen=regimen_list(model, regimen, 1)[0].describe(),
