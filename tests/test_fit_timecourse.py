@@ -232,14 +232,6 @@ def test_fit_cli_writes_results_and_resumes(growth_problem, tmp_path, monkeypatc
     np.testing.assert_array_equal(ie.load_result(out / "fit.nc")["estimate"], result["estimate"])
 
 
-def test_trial_problem_without_runner_says_what_it_needs(monkeypatch, tmp_path):
-    import immunoedit_models.trials as trials
-
-    monkeypatch.delattr(trials, "run_trial")
-    with pytest.raises(FitError, match="trial problems need the trial runner immunoedit_models.trials.run_trial"):
-        fit("fitting/impower150", tmp_path / "out")
-
-
 def test_fit_killed_after_a_start_resumes_to_the_same_result(growth_problem, tmp_path, monkeypatch):
     monkeypatch.setenv("MPLBACKEND", "Agg")
     problem, _ = growth_problem

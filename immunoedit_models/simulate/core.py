@@ -119,15 +119,21 @@ def time_grid(times: Any) -> np.ndarray:
 
 
 @lru_cache(maxsize=256)
-def parameter_function(model: CompiledModel, text: str) -> Callable[[np.ndarray], np.ndarray]:
-    """An expression of parameters (e.g. a dose amount 'Dose') -> f(P (n, n_par)) -> (n,)."""
+def parameter_expression(model: CompiledModel, text: str) -> sp.Expr:
+    """A dose amount (or other expression of the parameters, e.g. 'dose_per_kg*weight') as sympy,
+    parsed by the spec grammar; SimulationError naming the text otherwise."""
     units = dict(zip(model.parameters, (model.spec.parsed["symbols"].get(p) for p in model.parameters)))
     try:
-        parsed = parse_expression(text, units, parse_unit(model.spec.time_unit), check_units=False)
+        return parse_expression(text, units, parse_unit(model.spec.time_unit), check_units=False).expr
     except ExpressionError as exc:
         raise SimulationError(f"dose amount '{text}' of model '{model.name}': {exc.message}"
                               + (f" ({exc.hint})" if exc.hint else "")) from None
-    f = sp.lambdify(model.symbolic.param_symbols, parsed.expr, "numpy")  # printed from sympy, not user text
+
+
+@lru_cache(maxsize=256)
+def parameter_function(model: CompiledModel, text: str) -> Callable[[np.ndarray], np.ndarray]:
+    """An expression of parameters (e.g. a dose amount 'Dose') -> f(P (n, n_par)) -> (n,)."""
+    f = sp.lambdify(model.symbolic.param_symbols, parameter_expression(model, text), "numpy")  # from sympy
     return lambda P: np.broadcast_to(np.asarray(f(*P.T), dtype=float), (len(P),))
 
 

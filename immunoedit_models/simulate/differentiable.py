@@ -26,9 +26,8 @@ import sympy as sp
 
 from ..compile import METHODS, CompiledModel
 from ..errors import CompileError, SimulationError
-from ..spec.expressions import ExpressionError, parse_expression, suggest
-from ..spec.units import parse_unit
-from .core import regimen_list, require_compiled, time_grid
+from ..spec.expressions import suggest
+from .core import parameter_expression, regimen_list, require_compiled, time_grid
 from .regimen import BOLUS, INFUSION_RATE, Regimen
 
 
@@ -74,13 +73,7 @@ def event_template(model: CompiledModel, regimen: Regimen) -> EventTemplate:
 
 def jax_parameter_function(model: CompiledModel, text: str) -> Callable[[jax.Array], jax.Array]:
     """An expression of the model's parameters (e.g. a dose amount) -> f(P (n_par,)) -> scalar."""
-    units = {p: model.spec.parsed["symbols"].get(p) for p in model.parameters}
-    try:
-        parsed = parse_expression(text, units, parse_unit(model.spec.time_unit), check_units=False)
-    except ExpressionError as exc:
-        raise SimulationError(f"dose amount '{text}' of model '{model.name}': {exc.message}"
-                              + (f" ({exc.hint})" if exc.hint else "")) from None
-    f = sp.lambdify(model.symbolic.param_symbols, parsed.expr, modules="jax")  # printed from sympy
+    f = sp.lambdify(model.symbolic.param_symbols, parameter_expression(model, text), modules="jax")  # from sympy
     return lambda P: jnp.asarray(f(*P), dtype=jnp.float64)
 
 

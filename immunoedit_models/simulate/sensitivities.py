@@ -29,9 +29,9 @@ from ..compile.numba_solvers import STATUS_NAMES
 from ..compile.sensitivity_kernels import sensitivity_kernels
 from ..errors import CompileError, SimulationError
 from ..io.results import STATUS_MEANINGS, provenance
-from ..spec.expressions import ExpressionError, parse_expression, suggest
-from ..spec.units import parse_unit
-from .core import parameter_function, parameter_matrix, regimen_list, require_compiled, time_grid
+from ..spec.expressions import suggest
+from .core import (parameter_expression, parameter_function, parameter_matrix, regimen_list,
+                   require_compiled, time_grid)
 from .regimen import Regimen, event_arrays
 
 
@@ -58,13 +58,9 @@ def _check_names(model: CompiledModel, names: Sequence[str], known: Sequence[str
 
 def _amount_gradient(model: CompiledModel, text: str, index: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
     """d amount / d p[index] of a dose amount given as an expression: P (n_par,) -> (k,)."""
-    units = {p: model.spec.parsed["symbols"].get(p) for p in model.parameters}
-    try:
-        parsed = parse_expression(text, units, parse_unit(model.spec.time_unit), check_units=False)
-    except ExpressionError as exc:
-        raise SimulationError(f"dose amount '{text}' of model '{model.name}': {exc.message}") from None
     p = model.symbolic.param_symbols
-    grad = sp.lambdify([p], [sp.diff(parsed.expr, p[m]) for m in index], "numpy")  # from sympy, not user text
+    expr = parameter_expression(model, text)
+    grad = sp.lambdify([p], [sp.diff(expr, p[m]) for m in index], "numpy")  # from sympy, not user text
     return lambda P: np.asarray(grad(P), dtype=float).reshape(len(index))
 
 
