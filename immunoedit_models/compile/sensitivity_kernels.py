@@ -50,30 +50,55 @@ class SensitivityKernels:
     factor_dp: Callable[[np.ndarray], np.ndarray]
 
 
-def _loop_kernel(name: str, args: Sequence[str], matrix: Sequence[tuple[int, int, sp.Expr]],
-                 additive: Sequence[tuple[int, int, sp.Expr]], n: int, k: int,
-                 names: dict[sp.Symbol, str]) -> str:
+Program = tuple[list[tuple[sp.Symbol, sp.Expr]], list[sp.Expr]]   # (assignments, results) after CSE
+
+
+def _tangent(expr: sp.Expr, tangents: dict[sp.Symbol, sp.Expr]) -> sp.Expr:
+    """d expr along the tangents of its symbols (chain rule over the symbols that have one)."""
+    return sp.Add(*(sp.diff(expr, s) * tangents[s] for s in expr.free_symbols if s in tangents))
+
+
+def _forward_mode(program: Program, seeds: dict[sp.Symbol, sp.Expr]) -> Program:
+    """The tangent program of a straight-line program: forward-mode differentiation line by line,
+    seeded with the tangents of its inputs (e.g. y_j -> v_j, or t -> 1). Differentiating the
+    CSE'd program keeps the derivative code as small as the program; differentiating the
+    expanded expressions (second derivatives of the composed trial models' right-hand sides)
+    took minutes and produced code 10x larger. Returns the original assignments plus the
+    tangent assignments, and the tangents of the results."""
+    assignments, results = program
+    tangents = dict(seeds)
+    lines = list(assignments)
+    for c, e in assignments:
+        d = _tangent(e, tangents)
+        if d != 0:
+            dc = sp.Symbol(f"_d{c.name}", real=True)
+            lines.append((dc, d))
+            tangents[c] = dc
+    return lines, [_tangent(r, tangents) for r in results]
+
+
+def _loop_kernel(name: str, args: Sequence[str], program: Program, matrix: Sequence[tuple[int, int]],
+                 additive: Sequence[tuple[int, int]], n: int, k: int, names: dict[sp.Symbol, str]) -> str:
     """Source of `name(*args)` computing, for i < n and m < k (state-major flat arrays),
         out[i k + m] = sum_l M[i, l] S[l k + m] + A[i, m]
-    with M's non-zero entries `matrix` (i, l, expr) and A's `additive` (i, m, expr), all
-    expressions printed once after common-subexpression elimination; the loop over m is
-    contiguous, so numba vectorises it."""
-    exprs = [e for _, _, e in matrix] + [e for _, _, e in additive]
-    replacements, reduced = cse_blocks(exprs) if exprs else ([], [])
-    printer = _NumbaPrinter({**names, **{s: s.name for s, _ in replacements}})
-    body = [f"{s.name} = {printer.doprint(e)}" for s, e in replacements]
-    body += [f"_m{q} = {printer.doprint(e)}" for q, e in enumerate(reduced[:len(matrix)])]
+    from a program whose results are M's entries at `matrix` (i, l), then A's at `additive`
+    (i, m). The loop over m is contiguous, so numba vectorises it."""
+    lines, results = program
+    printer = _NumbaPrinter({**names, **{s: s.name for s, _ in lines}})
+    body = [f"{s.name} = {printer.doprint(e)}" for s, e in lines]
     rows: dict[int, list[str]] = {i: [] for i in range(n)}
-    for q, (i, l, _) in enumerate(matrix):
-        rows[i].append(f"_m{q} * S[{l * k} + m]")
+    for q, ((i, l), e) in enumerate(zip(matrix, results)):
+        if e != 0:
+            body.append(f"_m{q} = {printer.doprint(e)}")
+            rows[i].append(f"_m{q} * S[{l * k} + m]")
     body += [f"for m in range({k}):"]
     body += [f"    out[{i * k} + m] = {' + '.join(terms) or '0.0'}" for i, terms in rows.items()]
     body += [f"out[{i * k + m}] += {printer.doprint(e)}"
-             for (i, m, _), e in zip(additive, reduced[len(matrix):])]
+             for (i, m), e in zip(additive, results[len(matrix):]) if e != 0]
     sig = "SENS_DIR_SIG" if "v" in args else "SENS_SIG"
-    lines = [f"@njit({sig}, cache=True, error_model='numpy')", f"def {name}({', '.join(args)}):",
-             *(f"    {line}" for line in body), "    return"]
-    return "\n".join(lines) + "\n"
+    source = [f"@njit({sig}, cache=True, error_model='numpy')", f"def {name}({', '.join(args)}):",
+              *(f"    {line}" for line in body), "    return"]
+    return "\n".join(source) + "\n"
 
 
 def _nonzero(entries):
@@ -81,7 +106,9 @@ def _nonzero(entries):
 
 
 def generate_sensitivity_source(sym: SymbolicModel, index: Sequence[int]) -> str:
-    """Source of the generated sensitivity module for parameters `index` of `sym`."""
+    """Source of the generated sensitivity module for parameters `index` of `sym`: one CSE'd
+    program for the Jacobian's non-zero entries and df/dp, and its forward-mode tangents along
+    v (the directional derivative in y) and along t."""
     n, k = sym.n_states, len(index)
     y, p, t = sym.state_symbols, sym.param_symbols, sym.time
     v = sp.symbols(f"_v0:{n}", real=True)
@@ -89,18 +116,18 @@ def generate_sensitivity_source(sym: SymbolicModel, index: Sequence[int]) -> str
     J = sym.jacobian
     jac = _nonzero([(i, l, J[i, l]) for i in range(n) for l in range(n)])
     fp = _nonzero([(i, m, sp.diff(sym.rhs[i], p[index[m]])) for i in range(n) for m in range(k)])
-    along_v = lambda e: sp.Add(*(sp.diff(e, yj) * vj for yj, vj in zip(y, v)))  # noqa: E731
+    matrix, additive = [(i, l) for i, l, _ in jac], [(i, m) for i, m, _ in fp]
+    exprs = [e for _, _, e in jac] + [e for _, _, e in fp]
+    program: Program = cse_blocks(exprs) if exprs else ([], [])
     outputs = list(sym.outputs.values())
     out_dy = [(o, j, sp.diff(e, y[j])) for o, e in enumerate(outputs) for j in range(n)]
     out_dp = [(o, m, sp.diff(e, p[index[m]])) for o, e in enumerate(outputs) for m in range(k)]
     kernels = [
-        _loop_kernel("sens_rhs", ("t", "y", "p", "S", "out"), jac, fp, n, k, names),
-        _loop_kernel("sens_dir", ("t", "y", "p", "S", "v", "out"),
-                     _nonzero([(i, l, along_v(e)) for i, l, e in jac]),
-                     _nonzero([(i, m, along_v(e)) for i, m, e in fp]), n, k, names),
-        _loop_kernel("sens_tgrad", ("t", "y", "p", "S", "out"),
-                     _nonzero([(i, l, sp.diff(e, t)) for i, l, e in jac]),
-                     _nonzero([(i, m, sp.diff(e, t)) for i, m, e in fp]), n, k, names),
+        _loop_kernel("sens_rhs", ("t", "y", "p", "S", "out"), program, matrix, additive, n, k, names),
+        _loop_kernel("sens_dir", ("t", "y", "p", "S", "v", "out"), _forward_mode(program, dict(zip(y, v))),
+                     matrix, additive, n, k, names),
+        _loop_kernel("sens_tgrad", ("t", "y", "p", "S", "out"), _forward_mode(program, {t: sp.Integer(1)}),
+                     matrix, additive, n, k, names),
     ]
     for name, entries in (("outputs_dy", out_dy), ("outputs_dp", out_dp)):
         nz = _nonzero(entries)
