@@ -154,14 +154,15 @@ def test_van_der_pol_mu_1000_matches_radau():
 
 # ---- order of accuracy -----------------------------------------------------------------------
 # Not cached on disk: it inlines solver functions, and numba's cache cannot see their edits.
-@njit(float64[:, ::1](ns.RHS_TYPE, ns.JAC_TYPE, ns.TGRAD_TYPE, int64, float64[::1],
-                      float64[::1], float64, int64, float64))
-def _fixed_steps(rhs, jac, tgrad, method, y0, p, t_end, n_steps, theta):
+@njit(float64[:, ::1](ns.RHS_TYPE, ns.JAC_TYPE, ns.TGRAD_TYPE, ns.LU_FACTOR_TYPE,
+                      ns.LU_SOLVE_TYPE, int64, float64[::1], float64[::1], float64, int64, float64))
+def _fixed_steps(rhs, jac, tgrad, lu_factor, lu_solve, method, y0, p, t_end, n_steps, theta):
     """Fixed-step run of one method; rows: y(t_end), dense output at theta in the last step."""
     n = y0.size
     h = t_end / n_steps
     y, y_new, u_in = y0.copy(), np.empty(n), np.zeros(n)
     f0, dtg, tmp1, tmp2 = np.empty(n), np.empty(n), np.empty(n), np.empty(n)
+    scale = np.ones(n)
     jmat, w, piv = np.empty((n, n)), np.empty((n, n)), np.empty(n, dtype=np.int64)
     blocks = np.array([0, n], dtype=np.int64)
     k, q, out = np.empty((8, n)), np.empty((3, n)), np.empty((2, n))
@@ -171,7 +172,8 @@ def _fixed_steps(rhs, jac, tgrad, method, y0, p, t_end, n_steps, theta):
         if method == ns.RODAS5P:
             jac(t, y, p, jmat)
             tgrad(t, y, p, dtg)
-            ns._rodas_step(rhs, t, h, y, p, u_in, f0, jmat, dtg, w, piv, blocks, k, tmp1, tmp2, y_new)
+            ns._rodas_step(rhs, lu_factor, lu_solve, t, h, y, p, u_in, f0, jmat, dtg, scale, w, piv,
+                           blocks, k, tmp1, tmp2, y_new)
             ns._rodas_dense_coeffs(k, q)
             ns._rodas_dense(theta, y, y_new, q, out[1])
         else:
@@ -190,7 +192,8 @@ def test_fixed_step_global_order_is_five_and_dense_output_is_accurate(forced, me
     y0, p = np.array([1.0, 1.0]), np.array([3.0])
     errs, dense_errs = [], []
     for n_steps in (20, 40, 80):
-        res = _fixed_steps(forced.rhs, forced.jac, forced.tgrad, ns.METHODS[method], y0, p,
+        res = _fixed_steps(forced.rhs, forced.jac, forced.tgrad, forced.lu_factor, forced.lu_solve,
+                           ns.METHODS[method], y0, p,
                            t_end, n_steps, theta)
         h = t_end / n_steps
         errs.append(np.abs(res[0] - _forced_exact(t_end)).max())

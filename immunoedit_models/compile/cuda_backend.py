@@ -1,7 +1,7 @@
 """Compile a `SymbolicModel` to a CUDA ensemble kernel: one trajectory per GPU thread (numba.cuda).
 
 `compile_cuda` prints the model (right-hand side, dense Jacobian, time gradient, initial values,
-outputs, dose factors) as `@cuda.jit(device=True)` functions with the printer, CSE and kernel
+outputs, dose factors, the sparse LU of W) as `@cuda.jit(device=True)` functions with the printer, CSE and kernel
 list of `numba_backend`, and appends the solver of `cuda_solvers` (Rodas5P with the analytic
 Jacobian, Tsit5; per-thread doses, scans and progression). One module is written per model
 structure and precision, `<cache_dir>/cuda_model_<structure_hash>_<precision>_<tag>.py`, in the
@@ -39,7 +39,7 @@ from . import cuda_solvers, numba_backend, numba_solvers
 from .cuda_solvers import SHARED_CONSTANTS, solver_source
 from .numba_backend import (METHODS, _c_array, _import_generated, _kernel_source, _NumbaPrinter,
                             _rows, _write_atomic, check_solve_inputs, default_cache_dir,
-                            kernel_definitions, symbol_names)
+                            kernel_definitions, lu_kernel_sources, symbol_names)
 
 PRECISIONS = {"float64": np.float64, "float32": np.float32}
 THREADS_PER_BLOCK = 64      # register-heavy kernel: small blocks keep occupancy up
@@ -141,13 +141,16 @@ class _CudaPrinter(_NumbaPrinter):
 
 
 def model_functions_source(sym: SymbolicModel) -> str:
-    """The model's device functions rhs, jac (dense), tgrad, initial, outputs, dose_factors."""
+    """The model's device functions rhs, jac (dense), tgrad, initial, outputs, dose_factors, and
+    the sparse LU of W (lu_factor, lu_solve; see `numba_backend.lu_kernel_sources`)."""
     names = symbol_names(sym)
-    return "".join(
-        "\n\n" + _kernel_source(k.name, k.signature, k.args, k.targets, k.exprs, names,
-                                k.prologue, decorator="@cuda.jit(device=True)",
-                                printer_cls=_CudaPrinter)
-        for k in kernel_definitions(sym, dense_jacobian=True))
+    device = "@cuda.jit(device=True)"
+    sources = [_kernel_source(k.name, k.signature, k.args, k.targets, k.exprs, names, k.prologue,
+                              decorator=device, printer_cls=_CudaPrinter)
+               for k in kernel_definitions(sym, dense_jacobian=True)]
+    sources += lu_kernel_sources(sym.sparse_lu, sym.n_states, device, device,
+                                 lit=_CudaPrinter._literal, pointers=False)
+    return "".join("\n\n" + source for source in sources)
 
 
 def generate_source(sym: SymbolicModel, precision: str = "float64",

@@ -10,7 +10,7 @@ they read these globals of the generated module:
     N, N_PAR_A, N_OUT_A       states; parameters and outputs (array sizes, at least 1)
     F, DTYPE                  numpy scalar type of states, parameters and stages (float64 or
                               float32); literals in state arithmetic are F(...)
-    rhs, jac, tgrad, outputs, initial, dose_factors
+    rhs, jac, tgrad, outputs, initial, dose_factors, lu_factor, lu_solve
                               the model's device functions (conventions of `numba_solvers`)
     R_*, T_*                  the Rodas5P and Tsit5 tables of `numba_solvers` cast to DTYPE
                               (`coefficient_tables`)
@@ -139,9 +139,11 @@ def _initial_step(t, y, p, u_in, f0, rtol, atol, y1, f1):
     return _fmin(100.0 * h0, h1)
 
 
-# ---- linear algebra: W^-1 by Gauss-Jordan, as numba_solvers._invert -------------------------
+# ---- linear algebra: the model's sparse LU of W, or W^-1 by Gauss-Jordan (numba_solvers) -----
 def _invert(a, piv):
-    """In-place inverse of a (N, N) with partial pivoting; False (a destroyed) if singular."""
+    """In-place inverse of a (N, N) with partial pivoting; False (a destroyed) if singular.
+    The fallback when the sparse LU's pivot test fails (numba_solvers inverts by diagonal blocks:
+    the same inverse up to rounding)."""
     for k in range(N):
         p = k
         amax = abs(a[k, k])
@@ -184,21 +186,39 @@ def _matvec_row(a, b, out, r):
 
 
 # ---- one step of each method ----------------------------------------------------------------
-def _rodas_step(t, h, y, p, u_in, f0, jmat, dtg, w, piv, k, ytmp, ftmp, y_new):
-    """Rodas5P step of size h: stages into k (8, N) (k[7]: error estimate), solution into y_new.
-    Returns False when W = I/(h gamma) - J is singular."""
-    inv_hg = F(1.0 / (h * R_GAMMA))
+def _factor_w(inv_hg, jmat, scale, w, piv):
+    """W = inv_hg I - J into w: 1 by the model's sparse LU, else 0 by dense inversion, -1 when
+    W is singular (numba_solvers._factor_w)."""
+    if lu_factor(inv_hg, jmat, scale, w):
+        return 1
     for i in range(N):
         for j in range(N):
             w[i, j] = -jmat[i, j]
         w[i, i] += inv_hg
-    if not _invert(w, piv):
+    return 0 if _invert(w, piv) else -1
+
+
+def _solve_w(sparse, w, b, out, r):
+    """out[r] = W^-1 b with w as `_factor_w` left it."""
+    if sparse:
+        lu_solve(w, b, out, r)
+    else:
+        _matvec_row(w, b, out, r)
+
+
+def _rodas_step(t, h, y, p, u_in, f0, jmat, dtg, scale, w, piv, k, ytmp, ftmp, y_new):
+    """Rodas5P step of size h: stages into k (8, N) (k[7]: error estimate), solution into y_new.
+    scale: the error weights for the sparse LU's pivot test. Returns False when
+    W = I/(h gamma) - J is singular."""
+    mode = _factor_w(F(1.0 / (h * R_GAMMA)), jmat, scale, w, piv)
+    if mode < 0:
         return False
+    sparse = mode == 1
     inv_h = 1.0 / h
     hd = F(h * R_d[0])
     for i in range(N):
         ftmp[i] = f0[i] + hd * dtg[i]
-    _matvec_row(w, ftmp, k, 0)
+    _solve_w(sparse, w, ftmp, k, 0)
     for s in range(1, 8):
         hd = F(h * R_d[s])
         for i in range(N):
@@ -223,7 +243,7 @@ def _rodas_step(t, h, y, p, u_in, f0, jmat, dtg, w, piv, k, ytmp, ftmp, y_new):
         rhs(t + R_c[s] * h, ytmp, p, ftmp)
         for i in range(N):
             ftmp[i] += y_new[i]
-        _matvec_row(w, ftmp, k, s)
+        _solve_w(sparse, w, ftmp, k, s)
     for i in range(N):          # stiffly accurate: B = A[7] + e_7
         y_new[i] = ytmp[i] + k[7, i]
     return True
@@ -300,10 +320,11 @@ def _scan(t, y, p, out_buf, burden_index, b, s, scan_value, nadir, pd_time, pd_r
     return _fmin(nadir, value), pd_time
 
 
-def _attempt(rodas, t, h, y, p, u_in, f0, jmat, dtg, w, piv, k, ytmp, ftmp, y_new, rtol, atol):
+def _attempt(rodas, t, h, y, p, u_in, f0, jmat, dtg, scale, w, piv, k, ytmp, ftmp, y_new, rtol,
+             atol):
     """One step attempt of the chosen method; the scaled error norm (inf: singular W)."""
     if rodas:
-        if not _rodas_step(t, h, y, p, u_in, f0, jmat, dtg, w, piv, k, ytmp, ftmp, y_new):
+        if not _rodas_step(t, h, y, p, u_in, f0, jmat, dtg, scale, w, piv, k, ytmp, ftmp, y_new):
             return math.inf
     else:
         _tsit5_step(t, h, y, p, u_in, k, ftmp, y_new)
@@ -359,6 +380,7 @@ def solve_kernel(y0, p, t0, t_out, ev_t, ev_state, ev_kind, ev_value, ev_guard, 
     ftmp = cuda.local.array(N, DTYPE)
     f0 = cuda.local.array(N, DTYPE)
     dtg = cuda.local.array(N, DTYPE)
+    scale = cuda.local.array(N, DTYPE)
     u_in = cuda.local.array(N, DTYPE)
     jmat = cuda.local.array((N, N), DTYPE)
     w = cuda.local.array((N, N), DTYPE)
@@ -441,6 +463,8 @@ def solve_kernel(y0, p, t0, t_out, ev_t, ev_state, ev_kind, ev_value, ev_guard, 
                     jac(t, y, pb, jmat)
                     tgrad(t, y, pb, dtg)
                     _zero_non_finite(jmat, dtg)
+                    for i in range(N):
+                        scale[i] = atol + rtol * abs(y[i])
                 elif not _all_finite_row(k, 0):     # Tsit5: f(t, y) in k[0] (FSAL)
                     status = STATUS_NON_FINITE
                     break
@@ -450,8 +474,8 @@ def solve_kernel(y0, p, t0, t_out, ev_t, ev_state, ev_kind, ev_value, ev_guard, 
                 break
             last = t + 1.01 * h >= t_end
             h_step = t_end - t if last else h
-            err = _attempt(rodas, t, h_step, y, pb, u_in, f0, jmat, dtg, w, piv, k, ytmp, ftmp,
-                           y_new, rtol, atol)
+            err = _attempt(rodas, t, h_step, y, pb, u_in, f0, jmat, dtg, scale, w, piv, k, ytmp,
+                           ftmp, y_new, rtol, atol)
             if err <= 1.0:
                 t_new = t_end if last else t + h_step
                 io = _dense_outputs(rodas, t, h_step, t_new, io, t_out, y, y_new, k, y_out, b)
@@ -521,9 +545,9 @@ def outputs_kernel(t_out, y, p, out):
 
 DEVICE_FUNCTIONS: tuple[Callable, ...] = (
     _fmin, _fmax, _all_finite, _all_finite_row, _rms_norm_row, _rms_norm, _eval_f,
-    _zero_non_finite, _initial_step, _invert, _matvec_row, _rodas_step, _rodas_dense_row,
-    _tsit5_step, _tsit5_dense_row, _apply_events, _scan, _attempt, _dense_outputs,
-    _accept_factor, _reject_factor)
+    _zero_non_finite, _initial_step, _invert, _matvec_row, _factor_w, _solve_w, _rodas_step,
+    _rodas_dense_row, _tsit5_step, _tsit5_dense_row, _apply_events, _scan, _attempt,
+    _dense_outputs, _accept_factor, _reject_factor)
 KERNELS: tuple[Callable, ...] = (solve_kernel, initial_kernel, dose_factors_kernel, outputs_kernel)
 
 

@@ -1,14 +1,21 @@
 """Model-independent adaptive ODE solvers compiled once with numba, with dosing events.
 
-The solvers take the model's right-hand side, Jacobian and time gradient as first-class
-function arguments (`numba.types.FunctionType`) and have explicit signatures, so numba compiles
-them once and caches them on disk for every model; each model only compiles its own small
-kernels (see `numba_backend`).
+The solvers take the model's kernels (right-hand side, Jacobian, time gradient, the sparse LU
+of W, outputs) as first-class functions and have explicit signatures, so numba compiles them
+once and caches them on disk for every model; each model only compiles its own small kernels
+(see `numba_backend`). The public entry points take the kernels by C address (`KERNELS`,
+`kernel_address`): passing numba dispatchers from Python costs ~10 us per function and call.
 
 Kernel conventions (all arrays C-contiguous float64):
     rhs(t, y (n,), p (n_par,), dy_out (n,))        dy/dt
     jac(t, y, p, J_out (n, n))                     J[i, j] = d f_i / d y_j (dense)
     tgrad(t, y, p, dt_out (n,))                    d f / dt
+    lu_factor(inv_hg, J, scale, w) -> bool         factors of W = inv_hg I - J into w (n, n)
+    lu_solve(w, b, out)                            out (n,) = W^-1 b (n,) from those factors
+The two LU kernels take pointers to the arrays' data (matrices flat in C order). They are
+straight-line code for the model's sparsity (`numba_backend.lu_kernel_sources`); lu_factor tests
+its pivots in the error weights scale (n,) = atol + rtol |y| and returns False when one is too
+small, and the step then inverts W densely with partial pivoting instead (`_invert_blocks`).
 
 Methods (runtime integer, see `METHODS`):
     0  Rodas5P, a stiffly accurate 8-stage Rosenbrock method of order 5 with an embedded
@@ -41,7 +48,10 @@ progression, untreated by those drugs.
 from __future__ import annotations
 
 import numpy as np
-from numba import float64, int64, njit, prange, types, void
+from numba import boolean, float64, int64, njit, prange, types, void
+from numba.core import cgutils
+from numba.experimental.function_type import _get_wrapper_address
+from numba.extending import intrinsic
 
 RHS_SIG = void(float64, float64[::1], float64[::1], float64[::1])
 JAC_SIG = void(float64, float64[::1], float64[::1], float64[:, ::1])
@@ -51,6 +61,13 @@ JAC_TYPE = types.FunctionType(JAC_SIG)
 TGRAD_TYPE = types.FunctionType(TGRAD_SIG)
 OUTPUT_SIG = void(float64, float64[::1], float64[::1], float64[::1])  # outputs(t, y, p, out)
 OUTPUT_TYPE = types.FunctionType(OUTPUT_SIG)
+# The sparse LU kernels take raw pointers (n x n matrices flat in C order): numba compiles a
+# pointer access ~3x faster than an array access, and these kernels are long straight-line code.
+_F64P = types.CPointer(float64)
+LU_FACTOR_SIG = boolean(float64, _F64P, _F64P, _F64P)      # (inv_hg, J, scale, w)
+LU_SOLVE_SIG = void(_F64P, _F64P, _F64P)                   # (w, b, out)
+LU_FACTOR_TYPE = types.FunctionType(LU_FACTOR_SIG)
+LU_SOLVE_TYPE = types.FunctionType(LU_SOLVE_SIG)
 
 # Only contraction of a * b + c into one fused multiply-add: no flag that assumes finite values
 # (status detection relies on NaN/inf propagating) and no reassociation.
@@ -248,6 +265,46 @@ def _block_solve_row(a, blocks, b, out, r):
             out[r, i] = acc
 
 
+@intrinsic
+def _data_pointer(typingctx, arr, offset):
+    """Pointer to element `offset` (flat, C order) of a C-contiguous float64 array, for the LU
+    kernels. Hand-written: numba has no public way to take an array's data pointer as a
+    typed pointer in compiled code."""
+    if not (isinstance(arr, types.Array) and arr.dtype == float64 and arr.layout == "C"
+            and isinstance(offset, types.Integer)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        data = context.make_array(signature.args[0])(context, builder, args[0]).data
+        return builder.gep(data, [context.cast(builder, args[1], signature.args[1], types.intp)])
+    return _F64P(arr, offset), codegen
+
+
+@njit(cache=True, error_model="numpy", fastmath=_FASTMATH, inline="always")
+def _factor_w(lu_factor, inv_hg, jmat, scale, w, piv, blocks):
+    """Factorise W = inv_hg I - J into w: 1 by the model's sparse LU (`lu_factor`, pivots tested
+    in the error weights `scale`), else 0 by dense inversion of its diagonal blocks with
+    partial pivoting (`_invert_blocks`); -1 when W is singular."""
+    if lu_factor(inv_hg, _data_pointer(jmat, 0), _data_pointer(scale, 0), _data_pointer(w, 0)):
+        return 1
+    n = jmat.shape[0]
+    for i in range(n):
+        for j in range(n):
+            w[i, j] = -jmat[i, j]
+        w[i, i] += inv_hg
+    return 0 if _invert_blocks(w, piv, blocks) else -1
+
+
+@njit(cache=True, error_model="numpy", fastmath=_FASTMATH, inline="always")
+def _solve_w(lu_solve, sparse, w, blocks, b, out, r):
+    """out[r] = W^-1 b with w as `_factor_w` left it (sparse: its return value was 1); b may be
+    overwritten."""
+    if sparse:
+        lu_solve(_data_pointer(w, 0), _data_pointer(b, 0), _data_pointer(out, r * out.shape[1]))
+    else:
+        _block_solve_row(w, blocks, b, out, r)
+
+
 # ---- helpers ----------------------------------------------------------------------------------
 @njit(cache=True, error_model="numpy", fastmath=_FASTMATH)
 def _eval_f(rhs, t, y, p, u_in, out):
@@ -302,25 +359,24 @@ def _initial_step(rhs, t, y, p, u_in, f0, rtol, atol, y1, f1):
 
 # ---- one step of each method ----------------------------------------------------------------
 @njit(cache=True, error_model="numpy", fastmath=_FASTMATH, inline="always")
-def _rodas_step(rhs, t, h, y, p, u_in, f0, jmat, dtg, w, piv, blocks, k, ytmp, ftmp, y_new):
+def _rodas_step(rhs, lu_factor, lu_solve, t, h, y, p, u_in, f0, jmat, dtg, scale, w, piv, blocks,
+                k, ytmp, ftmp, y_new):
     """Rodas5P step of size h from (t, y): stages into k (8, n), solution into y_new.
 
-    f0, jmat, dtg: f, Jacobian and df/dt at (t, y). k[7] is the local error estimate.
-    w (n, n) receives W with its diagonal blocks inverted (blocks: see `_invert_blocks`).
+    f0, jmat, dtg: f, Jacobian and df/dt at (t, y); scale: error weights atol + rtol |y| (for
+    the pivot test of the sparse LU). k[7] is the local error estimate.
+    w (n, n) receives W factorised (`_factor_w`; blocks: see `_invert_blocks`).
     Returns False (nothing computed) when W is singular.
     """
     n = y.size
-    inv_hg = 1.0 / (h * _R_GAMMA)
-    for i in range(n):
-        for j in range(n):
-            w[i, j] = -jmat[i, j]
-        w[i, i] += inv_hg
-    if not _invert_blocks(w, piv, blocks):
+    mode = _factor_w(lu_factor, 1.0 / (h * _R_GAMMA), jmat, scale, w, piv, blocks)
+    if mode < 0:
         return False
+    sparse = mode == 1
     inv_h = 1.0 / h
     for i in range(n):
         ftmp[i] = f0[i] + h * _R_d[0] * dtg[i]
-    _block_solve_row(w, blocks, ftmp, k, 0)
+    _solve_w(lu_solve, sparse, w, blocks, ftmp, k, 0)
     # Stage s: ytmp = y + sum_j A[s, j] k_j and (in y_new, free until the end) the linear part
     # u_in + h d_s df/dt + sum_j (C[s, j] / h) k_j, both in one pass over the earlier stages.
     for s in range(1, 8):
@@ -347,7 +403,7 @@ def _rodas_step(rhs, t, h, y, p, u_in, f0, jmat, dtg, w, piv, blocks, k, ytmp, f
         rhs(t + _R_c[s] * h, ytmp, p, ftmp)
         for i in range(n):
             ftmp[i] += y_new[i]
-        _block_solve_row(w, blocks, ftmp, k, s)     # k_s = W^-1 ftmp
+        _solve_w(lu_solve, sparse, w, blocks, ftmp, k, s)     # k_s = W^-1 ftmp
     for i in range(n):          # stiffly accurate: B = A[7] + e_7
         y_new[i] = ytmp[i] + k[7, i]
     return True
@@ -455,11 +511,12 @@ def _scan(outputs, t, y, p, out_buf, burden_index, s, scan_value, nadir, pd_time
 
 
 @njit(cache=True, error_model="numpy", fastmath=_FASTMATH, inline="always")
-def _attempt(rodas, rhs, t, h, y, p, u_in, f0, jmat, dtg, w, piv, blocks, k, ytmp, ftmp, err_vec,
-             y_new, rtol, atol):
+def _attempt(rodas, rhs, lu_factor, lu_solve, t, h, y, p, u_in, f0, jmat, dtg, scale, w, piv,
+             blocks, k, ytmp, ftmp, err_vec, y_new, rtol, atol):
     """One step attempt of the chosen method; returns the scaled error norm (inf: singular W)."""
     if rodas:
-        if not _rodas_step(rhs, t, h, y, p, u_in, f0, jmat, dtg, w, piv, blocks, k, ytmp, ftmp, y_new):
+        if not _rodas_step(rhs, lu_factor, lu_solve, t, h, y, p, u_in, f0, jmat, dtg, scale, w,
+                           piv, blocks, k, ytmp, ftmp, y_new):
             return np.inf
         return _rms_norm(k[7], y, y_new, rtol, atol)
     _tsit5_step(rhs, t, h, y, p, u_in, k, err_vec, y_new)
@@ -506,9 +563,9 @@ def _reject_factor(err, last_rejected, err_prev, h_prev, h):
 
 
 @njit(cache=True, error_model="numpy", fastmath=_FASTMATH)
-def _integrate(rhs, jac, tgrad, outputs, blocks, y0, p, t0, t_out, ev_t, ev_state, ev_kind, ev_value,
-               ev_guard, scan_t, n_outputs, burden_index, pd_rel, pd_abs, rtol, atol, method,
-               max_steps, h0, y_out, scan_value):
+def _integrate(rhs, jac, tgrad, lu_factor, lu_solve, outputs, blocks, y0, p, t0, t_out, ev_t,
+               ev_state, ev_kind, ev_value, ev_guard, scan_t, n_outputs, burden_index, pd_rel,
+               pd_abs, rtol, atol, method, max_steps, h0, y_out, scan_value):
     """Integrate one trajectory, writing y_out (n_out, n) and scan_value (n_scan,); returns
     (status, n_accepted, n_rejected, pd_time) with pd_time = +inf without progression.
     blocks: the block-lower-triangular structure of the Jacobian (see `_invert_blocks`).
@@ -528,6 +585,7 @@ def _integrate(rhs, jac, tgrad, outputs, blocks, y0, p, t0, t_out, ev_t, ev_stat
     f0 = np.empty(n)        # f(t, y) (Rodas5P; Tsit5 keeps it in k[0])
     err_vec = np.empty(n)
     dtg = np.empty(n)
+    scale = np.empty(n)     # error weights at (t, y), for the sparse LU's pivot test
     u_in = np.zeros(n)      # infusion rates
     jmat = np.empty((n, n))
     w = np.empty((n, n))
@@ -600,14 +658,16 @@ def _integrate(rhs, jac, tgrad, outputs, blocks, y0, p, t0, t_out, ev_t, ev_stat
                     jac(t, y, p, jmat)
                     tgrad(t, y, p, dtg)
                     _zero_non_finite(jmat, dtg)
+                    for i in range(n):
+                        scale[i] = atol + rtol * abs(y[i])
                 new_point = False
             if n_acc + n_rej >= max_steps:
                 status = STATUS_MAX_STEPS
                 break
             last = t + 1.01 * h >= t_end
             h_step = t_end - t if last else h
-            err = _attempt(rodas, rhs, t, h_step, y, p, u_in, f0, jmat, dtg, w, piv, blocks, k, ytmp,
-                           ftmp, err_vec, y_new, rtol, atol)
+            err = _attempt(rodas, rhs, lu_factor, lu_solve, t, h_step, y, p, u_in, f0, jmat, dtg,
+                           scale, w, piv, blocks, k, ytmp, ftmp, err_vec, y_new, rtol, atol)
             if err <= 1.0:
                 t_new = t_end if last else t + h_step
                 io = _dense_outputs(rodas, t, h_step, t_new, io, t_out, y, y_new, k, y_out)
@@ -646,33 +706,80 @@ def _integrate(rhs, jac, tgrad, outputs, blocks, y0, p, t0, t_out, ev_t, ev_stat
     return status, n_acc, n_rej, pd_time
 
 
+# ---- kernels passed by address -----------------------------------------------------------------
+# A numba dispatcher passed from Python as a first-class function argument is typed and its
+# address looked up again on every call (~10 us per function through numba's Python layer: ~60 us
+# for the six kernels of a solve, a quarter of a 0.25 ms trajectory). The entry points therefore
+# take the kernels' C addresses (int64, looked up once per model by `kernel_address`) and turn
+# them back into first-class functions inside compiled code, by hand: numba has no public API
+# for a function from an address.
+def kernel_address(dispatcher, sig) -> int:
+    """C address of the compiled kernel `dispatcher` for signature `sig` (valid while it lives)."""
+    return _get_wrapper_address(dispatcher, sig)
+
+
+def _function_from_address(sig):
+    """An intrinsic: int64 address (`kernel_address`) -> first-class function of signature sig.
+
+    Fills the C-address member of numba's first-class function value (the others stay null, so
+    calls go through the kernel's C wrapper, as for a function object passed from Python)."""
+    fnty = types.FunctionType(sig)
+
+    @intrinsic
+    def as_function(typingctx, address):
+        def codegen(context, builder, signature, args):
+            fn = cgutils.create_struct_proxy(fnty)(context, builder)
+            fn.c_addr = builder.inttoptr(args[0], context.get_value_type(types.voidptr))
+            return fn._getvalue()
+        return fnty(types.int64), codegen
+    return as_function
+
+
+_as_rhs = _function_from_address(RHS_SIG)
+_as_jac = _function_from_address(JAC_SIG)
+_as_lu_factor = _function_from_address(LU_FACTOR_SIG)
+_as_lu_solve = _function_from_address(LU_SOLVE_SIG)
+_as_outputs = _function_from_address(OUTPUT_SIG)
+
+#: Order of the kernel addresses the entry points take (tgrad has the rhs signature).
+KERNELS = ("rhs", "jac", "tgrad", "lu_factor", "lu_solve", "outputs")
+KERNEL_SIGS = (RHS_SIG, JAC_SIG, TGRAD_SIG, LU_FACTOR_SIG, LU_SOLVE_SIG, OUTPUT_SIG)
+
+
 # ---- public entry points ----------------------------------------------------------------------
 _SOLVE_BATCH_SIG = types.Tuple((float64[:, :, ::1], int64[::1], int64[::1], int64[::1],
                                 float64[:, ::1], float64[::1]))(
-    RHS_TYPE, JAC_TYPE, TGRAD_TYPE, OUTPUT_TYPE, int64[::1], float64[:, ::1], float64[:, ::1], float64,
+    int64[::1], int64[::1], float64[:, ::1], float64[:, ::1], float64,
     float64[::1], float64[:, ::1], int64[:, ::1], int64[:, ::1], float64[:, ::1], float64[:, ::1],
     float64[::1], int64, int64, float64, float64, float64, float64, int64, int64, float64)
 
 _SOLVE_SINGLE_SIG = types.Tuple((float64[:, ::1], int64, int64, int64, float64[::1], float64))(
-    RHS_TYPE, JAC_TYPE, TGRAD_TYPE, OUTPUT_TYPE, int64[::1], float64[::1], float64[::1], float64,
+    int64[::1], int64[::1], float64[::1], float64[::1], float64,
     float64[::1], float64[::1], int64[::1], int64[::1], float64[::1], float64[::1], float64[::1],
     int64, int64, float64, float64, float64, float64, int64, int64, float64)
 
 
 @njit(_SOLVE_BATCH_SIG, cache=True, parallel=True, error_model="numpy", fastmath=_FASTMATH)
-def solve_batch(rhs, jac, tgrad, outputs, blocks, y0, p, t0, t_out, ev_t, ev_state, ev_kind, ev_value,
-                ev_guard, scan_t, n_outputs, burden_index, pd_rel, pd_abs, rtol, atol, method,
-                max_steps, h0):
+def solve_batch(kernels, blocks, y0, p, t0, t_out, ev_t, ev_state, ev_kind, ev_value, ev_guard,
+                scan_t, n_outputs, burden_index, pd_rel, pd_abs, rtol, atol, method, max_steps, h0):
     """Integrate B trajectories in parallel, each with its own adaptive step.
 
+    kernels (6,): the model's kernel addresses in the order of `KERNELS` (`kernel_address`);
     y0 (B, n), p (B, n_par); t_out (n_out,) sorted, >= t0; ev_* (B, n_ev) sorted per row,
     padded with ev_t = +inf; ev_guard (B, n_ev) (see the module docstring; -inf: always apply);
-    scan_t (n_scan,) sorted, >= t0 (may be empty); outputs: the model's outputs kernel with
-    n_outputs values, burden_index the one scans read; blocks: the Jacobian's block-lower-
-    triangular structure (block starts, then n; `[0, n]` always works). method: a value of `METHODS`; h0 <= 0
-    picks the first step automatically. Returns Y (B, n_out, n), status (B,), accepted steps
-    (B,), rejected (B,), scan values (B, n_scan), progression time (B,) (+inf: none).
+    scan_t (n_scan,) sorted, >= t0 (may be empty); n_outputs: the number of values of the
+    outputs kernel, burden_index the one scans read; blocks: the Jacobian's block-lower-
+    triangular structure (block starts, then n; `[0, n]` always works), for the dense fallback
+    of the W solve. method: a value of `METHODS`; h0 <= 0 picks the first step automatically.
+    Returns Y (B, n_out, n), status (B,), accepted steps (B,), rejected (B,), scan values
+    (B, n_scan), progression time (B,) (+inf: none).
     """
+    rhs = _as_rhs(kernels[0])
+    jac = _as_jac(kernels[1])
+    tgrad = _as_rhs(kernels[2])
+    lu_factor = _as_lu_factor(kernels[3])
+    lu_solve = _as_lu_solve(kernels[4])
+    outputs = _as_outputs(kernels[5])
     n_traj = y0.shape[0]
     y_all = np.empty((n_traj, t_out.size, y0.shape[1]))
     scan_all = np.empty((n_traj, scan_t.size))
@@ -682,16 +789,16 @@ def solve_batch(rhs, jac, tgrad, outputs, blocks, y0, p, t0, t_out, ev_t, ev_sta
     pd_time = np.empty(n_traj)
     for b in prange(n_traj):
         status[b], n_acc[b], n_rej[b], pd_time[b] = _integrate(
-            rhs, jac, tgrad, outputs, blocks, y0[b], p[b], t0, t_out, ev_t[b], ev_state[b], ev_kind[b],
-            ev_value[b], ev_guard[b], scan_t, n_outputs, burden_index, pd_rel, pd_abs, rtol,
-            atol, method, max_steps, h0, y_all[b], scan_all[b])
+            rhs, jac, tgrad, lu_factor, lu_solve, outputs, blocks, y0[b], p[b], t0, t_out, ev_t[b],
+            ev_state[b], ev_kind[b], ev_value[b], ev_guard[b], scan_t, n_outputs, burden_index,
+            pd_rel, pd_abs, rtol, atol, method, max_steps, h0, y_all[b], scan_all[b])
     return y_all, status, n_acc, n_rej, scan_all, pd_time
 
 
 @njit(_SOLVE_SINGLE_SIG, cache=True, error_model="numpy", fastmath=_FASTMATH)
-def solve_single(rhs, jac, tgrad, outputs, blocks, y0, p, t0, t_out, ev_t, ev_state, ev_kind, ev_value,
-                 ev_guard, scan_t, n_outputs, burden_index, pd_rel, pd_abs, rtol, atol, method,
-                 max_steps, h0):
+def solve_single(kernels, blocks, y0, p, t0, t_out, ev_t, ev_state, ev_kind, ev_value, ev_guard,
+                 scan_t, n_outputs, burden_index, pd_rel, pd_abs, rtol, atol, method, max_steps,
+                 h0):
     """One trajectory on the calling thread: y0 (n,), p (n_par,), ev_* (n_ev,).
 
     Returns Y (n_out, n), status, accepted steps, rejected steps, scan values (n_scan,),
@@ -700,7 +807,8 @@ def solve_single(rhs, jac, tgrad, outputs, blocks, y0, p, t0, t_out, ev_t, ev_st
     y_all = np.empty((t_out.size, y0.size))
     scan_value = np.empty(scan_t.size)
     status, n_acc, n_rej, pd_time = _integrate(
-        rhs, jac, tgrad, outputs, blocks, y0, p, t0, t_out, ev_t, ev_state, ev_kind, ev_value, ev_guard,
-        scan_t, n_outputs, burden_index, pd_rel, pd_abs, rtol, atol, method, max_steps, h0,
-        y_all, scan_value)
+        _as_rhs(kernels[0]), _as_jac(kernels[1]), _as_rhs(kernels[2]), _as_lu_factor(kernels[3]),
+        _as_lu_solve(kernels[4]), _as_outputs(kernels[5]), blocks, y0, p, t0, t_out, ev_t,
+        ev_state, ev_kind, ev_value, ev_guard, scan_t, n_outputs, burden_index, pd_rel, pd_abs,
+        rtol, atol, method, max_steps, h0, y_all, scan_value)
     return y_all, status, n_acc, n_rej, scan_value, pd_time
