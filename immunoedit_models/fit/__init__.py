@@ -1,4 +1,5 @@
-"""Fitting: problems as data, likelihoods, optimisers (multistart, CMA-ES), profiles, NUTS, KM reconstruction.
+"""Fitting: problems as data, likelihoods, optimisers (multistart, CMA-ES), profiles, NUTS, KM reconstruction,
+Laplace posteriors of trial fits and posterior predictive trials.
 
     from immunoedit_models.fit import load_problem, fit
     result = fit(load_problem("fitting/reference_timecourse"), out="fit_out")
@@ -17,7 +18,10 @@ from .run import fit
 from .timecourse import TimecourseObjective, timecourse_objective
 from .trial import TrialObjective, trial_terms
 from .bayes import nuts_posterior
+from .uncertainty import Laplace, draw_parameters, laplace_from_evaluations
+from .predictive import prediction_statistics, predictive_trials
 
-__all__ = ["FitProblem", "FreeParameter", "ParameterSet", "PopulationParameter", "TimecourseObjective",
-           "TrialObjective", "cmaes", "fit", "load_problem", "multistart", "nuts_posterior",
-           "profile_likelihood", "reconstruct_ipd", "timecourse_objective", "trial_terms"]
+__all__ = ["FitProblem", "FreeParameter", "Laplace", "ParameterSet", "PopulationParameter", "TimecourseObjective",
+           "TrialObjective", "cmaes", "draw_parameters", "fit", "laplace_from_evaluations", "load_problem",
+           "multistart", "nuts_posterior", "prediction_statistics", "predictive_trials", "profile_likelihood",
+           "reconstruct_ipd", "timecourse_objective", "trial_terms"]

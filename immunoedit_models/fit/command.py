@@ -30,7 +30,8 @@ def run(problem: Path, out: Path, resume: bool, console: Console) -> xr.Dataset:
 def summary(result: xr.Dataset, console: Console, seconds: float) -> None:
     table = Table(title=f"{result.attrs['problem']}: objective {float(result['objective']):.6g} "
                         f"({seconds:.1f} s)", header_style="bold")
-    for col in ("parameter", "estimate", "95 % CI (profile)", "bounds"):
+    laplace = "laplace_ci_lower" in result
+    for col in ("parameter", "estimate", "95 % CI (Laplace)" if laplace else "95 % CI (profile)", "bounds"):
         table.add_column(col)
     for name in result["parameter"].values:
         s = result.sel(parameter=name)
@@ -38,6 +39,8 @@ def summary(result: xr.Dataset, console: Console, seconds: float) -> None:
         if "profiled" in result.coords and name in result["profiled"].values:  # NaN (open): never crossed
             lo, hi = float(s["ci_lower"]), float(s["ci_upper"])
             ci = (f"{lo:.4g}" if np.isfinite(lo) else "(open)") + " – " + (f"{hi:.4g}" if np.isfinite(hi) else "(open)")
+        elif laplace:
+            ci = f"{float(s['laplace_ci_lower']):.4g} – {float(s['laplace_ci_upper']):.4g}"
         table.add_row(str(name), f"{float(s['estimate']):.4g}", ci,
                       f"[{float(s['bound_lower']):.3g}, {float(s['bound_upper']):.3g}]")
     console.print(table)

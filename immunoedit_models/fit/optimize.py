@@ -10,7 +10,9 @@ result as an uninterrupted one with the same seed.
 - `cmaes`: the `cma` package's CMA-ES in the unit box (x scaled to [0, 1] per coordinate, so one
   sigma0 suits parameters of any range), for stochastic / non-smooth objectives such as
   virtual-population trials. Checkpoint: the pickled strategy plus numpy's global random state
-  (cma draws from it), so a resumed run samples exactly what the uninterrupted run would.
+  (cma draws from it), so a resumed run samples exactly what the uninterrupted run would. Every
+  evaluated point is kept (`CmaResult.points`, `.values`): the material of the approximate
+  posterior (`uncertainty.laplace_from_evaluations`).
 - `profile_likelihood`: for each parameter, the minimum of the objective over the others on a
   grid around the optimum, and the 95 % confidence bounds where it rises by chi2(1, 0.95)/2 =
   1.92 (found by Brent's method between grid points).
@@ -133,6 +135,8 @@ class CmaResult:
     trace: list[dict[str, float]]
     iterations: int
     stop: dict[str, Any]
+    points: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))   # (n_eval, k) every candidate, fit scale
+    values: np.ndarray = field(default_factory=lambda: np.zeros(0))        # (n_eval,) its objective (NaN: failed)
 
 
 def cmaes(fun: Callable[[np.ndarray], float], params: ParameterSet, x0: np.ndarray | None = None,
@@ -151,19 +155,20 @@ def cmaes(fun: Callable[[np.ndarray], float], params: ParameterSet, x0: np.ndarr
            "u0": tuple(np.round(u0, 12)), **(settings_key or {})}
     state = load_state(checkpoint, key) if checkpoint else None
     if state:
-        es, trace = state["es"], state["trace"]
+        es, trace, archive = state["es"], state["trace"], state["archive"]
         np.random.set_state(state["numpy_random_state"])
     else:
         opts = {"bounds": [0.0, 1.0], "seed": seed, "maxiter": max_iter, "verbose": -9}
         if popsize:
             opts["popsize"] = popsize
         es = cma.CMAEvolutionStrategy(u0, sigma0, opts)  # seeds numpy's global generator with `seed`
-        trace = []
+        trace, archive = [], []
     with _progress(progress) as bar:
         task = bar.add_task("CMA-ES", total=max_iter, completed=len(trace))
         while not es.stop():
             U = es.ask()
             f = np.array([fun(lo + span * np.asarray(u)) for u in U], dtype=float)
+            archive.append((lo + span * np.asarray(U, float), np.where(np.isfinite(f), f, np.nan)))
             if not np.any(np.isfinite(f)):
                 raise FitError("every point of a CMA-ES generation failed (non-finite objective); check the "
                                "bounds and that the model simulates there")
@@ -172,18 +177,20 @@ def cmaes(fun: Callable[[np.ndarray], float], params: ParameterSet, x0: np.ndarr
             trace.append({"best": float(f.min()), "median": float(np.median(f)), "sigma": float(es.sigma),
                           "evaluations": int(es.countevals)})
             if checkpoint:
-                save_state(checkpoint, {"settings": key, "es": es, "trace": trace,
+                save_state(checkpoint, {"settings": key, "es": es, "trace": trace, "archive": archive,
                                         "numpy_random_state": np.random.get_state()})
             bar.update(task, completed=len(trace), description=f"CMA-ES: best {es.result.fbest:.6g}")
-            current = _cma_result(es, lo, span, trace)
+            current = _cma_result(es, lo, span, trace, archive)
             if on_iteration:
                 on_iteration(len(trace), current)
-    return _cma_result(es, lo, span, trace)
+    return _cma_result(es, lo, span, trace, archive)
 
 
-def _cma_result(es, lo, span, trace) -> CmaResult:
+def _cma_result(es, lo, span, trace, archive) -> CmaResult:
+    points = np.concatenate([a[0] for a in archive]) if archive else np.zeros((0, len(lo)))
+    values = np.concatenate([a[1] for a in archive]) if archive else np.zeros(0)
     return CmaResult(lo + span * np.asarray(es.result.xbest, float), float(es.result.fbest), list(trace),
-                     int(es.countiter), dict(es.stop()))
+                     int(es.countiter), dict(es.stop()), points, values)
 
 
 def cmaes_dataset(result: CmaResult, params: ParameterSet, attrs: dict | None = None) -> xr.Dataset:
@@ -194,8 +201,12 @@ def cmaes_dataset(result: CmaResult, params: ParameterSet, attrs: dict | None = 
          "trace_best": ("iteration", np.array([r["best"] for r in t])),
          "trace_median": ("iteration", np.array([r["median"] for r in t])),
          "trace_sigma": ("iteration", np.array([r["sigma"] for r in t]), {"description": "step size (unit box)"}),
-         "trace_evaluations": ("iteration", np.array([r["evaluations"] for r in t]))},
-        coords={"parameter": params.names, "iteration": np.arange(1, len(t) + 1)},
+         "trace_evaluations": ("iteration", np.array([r["evaluations"] for r in t])),
+         "evaluation_x": (("evaluation", "parameter"), result.points.reshape(-1, len(params.names)),
+                          {"description": "every candidate CMA-ES evaluated, on the fit scale (ln value for log scale)"}),
+         "evaluation_objective": ("evaluation", result.values, {"description": "its objective (NaN: failed)"})},
+        coords={"parameter": params.names, "iteration": np.arange(1, len(t) + 1),
+                "evaluation": np.arange(result.values.size)},
         attrs={"optimizer": f"CMA-ES (cma {cma.__version__}) in the unit box", "iterations": result.iterations,
                "stop": str(result.stop), **(attrs or {})})
 

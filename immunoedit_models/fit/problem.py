@@ -9,7 +9,8 @@ Two kinds share one file format (see fitting/README.md for the full schema):
 - `kind: trial`: a model and a trial design (`trial:`), the cohort size and seed, free
   parameters (model parameters shared by all patients, `survival` parameters of the death model,
   and `populations:` whose median and sigma are fitted), and targets with likelihood terms:
-  `ipd` (reconstructed individual patient data), `median`, `hazard_ratio`, `landmark`, `response`.
+  `ipd` (reconstructed individual patient data), `median`, `hazard_ratio`, `landmark`, `response`,
+  `prevalence` (the fraction of patients positive for a biomarker rule of the trial design).
   Targets may pull their value, CI and source from a `published.csv` row
   (`published: {analysis, population, endpoint, arm, statistic}`).
 
@@ -31,6 +32,7 @@ from ..spec.loader import SpecReader, read_yaml
 from ..spec.schema import Location
 from .likelihoods import NOISE_MODELS, TRANSFORMATIONS
 from .parameters import PRIOR_ARGS, SCALES, FreeParameter, ParameterSet, PopulationParameter
+from .predictive import prediction_statistics
 
 KINDS = ("timecourse", "trial")
 PROBLEM_KEYS = ("name", "kind", "description", "model", "backend", "solver", "t0", "conditions",
@@ -42,10 +44,11 @@ CONDITION_KEYS = ("regimen", "parameters", "initial", "description")
 OBSERVABLE_KEYS = ("output", "transformation", "noise", "sigma", "description")
 SOLVER_KEYS = ("rtol", "atol", "method", "max_steps")
 FIT_KEYS = ("method", "n_starts", "seed", "max_iter", "profiles", "profile_points", "posterior",
-            "popsize", "sigma0", "use_priors")
+            "popsize", "sigma0", "use_priors", "predictive")
+PREDICTIVE_KEYS = ("draws", "replicates", "patients_per_arm", "seed", "window")
 TARGET_KEYS = ("id", "kind", "endpoint", "arm", "comparison", "data", "published", "value", "ci",
-               "n", "months", "hazard_bins_months", "smoothing_months", "weight", "source", "note")
-TARGET_KINDS = ("ipd", "median", "hazard_ratio", "landmark", "response")
+               "n", "months", "hazard_bins_months", "smoothing_months", "weight", "source", "note", "biomarker")
+TARGET_KINDS = ("ipd", "median", "hazard_ratio", "landmark", "response", "prevalence")
 MEASUREMENT_COLUMNS = ("observableId", "simulationConditionId", "time", "measurement")
 ROLES = ("model", "survival", "noise")
 SURVIVAL_PARAMETERS = ("lethal_tumour_cells", "background_hazard_per_month",
@@ -86,6 +89,7 @@ class Target:
     ci: tuple[float, float] | None = None
     n: int | None = None
     months: float | None = None
+    biomarker: str | None = None      # prevalence: a biomarker rule of the trial design (e.g. pdl1_high)
     data: pd.DataFrame | None = None  # ipd: columns time_months, event
     hazard_bins_months: tuple[float, ...] = ()
     smoothing_months: float = 0.5
@@ -115,6 +119,7 @@ class FitSettings:
     popsize: int | None = None
     sigma0: float = 0.25
     use_priors: bool = False
+    predictive: Mapping[str, Any] = field(default_factory=dict)  # trial problems: predictive.PredictiveSettings
 
 
 @dataclass(frozen=True, eq=False)
@@ -219,9 +224,15 @@ class _Reader:
         if kind == "trial":
             if not doc.get("trial"):
                 r.issue(loc, "problem", "a trial problem needs 'trial:' (the trial design name)")
+            predictions = tuple(r.plain(doc.get("predictions") or []))
+            try:
+                prediction_statistics(predictions)
+            except (FitError, TypeError, ValueError, AttributeError) as exc:
+                r.issue(r.loc(doc, "predictions") if "predictions" in doc else loc, "predictions", str(exc),
+                        "entries: {endpoint, arms: [...], statistics: [median, landmark_<months>]} or "
+                        "{endpoint, comparisons: [...], statistics: [hazard_ratio], subgroups: [...]}")
             return FitProblem(**common, trial=str(doc.get("trial", "")), cohort=r.plain(doc.get("cohort") or {}),
-                              targets=self.targets(doc),
-                              predictions=tuple(r.plain(doc.get("predictions") or [])))
+                              targets=self.targets(doc), predictions=predictions)
         observables = self.observables(doc, roles)
         conditions = self.conditions(doc)
         return FitProblem(**common, t0=float(r.number(doc, "t0", loc, "problem", 0.0)), conditions=conditions,
@@ -329,7 +340,28 @@ class _Reader:
                            int(r.number(body, "max_iter", loc, "fit", 200)), tuple(profiles),
                            int(r.number(body, "profile_points", loc, "fit", 12)), r.plain(body.get("posterior") or {}),
                            None if body.get("popsize") is None else int(body["popsize"]),
-                           float(r.number(body, "sigma0", loc, "fit", 0.25)), bool(body.get("use_priors", False)))
+                           float(r.number(body, "sigma0", loc, "fit", 0.25)), bool(body.get("use_priors", False)),
+                           self.predictive(body, loc, doc.get("kind")))
+
+    def predictive(self, body, loc, kind) -> dict[str, Any]:
+        """fit.predictive: {draws, replicates, patients_per_arm, seed, window} (trial problems only)."""
+        sub = body.get("predictive")
+        if sub is None:
+            return {}
+        if kind != "trial" or not isinstance(sub, Mapping):
+            self.r.issue(loc, "fit", "'predictive:' is a mapping of " + ", ".join(PREDICTIVE_KEYS)
+                         + " and only trial problems have it (time courses: method nuts for a posterior)")
+            return {}
+        self.r.check_keys(sub, PREDICTIVE_KEYS, "fit predictive")
+        out = self.r.plain(sub)
+        for key in ("draws", "replicates", "patients_per_arm", "seed"):
+            if key in out and (isinstance(out[key], bool) or not isinstance(out[key], int) or out[key] < 0):
+                self.r.issue(self.r.loc(body, "predictive"), "fit predictive", f"{key} must be an integer >= 0, "
+                             f"got {out[key]!r}")
+        if "window" in out and not (isinstance(out["window"], (int, float)) and out["window"] > 0):
+            self.r.issue(self.r.loc(body, "predictive"), "fit predictive",
+                         f"window must be a number > 0 (objective units above the best), got {out['window']!r}")
+        return out
 
     # ---- time courses ------------------------------------------------------------------------
     def conditions(self, doc) -> dict[str, Condition]:
@@ -437,6 +469,8 @@ class _Reader:
                 fields["n"] = int(body["n"])
             if body.get("months") is not None:
                 fields["months"] = float(body["months"])
+            if body.get("biomarker") is not None:
+                fields["biomarker"] = str(body["biomarker"])
             if kind == "ipd":
                 fields["data"] = self.ipd(body, loc, item)
                 edges = body.get("hazard_bins_months")
@@ -493,10 +527,14 @@ class _Reader:
     def check_target(self, f: Mapping[str, Any], loc: Location, item: str) -> None:
         kind = f["kind"]
         needs = {"ipd": ("arm",), "median": ("arm", "value", "ci"), "hazard_ratio": ("comparison", "value", "ci"),
-                 "landmark": ("arm", "value", "ci", "months"), "response": ("arm", "value", "n")}[kind]
+                 "landmark": ("arm", "value", "ci", "months"), "response": ("arm", "value", "n"),
+                 "prevalence": ("biomarker", "value", "n")}[kind]
         for key in needs:
             if f.get(key) is None:
                 self.r.issue(loc, item, f"a {kind} target needs '{key}'"
-                             + (" (from 'published:' or given)" if key in ("value", "ci") else ""))
+                             + (" (from 'published:' or given)" if key in ("value", "ci") else "")
+                             + (" (a biomarker rule of the trial design, e.g. pdl1_high)" if key == "biomarker" else ""))
+        if kind in ("response", "prevalence") and f.get("value") is not None and not 0 <= f["value"] <= 1:
+            self.r.issue(loc, item, f"a {kind} target's value is a fraction in [0, 1], got {f['value']}")
         if f["endpoint"] not in ("pfs", "os"):
             self.r.issue(loc, item, f"endpoint must be pfs or os, got '{f['endpoint']}'")

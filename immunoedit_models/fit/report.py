@@ -150,7 +150,8 @@ def _fmt(v: float) -> str:
 
 
 def parameter_table(result: xr.Dataset) -> list[str]:
-    """Markdown rows: estimate, bounds, profile CI and posterior summary per parameter."""
+    """Markdown rows: estimate, bounds, profile CI and posterior summary per parameter (the NUTS
+    posterior of time-course fits, or the Laplace approximation of trial fits)."""
     head = "| parameter | estimate | lower bound | upper bound | profile 95 % CI | posterior mean (2.5–97.5 %) |"
     rows = [head, "|" + " --- |" * 6]
     for name in result["parameter"].values:
@@ -164,8 +165,35 @@ def parameter_table(result: xr.Dataset) -> list[str]:
         if "posterior" in result:
             d = result["posterior"].sel(parameter=name).values.ravel()
             post = f"{_fmt(d.mean())} ({_fmt(np.quantile(d, 0.025))}–{_fmt(np.quantile(d, 0.975))})"
+        elif "laplace_ci_lower" in result:
+            lo_l, hi_l = (float(result[b].sel(parameter=name)) for b in ("laplace_ci_lower", "laplace_ci_upper"))
+            post = f"Laplace: {_fmt(est)} ({_fmt(lo_l)}–{_fmt(hi_l)})"
         rows.append(f"| {name} | {_fmt(est)} | {_fmt(lo)} | {_fmt(hi)} | {ci} | {post} |")
     return rows
+
+
+def predictive_table(result: xr.Dataset) -> list[str]:
+    """Markdown section: predicted statistics with 95 % intervals from trials at the estimate
+    (sampling only) and from posterior draws (parameter + sampling); empty without predictions."""
+    if "predictive_median" not in result:
+        return []
+    a = result.attrs
+    lines = ["", "## Predictions (not fitted)", "",
+             f"Trials of {a.get('predictive_patients_per_arm')} patients per arm; {a.get('predictive_replicates')} at "
+             f"the estimate and {a.get('predictive_draws')} from posterior draws (cohort seeds from "
+             f"{a.get('predictive_seed')}). Laplace posterior from {a.get('laplace_points')} CMA-ES evaluations "
+             f"(quadratic surface R² {float(a.get('laplace_r_squared', np.nan)):.3f}, residual sd "
+             f"{float(a.get('laplace_residual_sd', np.nan)):.3g}, {a.get('laplace_flat_directions')} direction(s) "
+             "given the flat-prior width).", "",
+             "| statistic | trial replicates at the estimate: median (95 % interval) | posterior draws, "
+             "parameters + trial: median (95 % interval) |", "| --- | --- | --- |"]
+    for stat in result["statistic"].values:
+        cell = {src: [_fmt(float(result[v].sel(source=src, statistic=stat)))
+                      for v in ("predictive_median", "predictive_lower", "predictive_upper")]
+                for src in ("trial_only", "parameter_and_trial")}
+        t, p = cell["trial_only"], cell["parameter_and_trial"]
+        lines.append(f"| {stat} | {t[0]} ({t[1]}–{t[2]}) | {p[0]} ({p[1]}–{p[2]}) |")
+    return lines
 
 
 def write_report(problem: FitProblem, result: xr.Dataset, out: str | Path,

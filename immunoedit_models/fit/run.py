@@ -4,7 +4,8 @@ Stages (each checkpointed in `out`, so `resume=True` after a kill loses nothing)
 - timecourse problems: gradient multistart (`fit.method: multistart`, the default), CMA-ES
   (`cmaes`), or multistart followed by NUTS (`nuts`); then profile likelihoods for `fit.profiles`;
 - trial problems: CMA-ES on the trial objective (the trial runner simulates each candidate with
-  common random numbers).
+  common random numbers); with `fit.predictive`, a Laplace posterior from the CMA-ES evaluations
+  and posterior predictive trials of the problem's `predictions:` (predictive.py).
 Outputs in `out`: `fit.nc` (the result Dataset), `calibration.yaml` (the estimates grouped by
 role, ready for a calibrated simulation or trial), `report.md` and its PNG figures.
 """
@@ -12,6 +13,7 @@ role, ready for a calibrated simulation or trial), `report.md` and its PNG figur
 from __future__ import annotations
 
 import hashlib
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -26,13 +28,16 @@ from ..io.results import provenance
 from ..io.results import save as save_result
 from .bayes import nuts_posterior
 from .optimize import (cmaes, cmaes_dataset, multistart, multistart_dataset, profile_likelihood)
+from .predictive import PredictiveSettings, prediction_statistics, predictive_trials
 from .problem import FitProblem, load_problem
-from .report import plot_convergence, plot_km_fit, plot_posterior, plot_profiles, plot_timecourse_fit, write_report
+from .report import (plot_convergence, plot_km_fit, plot_posterior, plot_profiles, plot_timecourse_fit,
+                     predictive_table, write_report)
 from .timecourse import timecourse_objective
 from .trial import (TrialObjective, observed_statistic, simulated_statistic, trial_simulator,
                     trial_terms)
+from .uncertainty import laplace_from_evaluations
 
-CHECKPOINTS = ("multistart.pkl", "cmaes.pkl")
+CHECKPOINTS = ("multistart.pkl", "cmaes.pkl", "predictive.pkl")
 _START_NAMES = {"start_value": "start_initial", "estimate": "start_estimate", "objective": "start_objective",
                 "iterations": "start_iterations", "evaluations": "start_evaluations",
                 "converged": "start_converged", "message": "start_message", "trace": "start_trace"}
@@ -210,25 +215,50 @@ def _fit_trial(problem, out, resume, progress, callback) -> xr.Dataset:
     res = cmaes(objective, problem.parameters, first, s.sigma0, s.seed, s.max_iter, s.popsize,
                 checkpoint=out / "cmaes.pkl", settings_key={"problem_hash": problem_hash(problem)},
                 progress=progress, on_iteration=(lambda i, r: callback("cmaes", i, r)) if callback else None)
-    trial = simulate(likelihood.grouped(res.x))
+    trial = simulate(likelihood.grouped(res.x))            # the objective's own (lean) trial: the terms
     terms = trial_terms(trial, problem.targets)
-    result = xr.merge([_base(problem, res.x, res.fun, simulate.model, {}),
-                       cmaes_dataset(res, problem.parameters).drop_vars(["estimate", "objective"]),
-                       xr.Dataset({"target_nll": ("target", np.array(list(terms.values())))},
-                                  coords={"target": list(terms)})], combine_attrs="drop_conflicts")
-    save_result(trial, out / "trial_at_estimate.nc")
-    figs = [("fitted_vs_data", plot_km_fit(problem, trial)), ("convergence", plot_convergence(result))]
+    parts = [_base(problem, res.x, res.fun, simulate.model, {}),
+             cmaes_dataset(res, problem.parameters).drop_vars(["estimate", "objective"]),
+             xr.Dataset({"target_nll": ("target", np.array(list(terms.values())))}, coords={"target": list(terms)})]
+    if problem.predictions and s.predictive:
+        parts.append(_staged(out / "predictive.nc", resume,
+                             lambda: _predictive(problem, simulate, likelihood, res, out, progress)))
+    result = xr.merge(parts, combine_attrs="drop_conflicts")
+    full = simulate(likelihood.grouped(res.x), full=True)  # same patients, with every comparison and subgroup
+    save_result(full, out / "trial_at_estimate.nc")
+    figs = [("fitted_vs_data", plot_km_fit(problem, full)), ("convergence", plot_convergence(result))]
     extra = ["## Targets at the estimate", "",
              "| target | kind | endpoint | arm / comparison | observed | simulated | weighted -ln L |",
              "| --- | --- | --- | --- | --- | --- | --- |",
-             *(f"| {t.id} | {t.kind} | {'ORR' if t.kind == 'response' else t.endpoint} | {t.arm or t.comparison} | "
+             *(f"| {t.id} | {t.kind} | {_target_label(t)} | {t.arm or t.comparison or 'all arms'} | "
                f"{observed_statistic(t):.4g}"
                + (f" ({t.ci[0]:g}–{t.ci[1]:g})" if t.ci else "")
                + f" | {simulated_statistic(trial, t):.4g} | {terms[t.id]:.4g} |" for t in problem.targets),
              "", "observed / simulated: the median (months) for median and ipd targets (KM of the "
-             "reconstructed IPD), the HR, the landmark survival or the ORR."]
+             "reconstructed IPD), the HR, the landmark survival, the ORR or the biomarker prevalence.",
+             *predictive_table(result)]
     _write_outputs(problem, result, out, figs, extra)
     return result
+
+
+def _target_label(t) -> str:
+    return {"response": "ORR", "prevalence": t.biomarker}.get(t.kind, t.endpoint)
+
+
+def _predictive(problem, simulate, likelihood, res, out, progress) -> xr.Dataset:
+    """Laplace posterior from the CMA-ES evaluations, then the posterior predictive trials."""
+    settings = PredictiveSettings.from_mapping(problem.fit.predictive)
+    laplace = laplace_from_evaluations(res.points, res.values, res.x, problem.parameters.x_bounds, settings.window)
+    n = settings.patients_per_arm or simulate.design.patients_per_arm
+    settings = replace(settings, patients_per_arm=n)
+
+    def simulate_at(x, seed, data_cut_months):
+        return simulate(likelihood.grouped(x), full=True, patients_per_arm=n, trial_seed=seed,
+                        data_cut_months=data_cut_months)
+
+    return predictive_trials(simulate_at, problem.parameters, laplace, prediction_statistics(problem.predictions),
+                             settings, checkpoint=out / "predictive.pkl",
+                             settings_key={"problem_hash": problem_hash(problem)}, progress=progress)
 
 
 def calibration_mapping(problem: FitProblem, result: xr.Dataset) -> dict[str, Any]:

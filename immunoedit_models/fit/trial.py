@@ -11,7 +11,12 @@ trial problem is one likelihood term (problem.py `Target`):
 - hazard_ratio: Gaussian on ln HR, SE from the CI; the simulated value is the simulated trial's
   Cox HR (`hr_<endpoint>`), not a model hazard ratio;
 - landmark: Gaussian on cloglog S(months), SE from the CI on that scale;
-- response: binomial count round(value * n) of n under the simulated ORR.
+- response: binomial count round(value * n) of n under the simulated ORR;
+- prevalence: binomial count round(value * n) of n under the simulated cohort's fraction of
+  patients positive for a biomarker rule of the trial design (`trials.biomarkers`: e.g.
+  `pdl1_high`, evaluated on the day-0 outputs), in one arm or, without `arm`, over all arms.
+  The rule is the design's definition; what moves the fraction are population parameters of
+  the biomarker's expression (e.g. `pdl1_basal`, `lag3_level`) and of what induces it (IFN-gamma).
 
 `TrialObjective` turns a fit vector into the simulated trial (through an injected `simulate`
 function, common random numbers inside it) and sums the weighted terms. `trial_simulator` wires
@@ -25,8 +30,7 @@ a patient in or out, which is one reason to optimise trials with CMA-ES rather t
 
 from __future__ import annotations
 
-import importlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Mapping
 
 import numpy as np
@@ -81,9 +85,24 @@ def simulated_orr(trial: xr.Dataset, arm: str) -> float:
     return float(np.isin(response[present], ("CR", "PR")).mean())
 
 
+def simulated_prevalence(trial: xr.Dataset, biomarker: str, arm: str | None = None) -> float:
+    """Fraction of simulated patients (of `arm`, or of all arms) positive for a biomarker rule of
+    the trial design; the trial Dataset carries each rule as a boolean over (arm, patient)."""
+    if biomarker not in trial or trial[biomarker].dtype != bool:
+        rules = [str(v) for v in trial.data_vars if trial[v].dtype == bool and trial[v].dims == ("arm", "patient")]
+        raise FitError(f"the simulated trial has no biomarker rule '{biomarker}'; its design classifies "
+                       f"patients by {', '.join(rules) or 'none'} (trial file: biomarkers:)")
+    flag, present = trial[biomarker], np.isfinite(trial["pfs_months"])
+    if arm is not None:
+        if arm not in trial["arm"].values:
+            raise FitError(f"the simulated trial has no arm '{arm}' (arms: {list(map(str, trial['arm'].values))})")
+        flag, present = flag.sel(arm=arm), present.sel(arm=arm)
+    return float(flag.values[present.values].mean())
+
+
 def simulated_statistic(trial: xr.Dataset, target: Target) -> float:
-    """The simulated counterpart of a target: the median, HR, landmark rate or ORR (for an ipd
-    target, the simulated arm's KM median)."""
+    """The simulated counterpart of a target: the median, HR, landmark rate, ORR or biomarker
+    prevalence (for an ipd target, the simulated arm's KM median)."""
     k, ep = target.kind, target.endpoint
     if k in ("ipd", "median"):
         return simulated_median(trial, ep, target.arm)
@@ -93,6 +112,8 @@ def simulated_statistic(trial: xr.Dataset, target: Target) -> float:
         return simulated_landmark(trial, ep, target.arm, target.months)
     if k == "response":
         return simulated_orr(trial, target.arm)
+    if k == "prevalence":
+        return simulated_prevalence(trial, target.biomarker, target.arm)
     raise FitError(f"unknown target kind '{k}'")
 
 
@@ -116,7 +137,7 @@ def target_nll(trial: xr.Dataset, target: Target) -> float:
         return gaussian_nll(sim, target.value, se_from_ci(*target.ci, "log"), "log")
     if target.kind == "landmark":
         return gaussian_nll(sim, target.value, se_from_ci(*target.ci, "cloglog"), "cloglog")
-    return binomial_nll(round(target.value * target.n), target.n, sim)
+    return binomial_nll(round(target.value * target.n), target.n, sim)  # response, prevalence
 
 
 def trial_terms(trial: xr.Dataset, targets) -> dict[str, float]:
@@ -162,30 +183,48 @@ class TrialObjective:
 
 def trial_simulator(problem: FitProblem) -> Simulate:
     """The simulated trial of a trial problem as a function of grouped parameter values, through
-    `immunoedit_models.trials.run_trial` (checked at call time: FitError if it is not installed)."""
-    try:
-        trials = importlib.import_module("immunoedit_models.trials")
-    except ImportError:
-        trials = None
-    run_trial = getattr(trials, "run_trial", None)
-    if run_trial is None:
-        raise FitError(f"trial problems need the trial runner immunoedit_models.trials.run_trial, which this "
-                       f"installation does not have yet; '{problem.name}' can be fitted once it is there "
-                       "(time-course problems work now)")
+    `immunoedit_models.trials.run_trial` with the problem's fixed cohort seed."""
     from ..compile import compile_model
+    from ..trials import load_trial, run_trial
 
     model = compile_model(problem.model_path(), backend=problem.backend)
+    design = load_trial(problem.trial_path())
+    lean = objective_design(design, problem.targets)
     n = problem.cohort.get("patients_per_arm")
     seed = int(problem.cohort.get("seed", problem.fit.seed))
 
-    truncation = {pop.name: pop.bounds for pop in problem.parameters.populations if pop.bounds}
-
-    def simulate(groups: Mapping[str, Mapping[str, float]]) -> xr.Dataset:
-        priors = {name: {"distribution": "lognormal", "median": v["median"], "sigma": v["sigma"],
-                         **({"bounds": list(truncation[name])} if name in truncation else {})}
-                  for name, v in groups["population"].items()}
-        return run_trial(problem.trial_path(), model=model, patients_per_arm=n, seed=seed, priors=priors or None,
-                         fixed=dict(groups["model"]) or None, survival=dict(groups["survival"]) or None)
+    def simulate(groups: Mapping[str, Mapping[str, float]], full: bool = False, patients_per_arm: int | None = None,
+                 trial_seed: int | None = None, data_cut_months: float | None = None) -> xr.Dataset:
+        """The simulated trial at grouped values: the fit's lean design and cohort (default), or
+        `full`: the design's own summaries (every comparison and subgroup); other sizes, seeds and
+        data cut-offs for predictions."""
+        chosen = design if full else lean
+        if data_cut_months is not None:
+            chosen = replace(chosen, data_cut_months=float(data_cut_months))
+        return run_trial(chosen, model=model, patients_per_arm=patients_per_arm or n,
+                         seed=seed if trial_seed is None else trial_seed, **run_trial_settings(problem, groups))
 
     simulate.model = model
+    simulate.design = design
     return simulate
+
+
+def run_trial_settings(problem: FitProblem, groups: Mapping[str, Mapping[str, float]]) -> dict[str, dict | None]:
+    """`run_trial` keywords (priors, fixed, survival) of grouped natural values: populations become
+    lognormal priors truncated to the population's bounds."""
+    truncation = {pop.name: pop.bounds for pop in problem.parameters.populations if pop.bounds}
+    priors = {name: {"distribution": "lognormal", "median": v["median"], "sigma": v["sigma"],
+                     **({"bounds": list(truncation[name])} if name in truncation else {})}
+              for name, v in groups["population"].items()}
+    return {"priors": priors or None, "fixed": dict(groups["model"]) or None,
+            "survival": dict(groups["survival"]) or None}
+
+
+def objective_design(design, targets) -> object:
+    """The design the objective simulates: the same patients and outcomes (randomisation, dosing and
+    readouts do not depend on the analysis), analysed only as far as the targets need: the
+    comparisons of hazard-ratio targets, no subgroup HRs. Each Cox fit costs tens of ms (lifelines),
+    and a full IMpower150 summary has 32 of them, ~40 % of a simulated trial."""
+    needed = {t.comparison for t in targets if t.kind == "hazard_ratio"}
+    comparisons = tuple(c for c in design.comparisons if f"{c[0]}_vs_{c[1]}" in needed)
+    return replace(design, comparisons=comparisons, subgroups=())
