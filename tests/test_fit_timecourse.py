@@ -191,9 +191,12 @@ def test_profile_likelihood_ci_is_the_exact_linear_gaussian_interval(growth_prob
     assert np.all(np.abs(got - exact) < 1e-3 * se[:, None]), (got, exact)   # located to ~1e-4 se
 
 
-def test_nuts_posterior_matches_the_conjugate_gaussian(growth_problem):
+@pytest.mark.parametrize("backend", ["jax", "numba"])
+def test_nuts_posterior_matches_the_conjugate_gaussian(growth_problem, backend):
+    """The sampler sees only value_and_grad: JAX autodiff, or numba forward sensitivities."""
     problem, y = growth_problem
-    obj = timecourse_objective(problem)
+    obj = timecourse_objective(problem) if backend == "jax" else TimecourseObjective(dataclasses.replace(
+        problem, backend="numba", solver=dataclasses.replace(problem.solver, method=None)))
     X, beta = _ols(y)
     prior_mean = np.array([PRIOR_LNT0[0], PRIOR_R[0]])
     prior_prec = np.diag([PRIOR_LNT0[1] ** -2, PRIOR_R[1] ** -2])
