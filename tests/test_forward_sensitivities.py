@@ -165,3 +165,21 @@ def test_errors_name_the_problem(pk, specs_dir):
     jax_model = ie.compile_model(specs_dir / "pk_one_compartment.yaml", backend="jax")
     with pytest.raises(CompileError, match="backend 'numba'.*differentiable_simulator"):
         ForwardSensitivities(jax_model, [0, 1], ["V"])
+
+
+def test_batch_rows_equal_single_runs_and_a_failed_row_keeps_its_status(reference):
+    """Three parameter rows in one call (threads): each equals its own single run, with its own
+    sensitivity tolerances (atol / |p_m| of its row); a row with a non-finite parameter fails with
+    a status and NaN, and does not disturb the others."""
+    t = np.array([0.0, 30.0, 120.0])
+    fs = ForwardSensitivities(reference, t, ["kkill", "rT"], sens_error=True)
+    P = np.repeat(np.array(reference.symbolic.param_values)[None], 3, axis=0)
+    P[1, reference.parameters.index("kkill")] *= 1.3
+    P[2, reference.parameters.index("rT")] = np.nan
+    batch = fs.solve(P)
+    assert list(batch.status[:2]) == [0, 0] and batch.status[2] != 0
+    assert np.isnan(batch.s[2, 1:]).all()
+    for b in range(2):
+        single = fs.solve(P[b][None])
+        np.testing.assert_array_equal(batch.s[b], single.s[0])
+        assert batch.n_steps[b] == single.n_steps[0]

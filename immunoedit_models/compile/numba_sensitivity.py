@@ -306,7 +306,7 @@ _SENS_BATCH_SIG = types.Tuple((float64[:, :, ::1], int64[::1], int64[::1], int64
     RHS_TYPE, JAC_TYPE, TGRAD_TYPE, SENS_TYPE, SENS_DIR_TYPE, SENS_TYPE, int64[::1],
     float64[:, ::1], float64[:, ::1], float64[:, ::1], float64, float64[::1], float64[:, ::1],
     int64[:, ::1], int64[:, ::1], float64[:, ::1], float64[:, :, ::1], float64, float64,
-    float64[::1], boolean, int64, float64)
+    float64[:, ::1], boolean, int64, float64)
 
 
 @njit(_SENS_BATCH_SIG, cache=True, parallel=True, error_model="numpy", fastmath=_FASTMATH)
@@ -316,12 +316,12 @@ def solve_sensitivities(rhs, jac, tgrad, srhs, sdir, stgrad, blocks, y0, s0, p, 
     """B trajectories with their sensitivities, in parallel.
 
     y0 (B, n), s0 (B, n k) (dy0/dp, flat as S), p (B, n_par), t_out (n_out,); ev_* (B, n_ev)
-    as in `numba_solvers.solve_batch`, ev_dvalue (B, n_ev, k); atol_s (k,): absolute tolerance
-    of each parameter's sensitivities in the error test, used when sens_error. Returns the flat
+    as in `numba_solvers.solve_batch`, ev_dvalue (B, n_ev, k); atol_s (B, k): absolute tolerance
+    of each trajectory's sensitivities to each parameter in the error test, used when sens_error. Returns the flat
     augmented states (B, n_out, n (k + 1)), status, accepted and rejected steps (B,).
     """
     n_traj = y0.shape[0]
-    width = y0.shape[1] * (atol_s.size + 1)
+    width = y0.shape[1] * (atol_s.shape[1] + 1)
     out = np.empty((n_traj, t_out.size, width))
     status = np.empty(n_traj, dtype=np.int64)
     n_acc = np.empty(n_traj, dtype=np.int64)
@@ -329,7 +329,7 @@ def solve_sensitivities(rhs, jac, tgrad, srhs, sdir, stgrad, blocks, y0, s0, p, 
     for b in prange(n_traj):
         status[b], n_acc[b], n_rej[b] = _integrate_sens(
             rhs, jac, tgrad, srhs, sdir, stgrad, blocks, y0[b], s0[b], p[b], t0, t_out, ev_t[b],
-            ev_state[b], ev_kind[b], ev_value[b], ev_dvalue[b], rtol, atol, atol_s, sens_error,
+            ev_state[b], ev_kind[b], ev_value[b], ev_dvalue[b], rtol, atol, atol_s[b], sens_error,
             max_steps, h0, out[b])
     return out, status, n_acc, n_rej
 

@@ -151,8 +151,8 @@ class ForwardSensitivities:
         y0, s0 = self._start(P)
         ev, dvalue = self._events(P)
         n, k = model.symbolic.n_states, len(self.wrt)
-        p_wrt = np.abs(P[0, self.kernels.index])
-        atol_s = np.where(p_wrt > 0, self.atol / np.where(p_wrt > 0, p_wrt, 1.0), self.atol)
+        p_wrt = np.abs(P[:, self.kernels.index])        # atol / |p_m| for d y / d p_m, per row
+        atol_s = np.ascontiguousarray(np.where(p_wrt > 0, self.atol / np.where(p_wrt > 0, p_wrt, 1.0), self.atol))
         kern = model.kernels
         out, status, n_acc, n_rej = solve_sensitivities(
             kern.rhs, kern.jac, kern.tgrad, self.kernels.sens_rhs, self.kernels.sens_dir,
