@@ -34,12 +34,12 @@ from __future__ import annotations
 import numpy as np
 from numba import boolean, float64, int64, njit, prange, types, void
 
-from .numba_solvers import (_BETA1, _BETA2, _ERR_FLOOR, _HMIN_REL, _ORDER, _QMAX, _R_A, _R_C,
-                            _R_GAMMA, _R_c, _R_d, _SAFETY, EVENT_BOLUS, JAC_TYPE, RHS_TYPE, RODAS5P,
-                            STATUS_MAX_STEPS, STATUS_NON_FINITE, STATUS_OK,
-                            STATUS_STEP_UNDERFLOW, TGRAD_TYPE, _accept_factor, _all_finite,
-                            _block_solve_row, _initial_step, _invert_blocks,
-                            _reject_factor, _rms_norm, _rodas_dense_row, _zero_non_finite)
+from .numba_solvers import (_BETA1, _BETA2, _HMIN_REL, _QMAX, _R_A, _R_C, _R_GAMMA, _R_c, _R_d,
+                            EVENT_BOLUS, JAC_TYPE, RHS_TYPE, RODAS5P, STATUS_MAX_STEPS,
+                            STATUS_NON_FINITE, STATUS_OK, STATUS_STEP_UNDERFLOW, TGRAD_TYPE,
+                            _after_accept, _all_finite, _block_solve_row, _initial_step,
+                            _invert_blocks, _reject_factor, _rms_norm, _rodas_dense_row,
+                            _zero_non_finite)
 
 SENS_SIG = void(float64, float64[::1], float64[::1], float64[::1], float64[::1])
 SENS_DIR_SIG = void(float64, float64[::1], float64[::1], float64[::1], float64[::1], float64[::1])
@@ -279,13 +279,9 @@ def _integrate_sens(rhs, jac, tgrad, srhs, sdir, stgrad, blocks, y0, s0, p, t0, 
                     break
                 new_point = True
                 f_valid = False
-                h_next = h_step * _accept_factor(err, err_old, last_rejected, _QMAX_R, _BETA1_R,
-                                                  _BETA2_R)
-                h = max(h, h_next) if last else h_next
-                err_old = max(err, _ERR_FLOOR)
+                h, err_old, h_restart = _after_accept(err, err_old, last_rejected, first, last, h, h_step,
+                                                      h_restart, _QMAX_R, _BETA1_R, _BETA2_R)
                 last_rejected = False
-                if first and not last:
-                    h_restart = h_step * min(_QMAX_R, _SAFETY * max(err, 1e-10) ** (-1.0 / _ORDER))
                 first = False
             else:
                 n_rej += 1

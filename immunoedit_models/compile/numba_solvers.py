@@ -543,6 +543,18 @@ def _accept_factor(err, err_old, last_rejected, qmax, beta1, beta2):
     return min(1.0 if last_rejected else qmax, max(_QMIN, fac))
 
 
+@njit(cache=True, error_model="numpy", fastmath=_FASTMATH, inline="always")
+def _after_accept(err, err_old, last_rejected, first, last, h, h_step, h_restart, qmax, beta1, beta2):
+    """Controller state after an accepted step of size h_step: (next step size, remembered error,
+    h_restart). A step cut short at a segment end (`last`) keeps the proposed h if larger; the
+    first step after an event records the step it could have been (elementary controller) as
+    h_restart, the cap of the first step after the next event."""
+    h_next = h_step * _accept_factor(err, err_old, last_rejected, qmax, beta1, beta2)
+    if first and not last:
+        h_restart = h_step * min(qmax, _SAFETY * max(err, 1e-10) ** (-1.0 / _ORDER))
+    return (max(h, h_next) if last else h_next), max(err, _ERR_FLOOR), h_restart
+
+
 @njit(cache=True, error_model="numpy", fastmath=_FASTMATH)
 def _reject_factor(err, last_rejected, err_prev, h_prev, h):
     """Step-size factor after a rejected step (largest shrink if err is not finite).
@@ -681,13 +693,9 @@ def _integrate(rhs, jac, tgrad, lu_factor, lu_solve, outputs, blocks, y0, p, t0,
                     k[0, :] = k[6]      # FSAL
                 new_point = True
                 f_valid = not rodas
-                h_next = h_step * _accept_factor(err, err_old, last_rejected, qmax, beta1,
-                                                  beta2)
-                h = max(h, h_next) if last else h_next   # a cut-short step keeps h
-                err_old = max(err, _ERR_FLOOR)
+                h, err_old, h_restart = _after_accept(err, err_old, last_rejected, first, last, h, h_step,
+                                                      h_restart, qmax, beta1, beta2)
                 last_rejected = False
-                if first and not last:  # the step it could have been (elementary controller)
-                    h_restart = h_step * min(qmax, _SAFETY * max(err, 1e-10) ** (-1.0 / _ORDER))
                 first = False
             else:
                 n_rej += 1
