@@ -89,6 +89,16 @@ def initial_matrix(model: CompiledModel, P: np.ndarray,
     return Y0
 
 
+def check_names(model: CompiledModel, names: Sequence[str], known: Sequence[str], what: str) -> None:
+    """SimulationError for the first of `names` not in `known` ('x' is not <what> of model ...),
+    with a did-you-mean hint or the list of choices."""
+    for name in names:
+        if name not in known:
+            hint = suggest(str(name), known)
+            raise SimulationError(f"'{name}' is not {what} of model '{model.name}'"
+                                  + (f" ({hint})" if hint else f"; choose from: {', '.join(known)}"))
+
+
 def regimen_list(model: CompiledModel, regimen: RegimenLike, n: int) -> list[Regimen]:
     """One Regimen per trajectory. None: the spec's default; a name: the spec's regimen."""
     spec = model.spec

@@ -26,8 +26,7 @@ import sympy as sp
 
 from ..compile import METHODS, CompiledModel
 from ..errors import CompileError, SimulationError
-from ..spec.expressions import suggest
-from .core import parameter_expression, regimen_list, require_compiled, time_grid
+from .core import check_names, parameter_expression, regimen_list, require_compiled, time_grid
 from .regimen import BOLUS, INFUSION_RATE, Regimen
 
 
@@ -75,14 +74,6 @@ def jax_parameter_function(model: CompiledModel, text: str) -> Callable[[jax.Arr
     """An expression of the model's parameters (e.g. a dose amount) -> f(P (n_par,)) -> scalar."""
     f = sp.lambdify(model.symbolic.param_symbols, parameter_expression(model, text), modules="jax")  # from sympy
     return lambda P: jnp.asarray(f(*P), dtype=jnp.float64)
-
-
-def _check_names(model: CompiledModel, names: Sequence[str], known: Sequence[str], what: str) -> None:
-    for name in names:
-        if name not in known:
-            hint = suggest(str(name), known)
-            raise SimulationError(f"'{name}' is not {what} of model '{model.name}'"
-                                  + (f" ({hint})" if hint else f"; choose from: {', '.join(known)}"))
 
 
 def _event_values(model: CompiledModel, template: EventTemplate) -> Callable[[jax.Array], jax.Array]:
@@ -136,10 +127,10 @@ def differentiable_simulator(model: Any, times: Any, params: Sequence[str], *, r
     params = [str(p) for p in params]
     outputs = list(model.states) if outputs is None else [str(o) for o in outputs]
     base, initial = dict(base or {}), dict(initial or {})
-    _check_names(model, params, model.parameters, "a parameter")
-    _check_names(model, list(base), model.parameters, "a parameter")
-    _check_names(model, list(initial), model.states, "a state")
-    _check_names(model, outputs, list(model.states) + list(model.output_names), "a state or output")
+    check_names(model, params, model.parameters, "a parameter")
+    check_names(model, list(base), model.parameters, "a parameter")
+    check_names(model, list(initial), model.states, "a state")
+    check_names(model, outputs, list(model.states) + list(model.output_names), "a state or output")
     if len(set(params)) != len(params):
         raise SimulationError(f"params lists a parameter twice: {params}")
 

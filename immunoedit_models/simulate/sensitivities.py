@@ -29,8 +29,7 @@ from ..compile.numba_solvers import STATUS_NAMES
 from ..compile.sensitivity_kernels import sensitivity_kernels
 from ..errors import CompileError, SimulationError
 from ..io.results import STATUS_MEANINGS, provenance
-from ..spec.expressions import suggest
-from .core import (parameter_expression, parameter_function, parameter_matrix, regimen_list,
+from .core import (check_names, parameter_expression, parameter_function, parameter_matrix, regimen_list,
                    require_compiled, time_grid)
 from .regimen import Regimen, event_arrays
 
@@ -46,14 +45,6 @@ class SensitivityArrays:
     status: np.ndarray
     n_steps: np.ndarray
     n_rejected: np.ndarray
-
-
-def _check_names(model: CompiledModel, names: Sequence[str], known: Sequence[str], what: str) -> None:
-    for name in names:
-        if name not in known:
-            hint = suggest(str(name), known)
-            raise SimulationError(f"'{name}' is not {what} of model '{model.name}'"
-                                  + (f" ({hint})" if hint else f"; choose from: {', '.join(known)}"))
 
 
 def _amount_gradient(model: CompiledModel, text: str, index: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
@@ -85,9 +76,9 @@ class ForwardSensitivities:
         wrt = [str(w) for w in wrt]
         if not wrt or len(set(wrt)) != len(wrt):
             raise SimulationError(f"wrt must name one or more distinct parameters, got {wrt}")
-        _check_names(model, wrt, model.parameters, "a parameter")
+        check_names(model, wrt, model.parameters, "a parameter")
         initial = dict(initial or {})
-        _check_names(model, list(initial), model.states, "a state")
+        check_names(model, list(initial), model.states, "a state")
         if not (rtol > 0 and atol > 0 and max_steps >= 1):
             raise SimulationError(f"need rtol > 0, atol > 0, max_steps >= 1; got {rtol}, {atol}, {max_steps}")
         self.model = model
@@ -169,7 +160,7 @@ class ForwardSensitivities:
         observables `names` (default: the states), in natural units."""
         model = self.model
         names = list(model.states) if names is None else [str(x) for x in names]
-        _check_names(model, names, list(model.states) + list(model.output_names), "a state or output")
+        check_names(model, names, list(model.states) + list(model.output_names), "a state or output")
         P = np.atleast_2d(np.asarray(P, dtype=float))
         B, n_t = got.y.shape[:2]
         k = len(self.wrt)
