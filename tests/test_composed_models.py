@@ -163,3 +163,25 @@ def test_virtual_patients_from_the_priors_are_plausible(specs, numba_models, nam
     _, orr_untreated = best_change_and_orr(untreated["sld_mm"].values)
     _, orr = best_change_and_orr(treated["sld_mm"].values)
     assert orr_untreated <= 0.05 and 0.15 <= orr <= 0.95 and orr >= orr_untreated + 0.1
+
+
+MECHANISM_MODULES = ("car_t_cells", "cd8_t_cells", "chemotherapy", "ifng_pdl1", "il2_axis", "il2_toxicity",
+                     "lactate_hypoxia", "lag3", "macrophages", "mdsc", "nk_cells", "tregs",
+                     "tumour_subclones", "vasculature_vegf")
+
+
+@pytest.mark.parametrize("module", MECHANISM_MODULES)
+def test_every_mechanism_module_has_priors(module):
+    """Virtual populations can be drawn from each mechanism module (issue: 'each module has priors')."""
+    spec = ie.load_spec(module)
+    assert any(p.prior for p in spec.parameters.values())
+
+
+def test_prior_none_fixes_a_module_parameter_in_a_composed_model(specs):
+    """`prior: none` under overrides: the composed trial model keeps the module's value and source
+    but draws no patient variability for it; the module alone still has its prior."""
+    module = ie.load_spec("chemotherapy").parameters["k_carboplatin"]
+    composed = specs["immunoediting_nsclc"].parameters["k_carboplatin"]
+    assert module.prior == {"distribution": "lognormal", "median": 0.03, "sigma": 1.0}
+    assert composed.prior is None
+    assert composed.value == module.value and composed.source == module.source

@@ -451,10 +451,12 @@ def _apply_overrides(doc: Mapping, reader: SpecReader, merged: dict[str, Any]) -
         name = str(name)
         if name in merged["parameters"]:
             p = merged["parameters"][name]
+            # `prior: none` fixes a module's varying parameter for every patient of this model
+            fixed = "prior" in body and body["prior"] in (None, "none")
             merged["parameters"][name] = replace(
                 p, value=reader.number(body, "value", loc, item, p.value),
                 bounds=reader.bounds(body, loc, item) or p.bounds,
-                prior=reader.plain(body.get("prior")) or p.prior,
+                prior=None if fixed else (reader.plain(body.get("prior")) or p.prior),
                 source=str(body["source"]) if body.get("source") else p.source, loc=loc)
         elif name in merged["states"] and "initial" in body:
             merged["states"][name] = replace(merged["states"][name],
