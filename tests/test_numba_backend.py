@@ -145,7 +145,7 @@ _PROBE = textwrap.dedent("""
     kern = compile_numba(sym, sys.argv[1])
     t2 = time.perf_counter()
     fns = [kern.rhs, kern.jac, kern.tgrad, kern.initial_kernel, kern.outputs_kernel,
-           kern.dose_factors_kernel, ns.solve_batch, ns.solve_single]
+           kern.dose_factors_kernel, ns.batch_entry(), ns.single_entry()]
     print(json.dumps({"import_s": t1 - t0, "compile_s": t2 - t1,
                       "hits": sum(sum(f.stats.cache_hits.values()) for f in fns),
                       "misses": sum(sum(f.stats.cache_misses.values()) for f in fns)}))
