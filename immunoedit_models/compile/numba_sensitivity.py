@@ -34,11 +34,11 @@ from __future__ import annotations
 import numpy as np
 from numba import boolean, float64, int64, njit, prange, types, void
 
-from .numba_solvers import (_BETA1, _BETA2, _HMIN_REL, _QMAX, _R_A, _R_C, _R_GAMMA, _R_c, _R_d,
-                            EVENT_BOLUS, JAC_TYPE, RHS_TYPE, RODAS5P, STATUS_MAX_STEPS,
-                            STATUS_NON_FINITE, STATUS_OK, STATUS_STEP_UNDERFLOW, TGRAD_TYPE,
-                            _after_accept, _all_finite, _block_solve_row, _initial_step,
-                            _invert_blocks, _reject_factor, _rms_norm, _rodas_dense_row,
+from .numba_solvers import (_BETA1, _BETA2, _QMAX, _R_A, _R_C, _R_GAMMA, _R_c, _R_d, EVENT_BOLUS,
+                            JAC_TYPE, RHS_TYPE, RODAS5P, STATUS_MAX_STEPS, STATUS_NON_FINITE,
+                            STATUS_OK, STATUS_STEP_UNDERFLOW, TGRAD_TYPE, _after_accept,
+                            _after_reject, _all_finite, _block_solve_row, _initial_step,
+                            _invert_blocks, _restart_step, _rms_norm, _rodas_dense_row,
                             _zero_non_finite)
 
 SENS_SIG = void(float64, float64[::1], float64[::1], float64[::1], float64[::1])
@@ -229,7 +229,7 @@ def _integrate_sens(rhs, jac, tgrad, srhs, sdir, stgrad, blocks, y0, s0, p, t0, 
 
         _eval_F(rhs, srhs, t, Y, p, u_in, F0, n)
         if h_carry > 0.0:
-            h = min(h_carry, h_restart) if h_restart > 0.0 else h_carry
+            h = _restart_step(h_carry, h_restart)
         elif h0 > 0.0:
             h = h0
         else:   # the state's own starting step, as the plain solver picks it
@@ -285,11 +285,10 @@ def _integrate_sens(rhs, jac, tgrad, srhs, sdir, stgrad, blocks, y0, s0, p, t0, 
                 first = False
             else:
                 n_rej += 1
-                h = h_step * _reject_factor(err, last_rejected, err_rej, h_rej, h_step)
-                err_rej = err
-                h_rej = h_step
+                h, err_rej, h_rej, underflow = _after_reject(err, last_rejected, err_rej, h_rej,
+                                                             h_step, t)
                 last_rejected = True
-                if h < _HMIN_REL * max(1.0, abs(t)):
+                if underflow:
                     status = STATUS_STEP_UNDERFLOW
                     break
         h_carry = h

@@ -574,6 +574,22 @@ def _reject_factor(err, last_rejected, err_prev, h_prev, h):
     return max(_QMIN, _SAFETY * err ** (-expo))
 
 
+@njit(cache=True, error_model="numpy", fastmath=_FASTMATH, inline="always")
+def _after_reject(err, last_rejected, err_rej, h_rej, h_step, t):
+    """Controller state after a rejected step of size h_step with error err: (next step size,
+    remembered rejected error and size, underflow: the next step is below the smallest
+    representable progress at t)."""
+    h = h_step * _reject_factor(err, last_rejected, err_rej, h_rej, h_step)
+    return h, err, h_step, h < _HMIN_REL * max(1.0, abs(t))
+
+
+@njit(cache=True, error_model="numpy", fastmath=_FASTMATH, inline="always")
+def _restart_step(h_carry, h_restart):
+    """First step after an event: the carried step size, capped by the first accepted step after
+    the previous event (see `_integrate`); 0 before the first segment."""
+    return min(h_carry, h_restart) if h_restart > 0.0 else h_carry
+
+
 @njit(cache=True, error_model="numpy", fastmath=_FASTMATH)
 def _integrate(rhs, jac, tgrad, lu_factor, lu_solve, outputs, blocks, y0, p, t0, t_out, ev_t,
                ev_state, ev_kind, ev_value, ev_guard, scan_t, n_outputs, burden_index, pd_rel,
@@ -649,7 +665,7 @@ def _integrate(rhs, jac, tgrad, lu_factor, lu_solve, outputs, blocks, y0, p, t0,
         _eval_f(rhs, t, y, p, u_in, f0)
         k[0, :] = f0
         if h_carry > 0.0:
-            h = min(h_carry, h_restart) if h_restart > 0.0 else h_carry
+            h = _restart_step(h_carry, h_restart)
         else:
             h = _initial_step(rhs, t, y, p, u_in, f0, rtol, atol, ytmp, ftmp) if h0 <= 0.0 else h0
         err_old = 1.0
@@ -699,11 +715,10 @@ def _integrate(rhs, jac, tgrad, lu_factor, lu_solve, outputs, blocks, y0, p, t0,
                 first = False
             else:
                 n_rej += 1
-                h = h_step * _reject_factor(err, last_rejected, err_rej, h_rej, h_step)
-                err_rej = err
-                h_rej = h_step
+                h, err_rej, h_rej, underflow = _after_reject(err, last_rejected, err_rej, h_rej,
+                                                             h_step, t)
                 last_rejected = True
-                if h < _HMIN_REL * max(1.0, abs(t)):
+                if underflow:
                     status = STATUS_STEP_UNDERFLOW
                     break
         h_carry = h
