@@ -47,6 +47,8 @@ progression, untreated by those drugs.
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 from numba import boolean, float64, int64, njit, prange, types, void
 from numba.core import cgutils
@@ -840,12 +842,18 @@ def solve_single(kernels, blocks, y0, p, t0, t_out, ev_t, ev_state, ev_kind, ev_
     return y_all, status, n_acc, n_rej, scan_value, pd_time
 
 
+_FIRST_USE = threading.Lock()
+
+
 def compiled(dispatcher, sig):
     """`dispatcher` compiled (or loaded from the disk cache) for `sig` on first use, then closed
-    to other signatures: a call with other argument types raises instead of compiling again."""
+    to other signatures: a call with other argument types raises instead of compiling again.
+    Thread-safe (batches may start on several threads at once)."""
     if not dispatcher.signatures:
-        dispatcher.compile(sig.args)
-        dispatcher.disable_compile()
+        with _FIRST_USE:
+            if not dispatcher.signatures:
+                dispatcher.compile(sig.args)
+                dispatcher.disable_compile()
     return dispatcher
 
 
