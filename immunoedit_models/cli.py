@@ -19,6 +19,19 @@ console = Console()
 err = Console(stderr=True)
 
 
+@app.callback()
+def _log_to_console() -> None:
+    """Show the package's progress messages (e.g. a first-use compile) on stderr."""
+    import logging
+
+    from rich.logging import RichHandler
+
+    logger = logging.getLogger("immunoedit_models")
+    if not logger.handlers:
+        logger.addHandler(RichHandler(console=err, show_time=False, show_path=False))
+        logger.setLevel(logging.INFO)
+
+
 def _fail(exc: Exception) -> None:
     err.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True, soft_wrap=True)
     raise typer.Exit(code=1)

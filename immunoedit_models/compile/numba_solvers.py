@@ -47,6 +47,7 @@ progression, untreated by those drugs.
 
 from __future__ import annotations
 
+import logging
 import threading
 
 import numpy as np
@@ -843,6 +844,16 @@ def solve_single(kernels, blocks, y0, p, t0, t_out, ev_t, ev_state, ev_kind, ev_
 
 
 _FIRST_USE = threading.Lock()
+_log = logging.getLogger(__name__)
+
+
+def on_disk(dispatcher) -> bool:
+    """Whether numba's disk cache holds a current compiled version of `dispatcher` (numba has no
+    public API for this: private attributes, and False if they change)."""
+    try:
+        return bool(dispatcher._cache._cache_file._load_index())
+    except Exception:   # noqa: BLE001 - any change of numba's internals means "unknown"
+        return False
 
 
 def compiled(dispatcher, sig):
@@ -852,6 +863,9 @@ def compiled(dispatcher, sig):
     if not dispatcher.signatures:
         with _FIRST_USE:
             if not dispatcher.signatures:
+                if not on_disk(dispatcher):
+                    _log.info("compiling the solver loop %s once after installing (~10 s; then "
+                              "cached on disk)", dispatcher.py_func.__name__)
                 dispatcher.compile(sig.args)
                 dispatcher.disable_compile()
     return dispatcher
