@@ -39,7 +39,7 @@ from .numba_solvers import (_BETA1, _BETA2, _QMAX, _R_A, _R_C, _R_GAMMA, _R_c, _
                             STATUS_OK, STATUS_STEP_UNDERFLOW, TGRAD_TYPE, _after_accept,
                             _after_reject, _all_finite, _block_solve_row, _initial_step,
                             _invert_blocks, _restart_step, _rms_norm, _rodas_dense_row,
-                            _zero_non_finite)
+                            _zero_non_finite, compiled)
 
 SENS_SIG = void(float64, float64[::1], float64[::1], float64[::1], float64[::1])
 SENS_DIR_SIG = void(float64, float64[::1], float64[::1], float64[::1], float64[::1], float64[::1])
@@ -304,7 +304,7 @@ _SENS_BATCH_SIG = types.Tuple((float64[:, :, ::1], int64[::1], int64[::1], int64
     float64[:, ::1], boolean, int64, float64)
 
 
-@njit(_SENS_BATCH_SIG, cache=True, parallel=True, error_model="numpy", fastmath=_FASTMATH)
+@njit(cache=True, parallel=True, error_model="numpy", fastmath=_FASTMATH)
 def solve_sensitivities(rhs, jac, tgrad, srhs, sdir, stgrad, blocks, y0, s0, p, t0, t_out, ev_t,
                         ev_state, ev_kind, ev_value, ev_dvalue, rtol, atol, atol_s, sens_error,
                         max_steps, h0):
@@ -352,3 +352,8 @@ def output_derivatives(outputs_dy, outputs_dp, t_out, y, s, p, n_outputs):
                     acc += oy[o, j] * s[it, j, m]
                 out[it, o, m] = acc
     return out
+
+
+def sensitivity_entry():
+    """`solve_sensitivities`, compiled for its signature on first use (`numba_solvers.compiled`)."""
+    return compiled(solve_sensitivities, _SENS_BATCH_SIG)

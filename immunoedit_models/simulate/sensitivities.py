@@ -24,7 +24,7 @@ import sympy as sp
 import xarray as xr
 
 from ..compile import CompiledModel
-from ..compile.numba_sensitivity import output_derivatives, solve_sensitivities
+from ..compile.numba_sensitivity import output_derivatives, sensitivity_entry
 from ..compile.numba_solvers import STATUS_NAMES
 from ..compile.sensitivity_kernels import sensitivity_kernels
 from ..errors import CompileError, SimulationError
@@ -145,7 +145,7 @@ class ForwardSensitivities:
         p_wrt = np.abs(P[:, self.kernels.index])        # atol / |p_m| for d y / d p_m, per row
         atol_s = np.ascontiguousarray(np.where(p_wrt > 0, self.atol / np.where(p_wrt > 0, p_wrt, 1.0), self.atol))
         kern = model.kernels
-        out, status, n_acc, n_rej = solve_sensitivities(
+        out, status, n_acc, n_rej = sensitivity_entry()(
             kern.rhs, kern.jac, kern.tgrad, self.kernels.sens_rhs, self.kernels.sens_dir,
             self.kernels.sens_tgrad, kern.blocks, y0, np.ascontiguousarray(s0), P, self.t0, self.times,
             ev.time, ev.state, ev.kind, np.ascontiguousarray(ev.value), np.ascontiguousarray(dvalue),
