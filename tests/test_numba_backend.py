@@ -67,6 +67,20 @@ def test_rhs_tgrad_outputs_match_sympy(kinky_sym, kinky, t, y, p):
                                                 t, y, p), rtol=1e-13)
 
 
+@pytest.mark.parametrize("n_traj", [3, 80])      # the serial and the parallel mapping
+def test_batch_outputs_match_sympy_pointwise(kinky_sym, kinky, n_traj):
+    rng = np.random.default_rng(n_traj)
+    t_out = np.array([0.3, 1.1, 2.0])
+    Y = rng.uniform(0.5, 2.5, size=(n_traj, t_out.size, 3))
+    P = rng.uniform(0.1, 1.5, size=(n_traj, 3))
+    got = kinky.outputs(t_out, Y, P)
+    exprs = list(kinky_sym.outputs.values())
+    for b in (0, n_traj // 2, n_traj - 1):
+        for i, t in enumerate(t_out):
+            np.testing.assert_allclose(got[b, i], _sympy_eval(kinky_sym, exprs, t, Y[b, i], P[b]),
+                                       rtol=1e-13)
+
+
 @pytest.mark.parametrize("t, y, p", POINTS)
 def test_jacobian_and_tgrad_match_finite_differences(kinky, t, y, p):
     y, p = np.array(y), np.array(p)
