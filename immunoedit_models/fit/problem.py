@@ -12,7 +12,9 @@ Two kinds share one file format (see fitting/README.md for the full schema):
   `ipd` (reconstructed individual patient data), `median`, `hazard_ratio`, `landmark`, `response`,
   `prevalence` (the fraction of patients positive for a biomarker rule of the trial design).
   Targets may pull their value, CI and source from a `published.csv` row
-  (`published: {analysis, population, endpoint, arm, statistic}`).
+  (`published: {analysis, population, endpoint, arm, statistic}`). `fit.hold` lists free
+  parameters held at their `start` while CMA-ES fits the others (a staged calibration: e.g. a
+  new death model fitted on top of an earlier calibration of the tumour and immune populations).
 
 Every problem found in a file is collected and raised once as a FitError with file:line.
 """
@@ -44,7 +46,7 @@ CONDITION_KEYS = ("regimen", "parameters", "initial", "description")
 OBSERVABLE_KEYS = ("output", "transformation", "noise", "sigma", "description")
 SOLVER_KEYS = ("rtol", "atol", "method", "max_steps")
 FIT_KEYS = ("method", "n_starts", "seed", "max_iter", "profiles", "profile_points", "posterior",
-            "popsize", "sigma0", "use_priors", "predictive")
+            "popsize", "sigma0", "use_priors", "predictive", "hold")
 PREDICTIVE_KEYS = ("draws", "replicates", "patients_per_arm", "seed", "window")
 TARGET_KEYS = ("id", "kind", "endpoint", "arm", "comparison", "data", "published", "value", "ci",
                "n", "months", "hazard_bins_months", "smoothing_months", "weight", "source", "note", "biomarker")
@@ -52,7 +54,8 @@ TARGET_KINDS = ("ipd", "median", "hazard_ratio", "landmark", "response", "preval
 MEASUREMENT_COLUMNS = ("observableId", "simulationConditionId", "time", "measurement")
 ROLES = ("model", "survival", "noise")
 SURVIVAL_PARAMETERS = ("lethal_tumour_cells", "background_hazard_per_month",
-                       "post_progression_hazard_per_month")
+                       "post_progression_hazard_per_month", "post_progression_burden_exponent",
+                       "post_progression_reference_cells")
 
 
 @dataclass(frozen=True)
@@ -120,6 +123,7 @@ class FitSettings:
     sigma0: float = 0.25
     use_priors: bool = False
     predictive: Mapping[str, Any] = field(default_factory=dict)  # trial problems: predictive.PredictiveSettings
+    hold: tuple[str, ...] = ()      # trial problems: free parameters held at their `start` (staged calibration)
 
 
 @dataclass(frozen=True, eq=False)
@@ -216,7 +220,7 @@ class _Reader:
         roles.update({p.name: "population" for pop in populations for p in (pop.median, pop.sigma)})
         common = dict(name=str(doc.get("name", self.folder.name)), kind=kind, folder=self.folder,
                       model=str(doc.get("model", "")), parameters=ParameterSet(tuple(free), tuple(populations)),
-                      fit=self.fit_settings(doc, [p.name for p in free]), roles=roles,
+                      fit=self.fit_settings(doc, free), roles=roles,
                       description=str(doc.get("description", "")).strip(),
                       backend=str(doc.get("backend", "jax" if kind == "timecourse" else "numba")),
                       solver=self.solver(doc), sources=tuple(str(s) for s in doc.get("sources") or ()),
@@ -316,8 +320,9 @@ class _Reader:
                                                tuple(float(b) for b in bounds) if bounds else None))
         return tuple(out)
 
-    def fit_settings(self, doc, names: list[str]) -> FitSettings:
+    def fit_settings(self, doc, free: list[FreeParameter]) -> FitSettings:
         r = self.r
+        names = [p.name for p in free]
         body = doc.get("fit") or {}
         if not isinstance(body, Mapping):
             r.issue(r.loc(doc, "fit"), "fit", "must be a mapping of " + ", ".join(FIT_KEYS))
@@ -341,7 +346,27 @@ class _Reader:
                            int(r.number(body, "profile_points", loc, "fit", 12)), r.plain(body.get("posterior") or {}),
                            None if body.get("popsize") is None else int(body["popsize"]),
                            float(r.number(body, "sigma0", loc, "fit", 0.25)), bool(body.get("use_priors", False)),
-                           self.predictive(body, loc, doc.get("kind")))
+                           self.predictive(body, loc, doc.get("kind")), self.hold(body, loc, doc.get("kind"), free))
+
+    def hold(self, body, loc, kind, free: list[FreeParameter]) -> tuple[str, ...]:
+        """fit.hold: free parameters of a trial problem held at their `start` (e.g. a previous
+        calibration's estimate) while CMA-ES fits the others: a staged calibration."""
+        held = body.get("hold") or []
+        if not held:
+            return ()
+        by_name = {p.name: p for p in free}
+        if kind != "trial" or not isinstance(held, list):
+            self.r.issue(loc, "fit", "'hold:' is a list of free parameter names, for trial problems only")
+            return ()
+        for name in map(str, held):
+            if name not in by_name:
+                self.r.issue(loc, "fit", f"hold: '{name}' is not a free parameter",
+                             suggest(name, by_name) or "list names of 'parameters:' or '<population>.median|sigma'")
+            elif by_name[name].start is None:
+                self.r.issue(loc, "fit", f"hold: '{name}' has no 'start', the value it is held at")
+        if set(map(str, held)) >= set(by_name):
+            self.r.issue(loc, "fit", "hold: every free parameter is held; leave at least one to fit")
+        return tuple(dict.fromkeys(map(str, held)))
 
     def predictive(self, body, loc, kind) -> dict[str, Any]:
         """fit.predictive: {draws, replicates, patients_per_arm, seed, window} (trial problems only)."""

@@ -154,6 +154,7 @@ def parameter_table(result: xr.Dataset) -> list[str]:
     posterior of time-course fits, or the Laplace approximation of trial fits)."""
     head = "| parameter | estimate | lower bound | upper bound | profile 95 % CI | posterior mean (2.5–97.5 %) |"
     rows = [head, "|" + " --- |" * 6]
+    held = {h.strip() for h in str(result.attrs.get("held", "")).split(",")}
     for name in result["parameter"].values:
         est = float(result["estimate"].sel(parameter=name))
         lo, hi = (float(result[b].sel(parameter=name)) for b in ("bound_lower", "bound_upper"))
@@ -168,6 +169,8 @@ def parameter_table(result: xr.Dataset) -> list[str]:
         elif "laplace_ci_lower" in result:
             lo_l, hi_l = (float(result[b].sel(parameter=name)) for b in ("laplace_ci_lower", "laplace_ci_upper"))
             post = f"Laplace: {_fmt(est)} ({_fmt(lo_l)}–{_fmt(hi_l)})"
+        if name in held:
+            post = "held at its start (fit.hold)"
         rows.append(f"| {name} | {_fmt(est)} | {_fmt(lo)} | {_fmt(hi)} | {ci} | {post} |")
     return rows
 

@@ -4,8 +4,10 @@ Stages (each checkpointed in `out`, so `resume=True` after a kill loses nothing)
 - timecourse problems: gradient multistart (`fit.method: multistart`, the default), CMA-ES
   (`cmaes`), or multistart followed by NUTS (`nuts`); then profile likelihoods for `fit.profiles`;
 - trial problems: CMA-ES on the trial objective (the trial runner simulates each candidate with
-  common random numbers); with `fit.predictive`, a Laplace posterior from the CMA-ES evaluations
-  and posterior predictive trials of the problem's `predictions:` (predictive.py).
+  common random numbers) over the free parameters not listed in `fit.hold` (held at their
+  start); with `fit.predictive`, a Laplace posterior from the CMA-ES evaluations (of the searched
+  parameters, conditional on the held ones) and posterior predictive trials of the problem's
+  `predictions:` (predictive.py).
 Outputs in `out`: `fit.nc` (the result Dataset), `calibration.yaml` (the estimates grouped by
 role, ready for a calibrated simulation or trial), `report.md` and its PNG figures.
 """
@@ -28,6 +30,7 @@ from ..io.results import provenance
 from ..io.results import save as save_result
 from .bayes import nuts_posterior
 from .optimize import (cmaes, cmaes_dataset, multistart, multistart_dataset, profile_likelihood)
+from .parameters import ParameterSet
 from .predictive import PredictiveSettings, prediction_statistics, predictive_trials
 from .problem import FitProblem, load_problem
 from .report import (plot_convergence, plot_km_fit, plot_posterior, plot_profiles, plot_timecourse_fit,
@@ -207,22 +210,26 @@ def _fit_trial(problem, out, resume, progress, callback) -> xr.Dataset:
     s = problem.fit
     simulate = trial_simulator(problem)
     likelihood = TrialObjective(problem, simulate)
+    first = start_vector(problem, {})
+    searched, expand = searched_parameters(problem.parameters, s.hold, first)
 
-    def objective(x):  # with use_priors: MAP, adding -ln prior of the fit vector
+    def objective(z):  # with use_priors: MAP, adding -ln prior of the fit vector
+        x = expand(z)
         return likelihood(x) - (float(problem.parameters.log_prior_x(x)) if s.use_priors else 0.0)
 
-    first = start_vector(problem, {})
-    res = cmaes(objective, problem.parameters, first, s.sigma0, s.seed, s.max_iter, s.popsize,
-                checkpoint=out / "cmaes.pkl", settings_key={"problem_hash": problem_hash(problem)},
-                progress=progress, on_iteration=(lambda i, r: callback("cmaes", i, r)) if callback else None)
+    searched_res = cmaes(objective, searched, first[[problem.parameters.names.index(n) for n in searched.names]],
+                         s.sigma0, s.seed, s.max_iter, s.popsize, checkpoint=out / "cmaes.pkl",
+                         settings_key={"problem_hash": problem_hash(problem)}, progress=progress,
+                         on_iteration=(lambda i, r: callback("cmaes", i, r)) if callback else None)
+    res = replace(searched_res, x=expand(searched_res.x), points=expand(searched_res.points))
     trial = simulate(likelihood.grouped(res.x))            # the objective's own (lean) trial: the terms
     terms = trial_terms(trial, problem.targets)
-    parts = [_base(problem, res.x, res.fun, simulate.model, {}),
+    parts = [_base(problem, res.x, res.fun, simulate.model, {"held": ", ".join(s.hold) or "none"}),
              cmaes_dataset(res, problem.parameters).drop_vars(["estimate", "objective"]),
              xr.Dataset({"target_nll": ("target", np.array(list(terms.values())))}, coords={"target": list(terms)})]
     if problem.predictions and s.predictive:
-        parts.append(_staged(out / "predictive.nc", resume,
-                             lambda: _predictive(problem, simulate, likelihood, res, out, progress)))
+        parts.append(_staged(out / "predictive.nc", resume, lambda: _predictive(
+            problem, simulate, likelihood, searched_res, searched, expand, first, out, progress)))
     result = xr.merge(parts, combine_attrs="drop_conflicts")
     full = simulate(likelihood.grouped(res.x), full=True)  # same patients, with every comparison and subgroup
     save_result(full, out / "trial_at_estimate.nc")
@@ -245,20 +252,46 @@ def _target_label(t) -> str:
     return {"response": "ORR", "prevalence": t.biomarker}.get(t.kind, t.endpoint)
 
 
-def _predictive(problem, simulate, likelihood, res, out, progress) -> xr.Dataset:
-    """Laplace posterior from the CMA-ES evaluations, then the posterior predictive trials."""
+def searched_parameters(params: ParameterSet, hold: tuple[str, ...], first: np.ndarray):
+    """The parameters CMA-ES searches (all but the held ones) and `expand`: searched fit vectors
+    (..., k_searched) -> full fit vectors (..., k) with the held entries at `first`."""
+    if not hold:
+        return params, lambda z: np.asarray(z, dtype=float)
+    active = [i for i, name in enumerate(params.names) if name not in hold]
+
+    def expand(z):
+        z = np.asarray(z, dtype=float)
+        x = np.broadcast_to(first, z.shape[:-1] + first.shape).copy()
+        x[..., active] = z
+        return x
+
+    return ParameterSet(tuple(params.free[i] for i in active)), expand
+
+
+def _predictive(problem, simulate, likelihood, res, searched, expand, first, out, progress) -> xr.Dataset:
+    """Laplace posterior from the CMA-ES evaluations (of the searched parameters: held ones stay at
+    their values, so the intervals are conditional on them), then the posterior predictive trials."""
     settings = PredictiveSettings.from_mapping(problem.fit.predictive)
-    laplace = laplace_from_evaluations(res.points, res.values, res.x, problem.parameters.x_bounds, settings.window)
+    laplace = laplace_from_evaluations(res.points, res.values, res.x, searched.x_bounds, settings.window)
     n = settings.patients_per_arm or simulate.design.patients_per_arm
     settings = replace(settings, patients_per_arm=n)
 
-    def simulate_at(x, seed, data_cut_months):
-        return simulate(likelihood.grouped(x), full=True, patients_per_arm=n, trial_seed=seed,
+    def simulate_at(z, seed, data_cut_months):
+        return simulate(likelihood.grouped(expand(z)), full=True, patients_per_arm=n, trial_seed=seed,
                         data_cut_months=data_cut_months)
 
-    return predictive_trials(simulate_at, problem.parameters, laplace, prediction_statistics(problem.predictions),
-                             settings, checkpoint=out / "predictive.pkl",
-                             settings_key={"problem_hash": problem_hash(problem)}, progress=progress)
+    ds = predictive_trials(simulate_at, searched, laplace, prediction_statistics(problem.predictions),
+                           settings, checkpoint=out / "predictive.pkl",
+                           settings_key={"problem_hash": problem_hash(problem)}, progress=progress)
+    names = problem.parameters.names
+    if searched.names == names:
+        return ds
+    ds = ds.reindex(parameter=names, parameter_2=names)          # held parameters: NaN posterior summaries
+    held = [i for i, name in enumerate(names) if name not in searched.names]
+    draws = ds["posterior_draw"].values.copy()
+    draws[:, held] = problem.parameters.natural(first)[held]      # the draws' held values
+    ds["posterior_draw"] = (ds["posterior_draw"].dims, draws, ds["posterior_draw"].attrs)
+    return ds
 
 
 def calibration_mapping(problem: FitProblem, result: xr.Dataset) -> dict[str, Any]:

@@ -37,7 +37,8 @@ DOSE_KEYS = ("drug", "amount", "day", "duration")
 SCAN_KEYS = ("from_week", "every_weeks", "until_week")
 RECIST_KEYS = ("pd_rel", "pd_abs_mm", "pr_rel", "cr_mm", "confirm_days", "sd_min_days")
 SURVIVAL_KEYS = ("lethal_tumour_cells", "background_hazard_per_month",
-                 "post_progression_hazard_per_month")
+                 "post_progression_hazard_per_month", "post_progression_burden_exponent",
+                 "post_progression_reference_cells")
 SOLVER_KEYS = ("rtol", "atol", "output_every_days", "max_steps")
 UNTIL_PROGRESSION = "until_progression"
 

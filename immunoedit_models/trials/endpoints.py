@@ -9,8 +9,13 @@ can calibrate it (`SurvivalParameters`):
 (a) tumour burden: the first time the daily tumour-cell trajectory reaches a lethal burden;
 (b) background: a constant hazard from day 0 (deaths the tumour model does not explain:
     comorbidity, toxicity, other causes);
-(c) post-progression: a constant hazard added from the visit that shows RECIST progression
-    (progression the model's target-lesion burden misses: new lesions, organ failure).
+(c) post-progression: a hazard from the visit that shows RECIST progression (progression the
+    model's target-lesion burden misses: new lesions, organ failure). With the default burden
+    exponent 0 it is constant (exponential post-progression survival); with an exponent beta > 0
+    it follows the simulated tumour burden after progression, h(t) = h_pp (N(t) / N_ref)^beta:
+    the simulation goes on after PD without the drugs given until progression, so a patient whose
+    immune system still holds the tumour back lives longer than one whose tumour regrows fast
+    (`burden_linked_event_day`).
 Progression-free survival ends at the first visit showing PD (scan-only detection: progression
 between visits is seen at the next visit) or at death, whichever comes first.
 
@@ -51,19 +56,47 @@ class SurvivalParameters:
         Default ln 2 / 7.9 months = 0.0877/month: exponential post-progression survival whose
         median, added to the median PFS, reproduces the IMpower150 control arm's median OS
         (BCP: PFS 6.8, OS 14.7 months; ../shared/data/trials/impower150/published.csv). An
-        approximation to start a calibration from, not a fitted value.
+        approximation to start a calibration from, not a fitted value. With a burden exponent,
+        the hazard at the reference burden.
+    post_progression_burden_exponent: beta of the burden link h(t) = h_pp (N(t) / N_ref)^beta
+        after PD (dimensionless). Default 0: a constant hazard (exponential post-progression
+        survival), the model every trial used before the link. beta > 0 is a tumour-growth-
+        inhibition-to-survival (TGI-OS) link on the simulated burden: in atezolizumab trials the
+        tumour growth rate after treatment (KG) is the strongest predictor of OS (Claret L et al.
+        Clin Cancer Res 2018;24:3292-8; Chan P et al. CPT Pharmacometrics Syst Pharmacol
+        2021;10:1171-82), and joint models tie the instantaneous risk of death to the current
+        tumour size (Kerioui M et al. ESMO Open 2022;7:100346, IMvigor211: +10 mm of a lesion
+        raises the hazard by 5-12 %) or its slope (Kerioui M et al. Stat Med 2020;39:4853-68).
+        A power of the cell count (log-linear in ln N) is used because the model's burden is a
+        cell number with no unique conversion to millimetres; beta is a calibration parameter.
+    post_progression_reference_cells: N_ref (cells), the burden at which the post-progression
+        hazard equals post_progression_hazard_per_month. Default 1e10 cells (~10 g, ~10 cm^3 at
+        1e9 cells/cm^3), the order of the simulated burden at progression in IMpower150 (a choice:
+        any value gives the same model with h_pp rescaled; in the IMpower150 fit ln h_pp and beta
+        still correlate at -0.99, as the BCP OS data pin the hazard near 1e11 cells, where most
+        post-progression deaths happen). Unused when the exponent is 0.
     """
 
     lethal_tumour_cells: float = 1e12
     background_hazard_per_month: float | np.ndarray = 0.001
     post_progression_hazard_per_month: float | np.ndarray = np.log(2.0) / 7.9
+    post_progression_burden_exponent: float | np.ndarray = 0.0
+    post_progression_reference_cells: float = 1e10
 
     def __post_init__(self):
         for name in ("lethal_tumour_cells", "background_hazard_per_month",
-                     "post_progression_hazard_per_month"):
+                     "post_progression_hazard_per_month", "post_progression_burden_exponent"):
             value = np.asarray(getattr(self, name), dtype=float)
             if not np.all(value >= 0):
                 raise ValueError(f"SurvivalParameters.{name} must be >= 0 (got {getattr(self, name)})")
+        if not self.post_progression_reference_cells > 0:
+            raise ValueError("SurvivalParameters.post_progression_reference_cells must be > 0 "
+                             f"(got {self.post_progression_reference_cells})")
+
+    @property
+    def burden_linked(self) -> bool:
+        """Whether the post-progression hazard follows the tumour burden (an exponent != 0)."""
+        return bool(np.any(np.asarray(self.post_progression_burden_exponent) != 0))
 
 
 @dataclass(frozen=True)
@@ -121,21 +154,86 @@ def accrual_followup(shape: tuple[int, ...], censoring: Censoring, rng: np.rando
     return entry_months, (censoring.cutoff_months - entry_months) * DAYS_PER_MONTH
 
 
+def burden_linked_event_day(log_burden: np.ndarray, day: np.ndarray, start_day: np.ndarray,
+                            hazard_per_day: float | np.ndarray, exponent: float | np.ndarray,
+                            log_reference: float, unit_exponential: np.ndarray) -> np.ndarray:
+    """(...,) day of an event whose hazard follows the tumour burden from `start_day` on.
+
+    The hazard is h(t) = hazard_per_day * exp(exponent * (ln N(t) - log_reference)) for
+    t >= start_day, 0 before. ln N (..., n_day) is taken linear between the grid days `day`
+    (n_day,) (exponential growth between outputs), so on each grid interval h is an exponential
+    in t and its integral is closed-form; the event is the first day where the cumulative hazard
+    reaches the patient's unit exponential draw (inverse-transform sampling: same draw => the event
+    day moves continuously with the parameters). inf where start_day is not finite or the
+    cumulative hazard over the grid stays below the draw (an event after the last grid day); a NaN
+    burden (failed solve) ends the patient's hazard there. hazard_per_day, exponent: scalars or
+    arrays broadcasting over the leading dimensions.
+    """
+    # Hand-written closed form rather than scipy quad + root finding: it is exact for the
+    # interpolant, vectorised over every patient at once, and smooth in the parameters.
+    log_burden = np.asarray(log_burden, dtype=float)
+    day = np.asarray(day, dtype=float)
+    if log_burden.shape[-1] != day.size or day.size < 2 or np.any(np.diff(day) <= 0):
+        raise SimulationError(f"burden_linked_event_day: burden shape {log_burden.shape} does not match a "
+                              f"strictly increasing day grid of {day.size} (>= 2) points")
+    start = np.where(np.isfinite(start_day), start_day, np.inf)[..., None]
+    rate = np.asarray(hazard_per_day, dtype=float)[..., None]
+    beta = np.asarray(exponent, dtype=float)[..., None]
+    slope = np.diff(log_burden, axis=-1) / np.diff(day)                 # d ln N / dt on each interval
+    lo = np.clip(start, day[:-1], day[1:])                              # at risk from max(start, interval start)
+    width = day[1:] - lo
+    a = np.minimum(beta * (log_burden[..., :-1] + slope * (lo - day[:-1]) - log_reference), 700.0)
+    c = beta * slope
+    h_lo = rate * np.exp(a)                                             # hazard at lo
+    cw = c * width
+    safe = np.where(np.abs(cw) > 1e-8, cw, 1.0)
+    expm1_over = np.where(np.abs(cw) > 1e-8, np.expm1(cw) / safe, 1.0 + 0.5 * cw)   # (e^x - 1) / x
+    cumulative = np.cumsum(h_lo * width * expm1_over, axis=-1)
+    draw = np.asarray(unit_exponential, dtype=float)
+    hit = cumulative >= draw[..., None]
+    k = hit.argmax(axis=-1)[..., None]
+
+    def at_k(x):
+        return np.take_along_axis(np.broadcast_to(x, cumulative.shape), k, -1)[..., 0]
+
+    left = draw - np.where(k[..., 0] > 0, at_k(np.concatenate(
+        [np.zeros(cumulative.shape[:-1] + (1,)), cumulative[..., :-1]], axis=-1)), 0.0)
+    h_k, c_k = at_k(h_lo), at_k(c)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        x = left * c_k / h_k                                            # solve h_k (e^{c u} - 1) / c = left
+        u = np.where(np.abs(x) > 1e-8, np.log1p(x) / np.where(c_k != 0, c_k, 1.0), left / h_k * (1.0 - 0.5 * x))
+    u = np.clip(np.nan_to_num(u, nan=0.0, posinf=np.inf), 0.0, at_k(width))   # rounding at the interval ends
+    return np.where(hit.any(axis=-1), at_k(lo) + u, np.inf)
+
+
 def death_day(burden_day: np.ndarray, pd_day: np.ndarray, survival: SurvivalParameters,
-              rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """(...,) day of death and its cause index into DEATH_CAUSES (competing exponential hazards).
+              rng: np.random.Generator, tumour_cells: np.ndarray | None = None,
+              day: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(...,) day of death and its cause index into DEATH_CAUSES (competing hazards).
 
     burden_day: tumour-burden death day (inf if none); pd_day: day of the visit showing PD (NaN if
     none). Draws two unit exponentials per patient from `rng` (background, then post-progression),
-    so the draws do not depend on the parameters and a fit sees smooth changes.
+    so the draws do not depend on the parameters and a fit sees smooth changes. With a burden
+    exponent (survival.burden_linked), the post-progression hazard follows tumour_cells
+    (..., n_day) on `day` (n_day,) (`burden_linked_event_day`); without, it is constant and the
+    post-progression death day is pd_day + draw / hazard.
     """
     shape = np.shape(burden_day)
     e_background = rng.exponential(size=shape)
     e_post = rng.exponential(size=shape)
+    pd_start = np.where(np.isfinite(pd_day), pd_day, np.inf)
     with np.errstate(divide="ignore"):
         background = e_background * DAYS_PER_MONTH / np.asarray(survival.background_hazard_per_month)
-        post = np.where(np.isfinite(pd_day), pd_day, np.inf) + \
-            e_post * DAYS_PER_MONTH / np.asarray(survival.post_progression_hazard_per_month)
+        if survival.burden_linked:
+            if tumour_cells is None or day is None:
+                raise SimulationError("death_day: a burden-linked post-progression hazard needs the "
+                                      "tumour_cells trajectories and their day grid")
+            log_cells = np.log(np.maximum(np.asarray(tumour_cells, dtype=float), 1.0))   # < 1 cell: 1 cell
+            post = burden_linked_event_day(
+                log_cells, day, pd_start, np.asarray(survival.post_progression_hazard_per_month) / DAYS_PER_MONTH,
+                survival.post_progression_burden_exponent, np.log(survival.post_progression_reference_cells), e_post)
+        else:
+            post = pd_start + e_post * DAYS_PER_MONTH / np.asarray(survival.post_progression_hazard_per_month)
     times = np.stack(np.broadcast_arrays(burden_day, background, post), axis=-1)
     cause = np.argmin(times, axis=-1) + 1
     death = np.min(times, axis=-1)
@@ -193,7 +291,7 @@ def patient_outcomes(sld: np.ndarray, scan_day: np.ndarray, tumour_cells: np.nda
     burden_day = burden_death_day(tumour_cells, day, survival.lethal_tumour_cells)
     # PD from every simulated visit; a later death cannot change it, an earlier one hides it below.
     true_pd_day = assess(sld, scan_day, criteria).pd_day
-    death, cause = death_day(burden_day, true_pd_day, survival, rng)
+    death, cause = death_day(burden_day, true_pd_day, survival, rng, tumour_cells, day)
 
     observed = (scan_day < death[..., None]) & (scan_day <= followup[..., None]) & np.isfinite(sld)
     sld_observed = np.where(observed, sld, np.nan)
