@@ -864,8 +864,8 @@ def compiled(dispatcher, sig):
         with _FIRST_USE:
             if not dispatcher.signatures:
                 if not on_disk(dispatcher):
-                    _log.info("compiling the solver loop %s once after installing (~10 s; then "
-                              "cached on disk)", dispatcher.py_func.__name__)
+                    _log.info("compiling %s for its first use after installing (seconds; "
+                              "cached on disk afterwards)", dispatcher.py_func.__name__)
                 dispatcher.compile(sig.args)
                 dispatcher.disable_compile()
     return dispatcher
