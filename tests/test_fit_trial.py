@@ -9,7 +9,6 @@ common random numbers, outputs); the optimiser runs two CMA-ES generations only.
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import numpy as np
@@ -21,17 +20,15 @@ from immunoedit_models.cli import _calibration
 from immunoedit_models.fit import fit, load_problem
 from immunoedit_models.trials import run_trial
 
+from .trial_data import write_censored_ipd
+
 SPECS = Path(__file__).resolve().parent / "specs"
 
 
 @pytest.fixture(scope="module")
 def trial_problem(tmp_path_factory):
     folder = tmp_path_factory.mktemp("trial_fit")
-    rng = np.random.default_rng(5)
-    t = rng.exponential(5.0 / math.log(2), 120)
-    c = rng.uniform(6, 30, 120)
-    rows = "".join(f"{float(min(a, b))!r},{int(a <= b)}\n" for a, b in zip(t, c))
-    (folder / "observed_pfs_combo.csv").write_text("time_months,event\n" + rows)
+    write_censored_ipd(folder / "observed_pfs_combo.csv", np.random.default_rng(5), 5.0, 120, (6, 30))
     (folder / "problem.yaml").write_text(f"""
 name: small_trial_fit
 kind: trial

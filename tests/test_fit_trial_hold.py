@@ -10,7 +10,6 @@ from the calibration equals the fit's (common random numbers).
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +21,8 @@ from immunoedit_models.errors import FitError
 from immunoedit_models.fit import fit, load_problem
 from immunoedit_models.fit.trial import trial_terms
 from immunoedit_models.trials import run_trial
+
+from .trial_data import write_censored_ipd
 
 SPECS = Path(__file__).resolve().parent / "specs"
 PROBLEM = """
@@ -51,9 +52,7 @@ fit: {{method: cmaes, seed: 2, max_iter: 3, popsize: 4, sigma0: 0.2, hold: {hold
 def write_problem(folder: Path, hold: str) -> Path:
     rng = np.random.default_rng(1)
     for name, median in (("observed.csv", 5.0), ("observed_os.csv", 14.0)):
-        t, c = rng.exponential(median / math.log(2), 80), rng.uniform(8, 30, 80)
-        (folder / name).write_text("time_months,event\n" + "".join(
-            f"{float(min(a, b))!r},{int(a <= b)}\n" for a, b in zip(t, c)))
+        write_censored_ipd(folder / name, rng, median, 80, (8, 30))
     (folder / "problem.yaml").write_text(PROBLEM.format(model=SPECS / "trial_model.yaml",
                                                         trial=SPECS / "trial_small.yaml", hold=hold))
     return folder

@@ -10,7 +10,6 @@ quadratic surface refitted here with numpy least squares on the saved evaluation
 
 from __future__ import annotations
 
-import math
 from dataclasses import replace
 from pathlib import Path
 
@@ -22,16 +21,15 @@ from immunoedit_models.fit import fit, load_problem
 from immunoedit_models.fit.uncertainty import laplace_from_evaluations
 from immunoedit_models.trials import load_trial, run_trial
 
+from .trial_data import write_censored_ipd
+
 SPECS = Path(__file__).resolve().parent / "specs"
 
 
 @pytest.fixture(scope="module")
 def fitted(tmp_path_factory):
     folder = tmp_path_factory.mktemp("trial_predictive")
-    rng = np.random.default_rng(8)
-    t, c = rng.exponential(6.0 / math.log(2), 100), rng.uniform(6, 30, 100)
-    (folder / "observed_pfs_combo.csv").write_text(
-        "time_months,event\n" + "".join(f"{float(min(a, b))!r},{int(a <= b)}\n" for a, b in zip(t, c)))
+    write_censored_ipd(folder / "observed_pfs_combo.csv", np.random.default_rng(8), 6.0, 100, (6, 30))
     (folder / "problem.yaml").write_text(f"""
 name: small_trial_predictive
 kind: trial
