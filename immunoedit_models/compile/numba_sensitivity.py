@@ -36,9 +36,9 @@ from numba import boolean, float64, int64, njit, prange, types, void
 
 from .numba_solvers import (_BETA1, _BETA2, _QMAX, _R_A, _R_C, _R_GAMMA, _R_c, _R_d, EVENT_BOLUS,
                             JAC_TYPE, RHS_TYPE, RODAS5P, STATUS_MAX_STEPS, STATUS_NON_FINITE,
-                            STATUS_OK, STATUS_STEP_UNDERFLOW, TGRAD_TYPE, _after_accept,
-                            _after_reject, _all_finite, _block_solve_row, _initial_step,
-                            _invert_blocks, _restart_step, _rms_norm, _rodas_dense_row,
+                            STATUS_OK, STATUS_STEP_UNDERFLOW, TGRAD_TYPE, _advance,
+                            _after_accept, _after_reject, _all_finite, _block_solve_row,
+                            _initial_step, _invert_blocks, _restart_step, _rms_norm,
                             _zero_non_finite, compiled)
 
 SENS_SIG = void(float64, float64[::1], float64[::1], float64[::1], float64[::1])
@@ -267,12 +267,7 @@ def _integrate_sens(rhs, jac, tgrad, srhs, sdir, stgrad, blocks, y0, s0, p, t0, 
             else:
                 err = np.inf
             if err <= 1.0:
-                t_new = t_end if last else t + h_step
-                while io < n_out and t_out[io] < t_new:
-                    _rodas_dense_row((t_out[io] - t) / h_step, Y, Y_new, kmat, y_out, io)
-                    io += 1
-                Y[:] = Y_new
-                t = t_new
+                t, io = _advance(True, last, t, t_end, h_step, io, t_out, Y, Y_new, kmat, y_out)
                 n_acc += 1
                 if not _all_finite(Y):
                     status = STATUS_NON_FINITE

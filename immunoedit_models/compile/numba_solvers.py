@@ -587,6 +587,17 @@ def _after_reject(err, last_rejected, err_rej, h_rej, h_step, t):
 
 
 @njit(cache=True, error_model="numpy", fastmath=_FASTMATH, inline="always")
+def _advance(rodas, last, t, t_end, h_step, io, t_out, y, y_new, k, y_out):
+    """Take an accepted step: outputs in [t, t_new) by dense output, y = y_new; returns (t_new,
+    next output index). A step cut at the segment end (`last`) lands exactly on t_end."""
+    t_new = t_end if last else t + h_step
+    io = _dense_outputs(rodas, t, h_step, t_new, io, t_out, y, y_new, k, y_out)
+    for i in range(y.size):
+        y[i] = y_new[i]
+    return t_new, io
+
+
+@njit(cache=True, error_model="numpy", fastmath=_FASTMATH, inline="always")
 def _restart_step(h_carry, h_restart):
     """First step after an event: the carried step size, capped by the first accepted step after
     the previous event (see `_integrate`); 0 before the first segment."""
@@ -700,10 +711,7 @@ def _integrate(rhs, jac, tgrad, lu_factor, lu_solve, outputs, blocks, y0, p, t0,
             err = _attempt(rodas, rhs, lu_factor, lu_solve, t, h_step, y, p, u_in, f0, jmat, dtg,
                            scale, w, piv, blocks, k, ytmp, ftmp, err_vec, y_new, rtol, atol)
             if err <= 1.0:
-                t_new = t_end if last else t + h_step
-                io = _dense_outputs(rodas, t, h_step, t_new, io, t_out, y, y_new, k, y_out)
-                y[:] = y_new
-                t = t_new
+                t, io = _advance(rodas, last, t, t_end, h_step, io, t_out, y, y_new, k, y_out)
                 n_acc += 1
                 if not _all_finite(y):
                     status = STATUS_NON_FINITE
