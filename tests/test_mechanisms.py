@@ -65,8 +65,9 @@ def test_anti_pdl1_benefit_grows_with_ifng_driven_pdl1(nsclc):
     """An inflamed tumour whose PD-L1 is mostly adaptive (low constitutive PD-L1): the benefit of
     atezolizumab, log(untreated / treated tumour) at 26 weeks, rises with the IFN-gamma -> PD-L1
     induction, and cutting the link (fold 0) removes at least half of the benefit at the QSP-IO
-    value (6-fold)."""
-    adaptive = dict(pdl1_basal=0.02, pdl1_myeloid_basal=0.05, cd8_infiltration=0.03)
+    value (6-fold). The nodal priming effect, which does not depend on tumour PD-L1, is off
+    (gain 0) so that only the tumour's PD-L1 is measured."""
+    adaptive = dict(pdl1_basal=0.02, pdl1_myeloid_basal=0.05, cd8_infiltration=0.03, pd1_priming_gain=0.0)
     benefit = []
     for fold in (0.0, 3.0, 6.0, 12.0):
         u = run(nsclc, [0, 182], "untreated", pdl1_ifng_fold=fold, **adaptive)
@@ -74,6 +75,54 @@ def test_anti_pdl1_benefit_grows_with_ifng_driven_pdl1(nsclc):
         benefit.append(np.log(at(u, "tumour_cells", 182) / at(a, "tumour_cells", 182)))
     assert np.all(np.diff(benefit) > 0)
     assert benefit[0] < 0.5 * benefit[2]
+
+
+def test_nodal_priming_follows_lymph_node_occupancy(nsclc):
+    """checkpoint_priming = 1 + gain x lymph-node occupancy, with the plasma atezolizumab
+    concentration scaled by the lymph-node partition 0.2 (QSP-IO gamma_LN) against Kd 0.058 mg/L
+    (hand computation at every output day of a q3w course), and 1 without the drug."""
+    days = np.arange(0.0, 64.0)
+    ds = run(nsclc, days, "atezolizumab_q3w", pd1_priming_gain=2.5)
+    lymph = 0.2 * ds["atezolizumab_conc"].values
+    np.testing.assert_allclose(ds["checkpoint_priming"].values, 1 + 2.5 * lymph / (lymph + 0.058), rtol=1e-12)
+    u = run(nsclc, days, "untreated", pd1_priming_gain=2.5)
+    np.testing.assert_array_equal(u["checkpoint_priming"].values, 1.0)
+
+
+def test_anti_pdl1_helps_pdl1_negative_tumours_through_nodal_priming(nsclc):
+    """A tumour with no functional PD-L1 (TC0/IC0-like, engagement ~0): without the nodal effect
+    (gain 0) atezolizumab changes the tumour at 26 weeks by < 2 %; with it (gain 1 and 3)
+    effectors at 6 weeks and the benefit rise with the gain (Oh 2020: anti-PD-L1 works without
+    tumour PD-L1 through DC PD-L1)."""
+    negative = dict(pdl1_basal=0.001, pdl1_myeloid_basal=0.001, cd8_infiltration=0.03)
+    benefit, effectors = [], []
+    for gain in (0.0, 1.0, 3.0):
+        u = run(nsclc, [0, 42, 182], "untreated", pd1_priming_gain=gain, **negative)
+        a = run(nsclc, [0, 42, 182], "atezolizumab_q3w", pd1_priming_gain=gain, **negative)
+        benefit.append(np.log(at(u, "tumour_cells", 182) / at(a, "tumour_cells", 182)))
+        effectors.append(at(a, "E", 42) / at(u, "E", 42))
+    assert abs(benefit[0]) < 0.02 and abs(effectors[0] - 1) < 0.02
+    assert benefit[0] + 0.1 < benefit[1] < benefit[2] and 1.2 < effectors[1] < effectors[2]
+
+
+def test_unscored_pdl1_engages_pd1_without_changing_ihc(nsclc):
+    """PD-L1 below the IHC assay's detection (`pdl1_unscored`): the SP142-like readouts (TC %, IC %)
+    are the same with and without it at baseline, PD-1 engagement rises by exactly
+    unscored / K_pd1 (hand computation, no antibody), and atezolizumab's benefit at 26 weeks in an
+    IHC-negative tumour grows with it."""
+    negative = dict(pdl1_basal=0.002, pdl1_myeloid_basal=0.002, cd8_infiltration=0.03, K_pd1=0.25)
+    base = run(nsclc, [0.0], "untreated", **negative)
+    more = run(nsclc, [0.0], "untreated", pdl1_unscored=0.5, **negative)
+    for ihc in ("pdl1_tumour", "pdl1_immune"):
+        assert at(more, ihc, 0) == pytest.approx(at(base, ihc, 0), rel=1e-12)
+    assert at(base, "pdl1_tumour", 0) < 1.0 and at(base, "pdl1_immune", 0) < 1.0          # TC0/IC0
+    assert at(more, "pdl1_engagement", 0) - at(base, "pdl1_engagement", 0) == pytest.approx(0.5 / 0.25, rel=1e-9)
+    benefit = []
+    for unscored in (0.0, 0.25, 0.5):
+        u = run(nsclc, [0, 182], "untreated", pdl1_unscored=unscored, **negative)
+        a = run(nsclc, [0, 182], "atezolizumab_q3w", pdl1_unscored=unscored, **negative)
+        benefit.append(np.log(at(u, "tumour_cells", 182) / at(a, "tumour_cells", 182)))
+    assert abs(benefit[0]) < 0.05 and np.all(np.diff(benefit) > 0.1)
 
 
 def test_escape_subclones_grow_through_checkpoint_therapy(nsclc):
