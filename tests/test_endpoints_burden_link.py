@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from ruamel.yaml import YAML
 from scipy import integrate, optimize
 
 from immunoedit_models.errors import SimulationError
@@ -134,6 +135,12 @@ def test_death_model_settings_are_checked_and_read_from_designs():
         death_day(np.full(3, np.inf), np.full(3, 84.0), SurvivalParameters(post_progression_burden_exponent=1.0),
                   np.random.default_rng(0))
     assert load_trial("impower150").survival.burden_linked                      # the linked death model
-    assert not load_trial("relativity047").survival.burden_linked              # still exponential
+    # RELATIVITY-047 carries IMpower150's calibrated link (no melanoma OS data to fit it to)
+    calibration = YAML(typ="safe").load((FITTING / "impower150" / "calibration.yaml").read_text(encoding="utf-8"))
+    transported = load_trial("relativity047").survival
+    assert transported.burden_linked
+    assert transported.post_progression_hazard_per_month == calibration["survival"]["post_progression_hazard_per_month"]
+    assert transported.post_progression_burden_exponent == calibration["survival"]["post_progression_burden_exponent"]
+    assert not load_trial("high_dose_il2").survival.burden_linked              # still exponential
     roles = load_problem(FITTING / "impower150").roles
     assert roles["post_progression_burden_exponent"] == roles["post_progression_hazard_per_month"] == "survival"
