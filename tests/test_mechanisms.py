@@ -125,6 +125,27 @@ def test_unscored_pdl1_engages_pd1_without_changing_ihc(nsclc):
     assert abs(benefit[0]) < 0.05 and np.all(np.diff(benefit) > 0.1)
 
 
+def test_norton_simon_coupling_scales_chemotherapy_kill_with_proliferation(nsclc):
+    """chemo_kill = delivery x (1 - c + c r_tumour crowding / r_reference) x raw kill at every
+    output day of a carboplatin-paclitaxel course (hand computation, crowding = 1 - N / 1e12);
+    c = 0 leaves the kill independent of r_tumour; with c = 1 a tumour growing at 4 x the
+    reference rate has e-fold fewer cells at week 6 than at c = 0, one at a quarter of it
+    more than 20 % more
+    (Norton & Simon 1977: regression rate proportional to the unperturbed growth rate)."""
+    days = np.arange(0.0, 43.0)
+    for c, r in ((0.0, 0.03), (0.6, 0.03), (1.0, 0.002)):
+        ds = run(nsclc, days, "cp_induction4", chemo_proliferation_coupling=c, r_tumour=r, r_reference=0.008)
+        crowding = 1 - ds["tumour_burden"].values / 1e12
+        expected = ds["drug_delivery"].values * (1 - c + c * r * crowding / 0.008) * ds["chemo_kill_raw"].values
+        np.testing.assert_allclose(ds["chemo_kill"].values, expected, rtol=1e-12)
+    for r, faster in ((0.032, True), (0.002, False)):
+        kw = dict(r_tumour=r, r_reference=0.008)
+        plain = run(nsclc, [0, 42], "cp_induction4", chemo_proliferation_coupling=0.0, **kw)
+        coupled = run(nsclc, [0, 42], "cp_induction4", chemo_proliferation_coupling=1.0, **kw)
+        shrink = np.log(at(plain, "tumour_cells", 42) / at(coupled, "tumour_cells", 42))
+        assert (shrink > 1.0) if faster else (shrink < -0.2)      # measured 1.81 and -0.46
+
+
 def test_escape_subclones_grow_through_checkpoint_therapy(nsclc):
     """In a patient who responds to atezolizumab (inflamed tumour), the MHC-I-normal
     IFN-gamma-responsive clone shrinks while the MHC-I-low and IFN-gamma-insensitive clones keep
