@@ -128,10 +128,10 @@ def test_unscored_pdl1_engages_pd1_without_changing_ihc(nsclc):
 def test_norton_simon_coupling_scales_chemotherapy_kill_with_proliferation(nsclc):
     """chemo_kill = delivery x (1 - c + c r_tumour crowding / r_reference) x raw kill at every
     output day of a carboplatin-paclitaxel course (hand computation, crowding = 1 - N / 1e12);
-    c = 0 leaves the kill independent of r_tumour; with c = 1 a tumour growing at 4 x the
-    reference rate has e-fold fewer cells at week 6 than at c = 0, one at a quarter of it
-    more than 20 % more
-    (Norton & Simon 1977: regression rate proportional to the unperturbed growth rate)."""
+    c = 0 leaves the kill independent of r_tumour. With c = 1, at week 6, a tumour growing at 4 x
+    the reference rate has e-fold fewer cells than at c = 0, and one growing at a quarter of it
+    has over 20 % more (Norton & Simon 1977: regression rate proportional to the unperturbed
+    growth rate)."""
     days = np.arange(0.0, 43.0)
     for c, r in ((0.0, 0.03), (0.6, 0.03), (1.0, 0.002)):
         ds = run(nsclc, days, "cp_induction4", chemo_proliferation_coupling=c, r_tumour=r, r_reference=0.008)
