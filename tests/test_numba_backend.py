@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import textwrap
@@ -126,6 +127,21 @@ def test_printed_source_uses_multiplications_and_conditionals(kinky_sym):
     sym = SymbolicModel.from_equations("pw", {"x": "-x"}, {}, {"x": 1.0},
                                        outputs={"o": str(no_default)})
     assert "else math.nan" in generate_source(sym)
+
+
+def test_divisions_by_parameters_are_printed_as_reciprocals():
+    """x/p leaves the states' dependency chain as x*(1.0/p); divisions by states stay."""
+    sym = SymbolicModel.from_equations(
+        "recip", {"x": "-x/k + y/(k + c) - x*y/(c**2*(1 + x))", "y": "x/y - k*y/c"},
+        {"k": 2.0, "c": 0.7}, {"x": 1.0, "y": 1.0})
+    rhs_src = generate_source(sym).split("def rhs(")[1].split("\n\n")[0]
+    assert re.findall(r"(?<!1\.0)/\(*p\[", rhs_src) == [] and "(1.0/(p[" in rhs_src
+    assert "y[0]/y[1]" in rhs_src
+    kern = compile_numba(sym)
+    for y in ([1.3, 0.4], [0.2, 2.5]):
+        dy = np.empty(2)
+        kern.rhs(0.0, np.array(y), np.array([2.0, 0.7]), dy)
+        np.testing.assert_allclose(dy, _sympy_eval(sym, sym.rhs, 0.0, y, [2.0, 0.7]), rtol=1e-14)
 
 
 def test_unknown_symbol_is_a_compile_error(tmp_path):

@@ -62,11 +62,25 @@ def default_cache_dir() -> Path:
 
 # ---- printing ---------------------------------------------------------------------------------
 class _NumbaPrinter(PythonCodePrinter):
-    """Python printer for numba kernels: symbols by lookup table, float literals, cheap powers."""
+    """Python printer for numba kernels: symbols by lookup table, float literals, cheap powers,
+    and divisions by `constants` (symbols that do not depend on the states: parameters) printed
+    as multiplications by their reciprocal."""
 
-    def __init__(self, names: Mapping[sp.Symbol, str]):
+    def __init__(self, names: Mapping[sp.Symbol, str], constants: frozenset[sp.Symbol] = frozenset()):
         super().__init__({"strict": True})
         self._names = dict(names)
+        self._constants = constants
+
+    def _print_Mul(self, expr: sp.Mul) -> str:
+        # x*y/p as x*y*(1.0/p): the reciprocal does not wait for the states, so the division
+        # leaves the dependency chain of the step (divisions are the slowest operations in a
+        # right-hand side; ~2-3 % of a trajectory of the benchmark model).
+        inverse = [f for f in expr.args if f.is_Pow and f.exp.is_negative
+                   and f.free_symbols and f.free_symbols <= self._constants]
+        if not inverse or len(inverse) == len(expr.args):
+            return super()._print_Mul(expr)
+        rest = sp.Mul(*(f for f in expr.args if f not in inverse))
+        return "*".join([self.parenthesize(rest, PRECEDENCE["Mul"]), *map(self._print, inverse)])
 
     def _print_Symbol(self, expr: sp.Symbol) -> str:
         try:
@@ -118,13 +132,19 @@ class _NumbaPrinter(PythonCodePrinter):
 def _kernel_source(name: str, signature: str, args: Sequence[str], targets: Sequence[str],
                    exprs: Sequence[sp.Expr], names: Mapping[sp.Symbol, str],
                    prologue: Sequence[str] = (), decorator: str | None = None,
-                   printer_cls: type[_NumbaPrinter] = _NumbaPrinter) -> str:
+                   printer_cls: type[_NumbaPrinter] = _NumbaPrinter,
+                   constants: frozenset[sp.Symbol] = frozenset()) -> str:
     """Source of one kernel that assigns `targets[i] = exprs[i]` after CSE.
 
     decorator: its line (default: njit with `signature`, cached); printer_cls: the sympy printer
-    (the CUDA backend passes its own decorator and printer)."""
+    (the CUDA backend passes its own decorator and printer); constants: symbols independent of
+    the states (the parameters), divisions by which are printed as reciprocals."""
     replacements, reduced = cse_blocks(exprs) if exprs else ([], [])
-    printer = printer_cls({**names, **{s: s.name for s, _ in replacements}})
+    constants = set(constants)
+    for s, e in replacements:       # in order: a subexpression may use earlier ones
+        if e.free_symbols <= constants:
+            constants.add(s)
+    printer = printer_cls({**names, **{s: s.name for s, _ in replacements}}, frozenset(constants))
     try:
         body = [*prologue,
                 *(f"{s.name} = {printer.doprint(e)}" for s, e in replacements),
@@ -213,7 +233,8 @@ LU_GROWTH = 1000.0
 
 def lu_kernel_sources(lu: SparseLU, n: int, factor_decorator: str, solve_decorator: str,
                       lit: Callable[[float], str] = repr, pointers: bool = True) -> tuple[str, str]:
-    """Sources of `lu_factor(inv_hg, J, scale, w) -> bool` and `lu_solve(w, b, out[, r])`.
+    """Sources of `lu_factor(inv_hg, J, scale, w) -> bool` and `lu_solve(w, b, c, out)` (or
+    `lu_solve(w, b, out, r)`, below).
 
     lu_factor writes the factors of W = inv_hg I - J into w (n, n) by the static structure
     `lu` (`SymbolicModel.sparse_lu`): unit-lower multipliers below the diagonal, U above it,
@@ -223,14 +244,15 @@ def lu_kernel_sources(lu: SparseLU, n: int, factor_decorator: str, solve_decorat
     (the diagonal scaling changes neither the factors' pattern nor their stability, and it
     makes the test independent of the states' units: a tumour in cells beside a cytokine in
     ng/mL). Otherwise, or if a pivot is 0 or not finite, it returns False with w undefined, and
-    the caller inverts W densely with partial pivoting. lu_solve sets out = W^-1 b from those
-    factors (b is not changed). Straight-line code with constant indices: entries live in
-    registers and no index arrays are read.
+    the caller inverts W densely with partial pivoting. lu_solve sets out = W^-1 (b + c) from
+    those factors (b and c are not changed): a Rosenbrock stage's right-hand side plus its
+    linear part, summed from scalar loads inside the solve. Straight-line code with constant
+    indices: entries live in registers and no index arrays are read.
 
-    pointers: J, scale, w, b and out are pointers (`numba_solvers.LU_FACTOR_SIG`, matrices
+    pointers: J, scale, w, b, c and out are pointers (`numba_solvers.LU_FACTOR_SIG`, matrices
     flat in C order, out the row to fill); otherwise 2-d arrays and lu_solve(w, b, out, r)
-    fills out[r] (the CUDA device functions). lit prints a float literal (the CUDA backend
-    casts to its precision).
+    fills out[r] = W^-1 b (the CUDA device functions). lit prints a float literal (the CUDA
+    backend casts to its precision).
     """
     a = lambda i, j: f"a{i}_{j}"  # noqa: E731
     mat = (lambda name, i, j: f"{name}[{i * n + j}]") if pointers else (lambda name, i, j: f"{name}[{i}, {j}]")  # noqa: E731
@@ -267,14 +289,15 @@ def lu_kernel_sources(lu: SparseLU, n: int, factor_decorator: str, solve_decorat
     for block in lu.blocks:
         for pos, i in enumerate(block):      # forward: unit-lower L and the earlier blocks
             terms = [j for j in coupled.get(i, [])] + [k for k in block[:pos] if (i, k) in pat]
-            sol.append(f"x{i} = b[{i}]" + "".join(f" - {mat('w', i, j)} * x{j}" for j in terms))
+            rhs = f"b[{i}] + c[{i}]" if pointers else f"b[{i}]"
+            sol.append(f"x{i} = {rhs}" + "".join(f" - {mat('w', i, j)} * x{j}" for j in terms))
         for pos in range(len(block) - 1, -1, -1):      # backward: U, times 1 / pivot
             i = block[pos]
             terms = "".join(f" - {mat('w', i, j)} * x{j}" for j in block[pos + 1:] if (i, j) in pat)
             sol.append(f"x{i} = (x{i}{terms}) * {mat('w', i, i)}")
     sol.extend(f"{out_at(i)} = x{i}" for i in range(n))
     sol.append("return")
-    solve_args = "w, b, out" if pointers else "w, b, out, r"
+    solve_args = "w, b, c, out" if pointers else "w, b, out, r"
     factor = "\n".join([factor_decorator, "def lu_factor(inv_hg, J, scale, w):", *("    " + x for x in fac)])
     solve = "\n".join([solve_decorator, f"def lu_solve({solve_args}):", *("    " + x for x in sol)])
     return factor + "\n", solve + "\n"
@@ -283,7 +306,8 @@ def lu_kernel_sources(lu: SparseLU, n: int, factor_decorator: str, solve_decorat
 def generate_source(sym: SymbolicModel) -> str:
     """Source of the generated kernel module for `sym` (see module docstring)."""
     names = symbol_names(sym)
-    kernels = [_kernel_source(k.name, k.signature, k.args, k.targets, k.exprs, names, k.prologue)
+    kernels = [_kernel_source(k.name, k.signature, k.args, k.targets, k.exprs, names, k.prologue,
+                              constants=frozenset(sym.param_symbols))
                for k in kernel_definitions(sym, pointers=True)]
     kernels += lu_kernel_sources(sym.sparse_lu, sym.n_states,
                                  "@njit(LU_FACTOR_SIG, cache=True, error_model='numpy')",

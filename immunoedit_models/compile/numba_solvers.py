@@ -11,7 +11,7 @@ Kernel conventions (all arrays C-contiguous float64):
     jac(t, y, p, J_out (n, n))                     J[i, j] = d f_i / d y_j (dense)
     tgrad(t, y, p, dt_out (n,))                    d f / dt
     lu_factor(inv_hg, J, scale, w) -> bool         factors of W = inv_hg I - J into w (n, n)
-    lu_solve(w, b, out)                            out (n,) = W^-1 b (n,) from those factors
+    lu_solve(w, b, c, out)                         out (n,) = W^-1 (b + c) from those factors
 The two LU kernels take pointers to the arrays' data (matrices flat in C order). They are
 straight-line code for the model's sparsity (`numba_backend.lu_kernel_sources`); lu_factor tests
 its pivots in the error weights scale (n,) = atol + rtol |y| and returns False when one is too
@@ -49,10 +49,12 @@ from __future__ import annotations
 
 import logging
 import threading
+import warnings
 
 import numpy as np
 from numba import boolean, float64, int64, njit, prange, types, void
 from numba.core import cgutils
+from numba.core.errors import NumbaExperimentalFeatureWarning
 from numba.experimental.function_type import _get_wrapper_address
 from numba.extending import intrinsic
 
@@ -68,7 +70,7 @@ OUTPUT_TYPE = types.FunctionType(OUTPUT_SIG)
 # pointer access ~3x faster than an array access, and these kernels are long straight-line code.
 _F64P = types.CPointer(float64)
 LU_FACTOR_SIG = boolean(float64, _F64P, _F64P, _F64P)      # (inv_hg, J, scale, w)
-LU_SOLVE_SIG = void(_F64P, _F64P, _F64P)                   # (w, b, out)
+LU_SOLVE_SIG = void(_F64P, _F64P, _F64P, _F64P)            # (w, b, c, out)
 LU_FACTOR_TYPE = types.FunctionType(LU_FACTOR_SIG)
 LU_SOLVE_TYPE = types.FunctionType(LU_SOLVE_SIG)
 
@@ -299,12 +301,17 @@ def _factor_w(lu_factor, inv_hg, jmat, scale, w, piv, blocks):
 
 
 @njit(cache=True, error_model="numpy", fastmath=_FASTMATH, inline="always")
-def _solve_w(lu_solve, sparse, w, blocks, b, out, r):
-    """out[r] = W^-1 b with w as `_factor_w` left it (sparse: its return value was 1); b may be
-    overwritten."""
+def _solve_w(lu_solve, sparse, w, blocks, b, c, out, r):
+    """out[r] = W^-1 (b + c) with w as `_factor_w` left it (sparse: its return value was 1); b
+    may be overwritten. The sum is formed inside the sparse solve, from scalar loads: b was
+    just written element by element (the right-hand side), and a vector load of it would stall
+    on store forwarding."""
     if sparse:
-        lu_solve(_data_pointer(w, 0), _data_pointer(b, 0), _data_pointer(out, r * out.shape[1]))
+        lu_solve(_data_pointer(w, 0), _data_pointer(b, 0), _data_pointer(c, 0),
+                 _data_pointer(out, r * out.shape[1]))
     else:
+        for i in range(b.size):
+            b[i] += c[i]
         _block_solve_row(w, blocks, b, out, r)
 
 
@@ -322,6 +329,13 @@ def _axpy_row(a, x, r, y):
     """y += a * x[r] for row r of x (m, n) (by index: a row slice costs reference-count updates)."""
     for i in range(y.size):
         y[i] += a * x[r, i]
+
+
+@njit(cache=True, error_model="numpy", fastmath=_FASTMATH, inline="always")
+def _copy_into_row(v, out, r):
+    """out[r] = v for out (m, n) (by index: slice assignment needs numba's runtime)."""
+    for i in range(v.size):
+        out[r, i] = v[i]
 
 
 @njit(cache=True, error_model="numpy", fastmath=_FASTMATH)
@@ -378,8 +392,9 @@ def _rodas_step(rhs, lu_factor, lu_solve, t, h, y, p, u_in, f0, jmat, dtg, scale
     sparse = mode == 1
     inv_h = 1.0 / h
     for i in range(n):
-        ftmp[i] = f0[i] + h * _R_d[0] * dtg[i]
-    _solve_w(lu_solve, sparse, w, blocks, ftmp, k, 0)
+        ftmp[i] = f0[i]
+        y_new[i] = h * _R_d[0] * dtg[i]
+    _solve_w(lu_solve, sparse, w, blocks, ftmp, y_new, k, 0)
     # Stage s: ytmp = y + sum_j A[s, j] k_j and (in y_new, free until the end) the linear part
     # u_in + h d_s df/dt + sum_j (C[s, j] / h) k_j, both in one pass over the earlier stages.
     for s in range(1, 8):
@@ -404,9 +419,7 @@ def _rodas_step(rhs, lu_factor, lu_solve, t, h, y, p, u_in, f0, jmat, dtg, scale
                 for i in range(n):
                     y_new[i] += c * k[j, i]
         rhs(t + _R_c[s] * h, ytmp, p, ftmp)
-        for i in range(n):
-            ftmp[i] += y_new[i]
-        _solve_w(lu_solve, sparse, w, blocks, ftmp, k, s)     # k_s = W^-1 ftmp
+        _solve_w(lu_solve, sparse, w, blocks, ftmp, y_new, k, s)     # k_s = W^-1 (ftmp + y_new)
     for i in range(n):          # stiffly accurate: B = A[7] + e_7
         y_new[i] = ytmp[i] + k[7, i]
     return True
@@ -459,7 +472,8 @@ def _tsit5_step(rhs, t, h, y, p, u_in, k, err_vec, y_new):
         for j in range(s):
             _axpy_row(h * _T_A[s, j], k, j, y_new)
         _eval_f(rhs, t + _T_c[s] * h, y_new, p, u_in, k[s])
-    err_vec[:] = 0.0
+    for i in range(y.size):
+        err_vec[i] = 0.0
     for j in range(7):
         _axpy_row(h * _T_E[j], k, j, err_vec)
 
@@ -467,7 +481,8 @@ def _tsit5_step(rhs, t, h, y, p, u_in, k, err_vec, y_new):
 @njit(cache=True, error_model="numpy", fastmath=_FASTMATH)
 def _tsit5_dense(theta, h, y, k, out):
     """Tsit5 continuous extension at t + theta h."""
-    out[:] = y
+    for i in range(y.size):
+        out[i] = y[i]
     for j in range(7):
         bj = theta * (_T_R[j, 0] + theta * (_T_R[j, 1] + theta * (_T_R[j, 2] + theta * _T_R[j, 3])))
         _axpy_row(h * bj, k, j, out)
@@ -604,10 +619,19 @@ def _restart_step(h_carry, h_restart):
     return min(h_carry, h_restart) if h_restart > 0.0 else h_carry
 
 
-@njit(cache=True, error_model="numpy", fastmath=_FASTMATH)
+@njit(cache=True, error_model="numpy")
+def _workspace(n, n_outputs):
+    """Scratch arrays of one trajectory for `_integrate`: vectors (9, n), matrices (2, n, n),
+    pivots (n,), stages (8, n), outputs buffer (n_outputs,)."""
+    return (np.empty((9, n)), np.empty((2, n, n)), np.empty(n, dtype=np.int64), np.empty((8, n)),
+            np.empty(n_outputs))
+
+
+@njit(cache=True, error_model="numpy", fastmath=_FASTMATH, _nrt=False)
 def _integrate(rhs, jac, tgrad, lu_factor, lu_solve, outputs, blocks, y0, p, t0, t_out, ev_t,
-               ev_state, ev_kind, ev_value, ev_guard, scan_t, n_outputs, burden_index, pd_rel,
-               pd_abs, rtol, atol, method, max_steps, h0, y_out, scan_value):
+               ev_state, ev_kind, ev_value, ev_guard, scan_t, burden_index, pd_rel,
+               pd_abs, rtol, atol, method, max_steps, h0, y_out, scan_value, vectors, matrices,
+               piv, k, out_buf):
     """Integrate one trajectory, writing y_out (n_out, n) and scan_value (n_scan,); returns
     (status, n_accepted, n_rejected, pd_time) with pd_time = +inf without progression.
     blocks: the block-lower-triangular structure of the Jacobian (see `_invert_blocks`).
@@ -619,21 +643,20 @@ def _integrate(rhs, jac, tgrad, lu_factor, lu_solve, outputs, blocks, y0, p, t0,
     """
     n = y0.size
     n_out = t_out.size
-    y = y0.copy()
-    p = p.copy()            # private copy: no refcount traffic on a shared array across threads
-    y_new = np.empty(n)
-    ytmp = np.empty(n)
-    ftmp = np.empty(n)
-    f0 = np.empty(n)        # f(t, y) (Rodas5P; Tsit5 keeps it in k[0])
-    err_vec = np.empty(n)
-    dtg = np.empty(n)
-    scale = np.empty(n)     # error weights at (t, y), for the sparse LU's pivot test
-    u_in = np.zeros(n)      # infusion rates
-    jmat = np.empty((n, n))
-    w = np.empty((n, n))
-    piv = np.empty(n, dtype=np.int64)
-    k = np.empty((8, n))
-    out_buf = np.empty(n_outputs)
+    y = vectors[0]
+    y_new = vectors[1]
+    ytmp = vectors[2]
+    ftmp = vectors[3]
+    f0 = vectors[4]         # f(t, y) (Rodas5P; Tsit5 keeps it in k[0])
+    err_vec = vectors[5]
+    dtg = vectors[6]
+    scale = vectors[7]      # error weights at (t, y), for the sparse LU's pivot test
+    u_in = vectors[8]
+    for i in range(n):
+        y[i] = y0[i]
+        u_in[i] = 0.0   # infusion rates
+    jmat = matrices[0]
+    w = matrices[1]
     rodas = method == RODAS5P
     qmax = _QMAX[method]
     beta1 = _BETA1[method]
@@ -661,7 +684,7 @@ def _integrate(rhs, jac, tgrad, lu_factor, lu_solve, outputs, blocks, y0, p, t0,
             status = STATUS_NON_FINITE
             break
         while io < n_out and t_out[io] <= t:
-            y_out[io, :] = y
+            _copy_into_row(y, y_out, io)
             io += 1
         if io == n_out:
             break
@@ -677,7 +700,7 @@ def _integrate(rhs, jac, tgrad, lu_factor, lu_solve, outputs, blocks, y0, p, t0,
         # cause the same transient, and starting with the long step of a smooth stretch costs
         # ~3 rejections per dose. The first segment uses h0 or Hairer's starting-step heuristic.
         _eval_f(rhs, t, y, p, u_in, f0)
-        k[0, :] = f0
+        _copy_into_row(f0, k, 0)
         if h_carry > 0.0:
             h = _restart_step(h_carry, h_restart)
         else:
@@ -717,7 +740,7 @@ def _integrate(rhs, jac, tgrad, lu_factor, lu_solve, outputs, blocks, y0, p, t0,
                     status = STATUS_NON_FINITE
                     break
                 if not rodas:
-                    k[0, :] = k[6]      # FSAL
+                    _copy_into_row(k[6], k, 0)      # FSAL
                 new_point = True
                 f_valid = not rodas
                 h, err_old, h_restart = _after_accept(err, err_old, last_rejected, first, last, h, h_step,
@@ -734,7 +757,8 @@ def _integrate(rhs, jac, tgrad, lu_factor, lu_solve, outputs, blocks, y0, p, t0,
                     break
         h_carry = h
     for i in range(io, n_out):
-        y_out[i, :] = np.nan
+        for j in range(n):
+            y_out[i, j] = np.nan
     for s in range(i_scan, n_scan):
         scan_value[s] = np.nan
     return status, n_acc, n_rej, pd_time
@@ -825,10 +849,12 @@ def solve_batch(kernels, blocks, y0, p, t0, t_out, ev_t, ev_state, ev_kind, ev_v
     n_rej = np.empty(n_traj, dtype=np.int64)
     pd_time = np.empty(n_traj)
     for b in prange(n_traj):
+        vectors, matrices, piv, k, out_buf = _workspace(y0.shape[1], n_outputs)
         status[b], n_acc[b], n_rej[b], pd_time[b] = _integrate(
-            rhs, jac, tgrad, lu_factor, lu_solve, outputs, blocks, y0[b], p[b], t0, t_out, ev_t[b],
-            ev_state[b], ev_kind[b], ev_value[b], ev_guard[b], scan_t, n_outputs, burden_index,
-            pd_rel, pd_abs, rtol, atol, method, max_steps, h0, y_all[b], scan_all[b])
+            rhs, jac, tgrad, lu_factor, lu_solve, outputs, blocks, y0[b], p[b], t0, t_out,
+            ev_t[b], ev_state[b], ev_kind[b], ev_value[b], ev_guard[b], scan_t, burden_index,
+            pd_rel, pd_abs, rtol, atol, method, max_steps, h0, y_all[b], scan_all[b], vectors,
+            matrices, piv, k, out_buf)
     return y_all, status, n_acc, n_rej, scan_all, pd_time
 
 
@@ -843,11 +869,12 @@ def solve_single(kernels, blocks, y0, p, t0, t_out, ev_t, ev_state, ev_kind, ev_
     """
     y_all = np.empty((t_out.size, y0.size))
     scan_value = np.empty(scan_t.size)
+    vectors, matrices, piv, k, out_buf = _workspace(y0.size, n_outputs)
     status, n_acc, n_rej, pd_time = _integrate(
         _as_rhs(kernels[0]), _as_jac(kernels[1]), _as_rhs(kernels[2]), _as_lu_factor(kernels[3]),
         _as_lu_solve(kernels[4]), _as_outputs(kernels[5]), blocks, y0, p, t0, t_out, ev_t,
-        ev_state, ev_kind, ev_value, ev_guard, scan_t, n_outputs, burden_index, pd_rel, pd_abs,
-        rtol, atol, method, max_steps, h0, y_all, scan_value)
+        ev_state, ev_kind, ev_value, ev_guard, scan_t, burden_index, pd_rel, pd_abs,
+        rtol, atol, method, max_steps, h0, y_all, scan_value, vectors, matrices, piv, k, out_buf)
     return y_all, status, n_acc, n_rej, scan_value, pd_time
 
 
@@ -874,7 +901,10 @@ def compiled(dispatcher, sig):
                 if not on_disk(dispatcher):
                     _log.info("compiling %s for its first use after installing (seconds; "
                               "cached on disk afterwards)", dispatcher.py_func.__name__)
-                dispatcher.compile(sig.args)
+                with warnings.catch_warnings():     # the solvers rely on it knowingly
+                    warnings.filterwarnings("ignore", category=NumbaExperimentalFeatureWarning,
+                                            message=".*First-class function type")
+                    dispatcher.compile(sig.args)
                 dispatcher.disable_compile()
     return dispatcher
 
