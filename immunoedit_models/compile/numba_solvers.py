@@ -640,6 +640,11 @@ def _integrate(rhs, jac, tgrad, lu_factor, lu_solve, outputs, blocks, y0, p, t0,
     exactly to its end, scans are read and events applied there and the method restarts (f
     re-evaluated, the step size carried over). max_steps bounds step attempts (accepted +
     rejected). After a failure the remaining outputs and scans are NaN.
+
+    vectors, matrices, piv, k, out_buf: scratch arrays from `_workspace`. Compiled without
+    numba's runtime (`_nrt=False`), so it cannot allocate: with it, every inlined helper call
+    in the step loop increments and decrements (atomically) the reference count of each array
+    it is passed, ~30 pairs per step and 16 % of a trajectory's time (measured with perf).
     """
     n = y0.size
     n_out = t_out.size
