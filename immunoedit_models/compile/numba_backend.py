@@ -289,8 +289,8 @@ def lu_kernel_sources(lu: SparseLU, n: int, factor_decorator: str, solve_decorat
     for block in lu.blocks:
         for pos, i in enumerate(block):      # forward: unit-lower L and the earlier blocks
             terms = [j for j in coupled.get(i, [])] + [k for k in block[:pos] if (i, k) in pat]
-            rhs = f"b[{i}] + c[{i}]" if pointers else f"b[{i}]"
-            sol.append(f"x{i} = {rhs}" + "".join(f" - {mat('w', i, j)} * x{j}" for j in terms))
+            b_i = f"b[{i}] + c[{i}]" if pointers else f"b[{i}]"
+            sol.append(f"x{i} = {b_i}" + "".join(f" - {mat('w', i, j)} * x{j}" for j in terms))
         for pos in range(len(block) - 1, -1, -1):      # backward: U, times 1 / pivot
             i = block[pos]
             terms = "".join(f" - {mat('w', i, j)} * x{j}" for j in block[pos + 1:] if (i, j) in pat)
