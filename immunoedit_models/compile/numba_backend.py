@@ -74,7 +74,7 @@ class _NumbaPrinter(PythonCodePrinter):
     def _print_Mul(self, expr: sp.Mul) -> str:
         # x*y/p as x*y*(1.0/p): the reciprocal does not wait for the states, so the division
         # leaves the dependency chain of the step (divisions are the slowest operations in a
-        # right-hand side; ~2-3 % of a trajectory of the benchmark model).
+        # right-hand side; ~2 % of a trajectory of the benchmark model, within run-to-run spread).
         inverse = [f for f in expr.args if f.is_Pow and f.exp.is_negative
                    and f.free_symbols and f.free_symbols <= self._constants]
         if not inverse or len(inverse) == len(expr.args):
