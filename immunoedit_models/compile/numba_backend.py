@@ -615,7 +615,9 @@ class NumbaKernels:
             counts = np.array([[status], [n_acc], [n_rej]], dtype=np.int64)
             return (y[None], counts[0], counts[1], counts[2], scan_value[None],
                     np.array([pd_time]))
-        return batch_entry()(self.addresses, self.blocks, y0, params, float(t0), t, *ev, *opts)
+        y = np.empty((n_traj, t.size, self.n_states))
+        return (y, *batch_entry()(self.addresses, self.blocks, y0, params, float(t0), t, *ev,
+                                  *opts, y))
 
 
 def compile_numba(sym: SymbolicModel, cache_dir: Path | None = None) -> NumbaKernels:
