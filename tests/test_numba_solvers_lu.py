@@ -144,6 +144,21 @@ def test_dense_path_alone_gives_the_sparse_paths_trajectories(reference, tmp_pat
     np.testing.assert_allclose(Yd, Y, rtol=1e-9, atol=1e-15)
 
 
+@pytest.mark.parametrize("bad", [[], [(0, 0)], [(3, 7), (9, 9), (5, "t")]])
+def test_non_finite_partials_are_zeroed_and_only_they(bad):
+    rng = np.random.default_rng(3)
+    jmat, dtg = rng.normal(size=(10, 10)), rng.normal(size=10)
+    expect_j, expect_t = jmat.copy(), dtg.copy()
+    for value, (i, j) in zip([np.inf, np.nan, -np.inf], bad):
+        if j == "t":
+            dtg[i], expect_t[i] = value, 0.0
+        else:
+            jmat[i, j], expect_j[i, j] = value, 0.0
+    ns._zero_non_finite(jmat, dtg)
+    np.testing.assert_array_equal(jmat, expect_j)
+    np.testing.assert_array_equal(dtg, expect_t)
+
+
 # ---- simulate's single-trajectory caches ------------------------------------------------------
 def test_simulate_result_equals_the_dataset_built_from_scratch(reference):
     ds = ie.simulate(reference, DAYS, params={"kkill": 2.0})
