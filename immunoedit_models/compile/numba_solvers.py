@@ -193,17 +193,8 @@ def _zero_non_finite(jmat, dtg):
     Terms such as (L/T)^lambda with lambda < 1 have an infinite derivative at L = 0 while f itself
     is finite; Rosenbrock stages then use an approximate Jacobian there, and the embedded error
     estimate still controls the step. Non-finite f is caught separately (status 2).
-    A vectorisable all-finite test runs first (once per step: the repair loop's branch per
-    entry cost ~4 % of a trajectory).
     """
     n = dtg.size
-    bad = False
-    for i in range(n):
-        bad |= not np.isfinite(dtg[i])
-        for j in range(n):
-            bad |= not np.isfinite(jmat[i, j])
-    if not bad:
-        return
     for i in range(n):
         if not np.isfinite(dtg[i]):
             dtg[i] = 0.0
