@@ -838,9 +838,10 @@ def solve_batch(kernels, blocks, y0, p, t0, t_out, ev_t, ev_state, ev_kind, ev_v
     outputs kernel, burden_index the one scans read; blocks: the Jacobian's block-lower-
     triangular structure (block starts, then n; `[0, n]` always works), for the dense fallback
     of the W solve. method: a value of `METHODS`; h0 <= 0 picks the first step automatically.
-    y_all (B, n_out, n) receives the outputs. The caller allocates it with numpy, whose large
-    allocations are backed by transparent huge pages: numba's own allocation of a 10,000 x 366 x
-    10 result faults in 4 KiB pages as the trajectories write it, ~7 % of the batch's CPU time.
+    y_all (B, n_out, n) receives the outputs. The caller allocates it with numpy, which asks
+    for transparent huge pages for large arrays: numba's own allocation of a 10,000 x 366 x 10
+    result faults in 4 KiB pages as the trajectories write it (0.13-0.2 s of system time, ~5 %
+    of the batch's CPU time; 0.03-0.07 s when the huge pages are granted).
     Returns status (B,), accepted steps (B,), rejected (B,), scan values (B, n_scan),
     progression time (B,) (+inf: none).
     """
