@@ -16,9 +16,10 @@ from typing import Sequence
 
 import numpy as np
 import pandas as pd
-from lifelines import CoxPHFitter, KaplanMeierFitter
+from lifelines import KaplanMeierFitter
 
 from ..errors import FitError
+from ..trials.analysis import cox_hazard_ratio as trial_cox_hazard_ratio
 
 _MAX_ADJUST = 200  # censoring-count adjustments per interval before accepting the closest
 
@@ -55,13 +56,9 @@ def numbers_at_risk(time, at: Sequence[float]) -> np.ndarray:
 
 
 def cox_hazard_ratio(time_a, event_a, time_b, event_b) -> tuple[float, float, float]:
-    """Cox HR of group a vs group b with its 95 % CI (lifelines, Efron ties)."""
-    df = pd.DataFrame({"time": np.r_[time_a, time_b], "event": np.r_[event_a, event_b],
-                       "group": np.r_[np.ones(len(time_a)), np.zeros(len(time_b))]})
-    cph = CoxPHFitter().fit(df, "time", "event")
-    hr = float(cph.hazard_ratios_["group"])
-    low, high = np.exp(cph.confidence_intervals_.loc["group"].to_numpy(float))
-    return hr, float(low), float(high)
+    """Cox HR of group a vs group b with its 95 % CI (Efron ties; NaN if a group has no event)."""
+    return trial_cox_hazard_ratio(np.r_[time_a, time_b], np.r_[event_a, event_b],
+                                  np.r_[np.ones(len(time_a), bool), np.zeros(len(time_b), bool)])
 
 
 # ---- Guyot reconstruction ----------------------------------------------------------------------
