@@ -93,8 +93,9 @@ def cox_efron_1d(t: np.ndarray, e: np.ndarray, x: np.ndarray, tol: float = 1e-10
     m = times.size
     xc = x - x.mean()                                   # centred: exp(beta x) cannot overflow early
     ev = e.astype(bool)
-    d = np.bincount(inv[ev], minlength=m)               # events per distinct time
-    xd = np.bincount(inv[ev], weights=xc[ev], minlength=m).sum()
+    inv_ev = inv[ev]
+    d = np.bincount(inv_ev, minlength=m)                # events per distinct time
+    xd = xc[ev].sum()
     tied = np.repeat(np.arange(m), d)                   # one row per event: its time's index
     frac = (np.arange(tied.size) - np.repeat(np.cumsum(d) - d, d)) / np.repeat(d, d)  # l / d_j
 
@@ -105,7 +106,7 @@ def cox_efron_1d(t: np.ndarray, e: np.ndarray, x: np.ndarray, tol: float = 1e-10
         for weights in (w, w * xc, w * xc * xc):
             at_time = np.bincount(inv, weights=weights, minlength=m)
             risk = np.cumsum(at_time[::-1])[::-1]       # over {i: t_i >= time}
-            dead = np.bincount(inv[ev], weights=weights[ev], minlength=m)
+            dead = np.bincount(inv_ev, weights=weights[ev], minlength=m)
             sums.append(risk[tied] - frac * dead[tied])  # Efron: the tied deaths leave gradually
         s0, s1, s2 = sums
         mean = s1 / s0
@@ -128,8 +129,7 @@ def cox_efron_1d(t: np.ndarray, e: np.ndarray, x: np.ndarray, tol: float = 1e-10
         loglik, score, info = trial
         if abs(step) < tol * max(1.0, abs(beta)):
             break
-    with np.errstate(divide="ignore"):                  # separation: an infinite SE is the answer
-        return beta, 1.0 / np.sqrt(info)
+    return beta, (1.0 / np.sqrt(info) if info > 0.0 else np.inf)   # separation: SE unbounded
 
 
 def clopper_pearson(responders, n, alpha: float = 0.05) -> tuple[np.ndarray, np.ndarray]:
