@@ -146,7 +146,7 @@ def model_eigenvalues(model, u, c):
     p = np.asarray(model.symbolic.param_values, float).copy()
     p[model.parameters.index("c")] = c
     J = np.zeros((3, 3))
-    model.kernels.jac(0.0, np.asarray(u, float), p, J)
+    model.kernels.jac(0.0, np.asarray(u, float), model.kernels.extended_parameters(p[None])[0], J)
     return np.linalg.eigvals(J)
 
 

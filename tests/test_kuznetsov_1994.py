@@ -25,7 +25,7 @@ def model():
 
 
 def _rhs(model):
-    p = np.asarray(model.symbolic.param_values)
+    p = model.kernels.extended_parameters(np.asarray(model.symbolic.param_values)[None])[0]
 
     def f(y):
         out = np.zeros(2)

@@ -67,7 +67,7 @@ def kernel_parameters(model, **values):
     p = np.asarray(model.symbolic.param_values, float).copy()
     for name, value in values.items():
         p[model.parameters.index(name)] = value
-    return p
+    return model.kernels.extended_parameters(p[None])[0]
 
 
 def jacobian_eigenvalues(model, y, **values):

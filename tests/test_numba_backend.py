@@ -14,8 +14,8 @@ import sympy as sp
 from scipy.integrate import solve_ivp
 
 from immunoedit_models.compile import numba_solvers as ns
-from immunoedit_models.compile.numba_backend import (VERSION_TAG, compile_numba,
-                                                     generate_source)
+from immunoedit_models.compile.numba_backend import (VERSION_TAG, compile_numba, generate_source,
+                                                     hoist_parameter_expressions)
 from immunoedit_models.errors import CompileError, SimulationError
 from immunoedit_models.symbolic import SymbolicModel
 
@@ -58,8 +58,8 @@ POINTS = [(0.3, [0.3, 1.7, 0.8], [1.0, 0.5, 0.1]),
 def test_rhs_tgrad_outputs_match_sympy(kinky_sym, kinky, t, y, p):
     y, p = np.array(y), np.array(p)
     rhs, dt, out = np.empty(3), np.empty(3), np.empty(3)
-    kinky.rhs(t, y, p, rhs)
-    kinky.tgrad(t, y, p, dt)
+    kinky.rhs(t, y, kinky.extended_parameters(p[None])[0], rhs)
+    kinky.tgrad(t, y, kinky.extended_parameters(p[None])[0], dt)
     kinky.outputs_kernel(t, y, p, out)
     np.testing.assert_allclose(rhs, _sympy_eval(kinky_sym, kinky_sym.rhs, t, y, p), rtol=1e-13)
     np.testing.assert_allclose(dt, _sympy_eval(kinky_sym, kinky_sym.tgrad, t, y, p), rtol=1e-13,
@@ -84,7 +84,7 @@ def test_batch_outputs_match_sympy_pointwise(kinky_sym, kinky, n_traj):
 
 @pytest.mark.parametrize("t, y, p", POINTS)
 def test_jacobian_and_tgrad_match_finite_differences(kinky, t, y, p):
-    y, p = np.array(y), np.array(p)
+    y, p = np.array(y), kinky.extended_parameters(np.array(p)[None])[0]
     J, dt = np.empty((3, 3)), np.empty(3)
     kinky.jac(t, y, p, J)
     kinky.tgrad(t, y, p, dt)
@@ -129,19 +129,45 @@ def test_printed_source_uses_multiplications_and_conditionals(kinky_sym):
     assert "else math.nan" in generate_source(sym)
 
 
-def test_divisions_by_parameters_are_printed_as_reciprocals():
-    """x/p leaves the states' dependency chain as x*(1.0/p); divisions by states stay."""
-    sym = SymbolicModel.from_equations(
-        "recip", {"x": "-x/k + y/(k + c) - x*y/(c**2*(1 + x))", "y": "x/y - k*y/c"},
-        {"k": 2.0, "c": 0.7}, {"x": 1.0, "y": 1.0})
-    rhs_src = generate_source(sym).split("def rhs(")[1].split("\n\n")[0]
-    assert re.findall(r"(?<!1\.0)/\(*p\[", rhs_src) == [] and "(1.0/(p[" in rhs_src
-    assert "y[0]/y[1]" in rhs_src
+RECIP = ({"x": "-x/k + y/(k + c) - x*y/(c**2*(1 + x))", "y": "x/y - k*y/c"},
+         {"k": 2.0, "c": 0.7}, {"x": 1.0, "y": 1.0})
+
+
+def test_parameter_only_subexpressions_become_derived_parameters():
+    """1/k, 1/(k + c), 1/c^2 and k/c leave the right-hand side for `extend`, which computes them
+    once per trajectory; divisions by states stay; the kernels still equal sympy's expressions,
+    and a vector of the model's parameters alone gives NaN instead of a read past its end."""
+    sym = SymbolicModel.from_equations("recip", *RECIP)
+    source = generate_source(sym)
+    rhs_src = source.split("def rhs(")[1].split("\n\n")[0]
+    assert re.findall(r"/\(*p\[", rhs_src) == [] and "y[0]/y[1]" in rhs_src
+    assert "N_KERNEL_PARAMS = 6" in source                                  # 2 + 4 derived
     kern = compile_numba(sym)
+    pe = kern.extended_parameters(np.array([[2.0, 0.7]]))
+    np.testing.assert_array_equal(pe[0, :2], [2.0, 0.7])
+    np.testing.assert_allclose(np.sort(pe[0, 2:]), np.sort([1 / 2.0, 1 / 2.7, 1 / 0.49, 2.0 / 0.7]),
+                               rtol=1e-15)
     for y in ([1.3, 0.4], [0.2, 2.5]):
         dy = np.empty(2)
-        kern.rhs(0.0, np.array(y), np.array([2.0, 0.7]), dy)
+        kern.rhs(0.0, np.array(y), pe[0], dy)
         np.testing.assert_allclose(dy, _sympy_eval(sym, sym.rhs, 0.0, y, [2.0, 0.7]), rtol=1e-14)
+        kern.rhs(0.0, np.array(y), np.array([2.0, 0.7]), dy)
+        assert np.isnan(dy).all()
+
+
+def test_hoisting_keeps_every_expression_and_derives_only_from_parameters():
+    sym = SymbolicModel.from_equations(
+        "hoist", {"x": "-k*x + Piecewise((x/(k*c), y > 2*c), (exp(-c/k)*y, True))",
+                  "y": "-(k + c)*y + x**2/(c**2 + x) - k"},
+        {"k": 2.0, "c": 0.7}, {"x": 1.0, "y": 1.0})
+    jac = [e for e in sym.jacobian if e != 0]
+    (rhs, jac_h), derived = hoist_parameter_expressions([list(sym.rhs), jac], sym.param_symbols)
+    back = {s: e for s, e in derived}
+    for new, old in zip([*rhs, *jac_h], [*sym.rhs, *jac]):
+        assert sp.simplify(new.xreplace(back) - old) == 0
+    assert all(e.free_symbols <= set(sym.param_symbols) for _, e in derived)
+    assert len({e for _, e in derived}) == len(derived)
+    assert sp.Integer(2) * sym.param_symbols[1] in back.values()            # 2c, in the condition
 
 
 def test_unknown_symbol_is_a_compile_error(tmp_path):
@@ -244,17 +270,18 @@ def test_stiff_10_state_model_with_doses_matches_radau():
     kern = compile_numba(sym)
     p = np.array(sym.param_values)
     y0 = kern.initial(p[None])[0]
+    pe = kern.extended_parameters(p[None])[0]     # what rhs and jac take
     d_index, dose, dose_times = sym.state_index("D"), 20.0, np.array([0.0, 14.0, 28.0])
     t_out = np.linspace(0.0, 42.0, 43)
 
     def f(t, y):
         out = np.empty(10)
-        kern.rhs(t, y, p, out)
+        kern.rhs(t, y, pe, out)
         return out
 
     def jac(t, y):
         out = np.empty((10, 10))
-        kern.jac(t, y, p, out)
+        kern.jac(t, y, pe, out)
         return out
 
     ref, y = [], y0.copy()

@@ -41,7 +41,7 @@ def _solve(kern, y0, p, t_out, events=(), rtol=1e-8, atol=1e-12, method="rodas5p
 
 def _scipy_rhs(kern, p):
     """rhs(t, y) and jac(t, y) callables for scipy from the numba kernels."""
-    p = np.asarray(p, dtype=float)
+    p = kern.extended_parameters(np.asarray(p, dtype=float)[None])[0]
 
     def f(t, y):
         out = np.empty(y.size)
@@ -193,7 +193,7 @@ def test_fixed_step_global_order_is_five_and_dense_output_is_accurate(forced, me
     errs, dense_errs = [], []
     for n_steps in (20, 40, 80):
         res = _fixed_steps(forced.rhs, forced.jac, forced.tgrad, forced.lu_factor, forced.lu_solve,
-                           ns.METHODS[method], y0, p,
+                           ns.METHODS[method], y0, forced.extended_parameters(p[None])[0],
                            t_end, n_steps, theta)
         h = t_end / n_steps
         errs.append(np.abs(res[0] - _forced_exact(t_end)).max())

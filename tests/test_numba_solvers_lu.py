@@ -86,7 +86,7 @@ def test_lu_kernels_solve_w_as_numpy(reference, inv_hg):
     Y = _solve(kern, reference, P)[0]
     rng = np.random.default_rng(4)
     for b, day in ((0, 3), (1, 40), (2, 100)):
-        y, p = np.ascontiguousarray(Y[b, day]), P[b]
+        y, p = np.ascontiguousarray(Y[b, day]), kern.extended_parameters(P[b][None])[0]
         jmat = np.empty((10, 10))
         kern.jac(float(day), y, p, jmat)
         scale = 1e-9 + 1e-6 * np.abs(y)

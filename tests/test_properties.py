@@ -85,7 +85,7 @@ def test_compiled_rhs_equals_symbolic_rhs(tmp_path_factory, doc, y, t):
     sym = model.symbolic
     p = np.asarray(sym.param_values)
     dy = np.zeros(2)
-    model.kernels.rhs(float(t), np.asarray(y, float), p, dy)
+    model.kernels.rhs(float(t), np.asarray(y, float), model.kernels.extended_parameters(p[None])[0], dy)
     subs = {sym.time: t, **dict(zip(sym.state_symbols, y)), **dict(zip(sym.param_symbols, p))}
     expected = [float(sp.N(e.subs(subs))) for e in sym.rhs]
     np.testing.assert_allclose(dy, expected, rtol=1e-10, atol=1e-12)

@@ -55,7 +55,7 @@ def test_reference_model_rhs_matches_antimony_equations():
 def test_jacobian_sparsity_matches_finite_differences():
     model = ie.compile_model("benchmark_reference", backend="numba")
     sym = model.symbolic
-    p = np.asarray(sym.param_values)
+    p = model.kernels.extended_parameters(np.asarray(sym.param_values)[None])[0]
     y = np.array([1e8, 1e6, 1e5, 2e5, 0.05, 1.0, 0.05, 5.0, 10.0, 2.0])
     f0, J = np.zeros(10), np.zeros((10, 10))
     model.kernels.rhs(0.0, y, p, f0)

@@ -89,6 +89,8 @@ class _NumbaPrinter(PythonCodePrinter):
             raise CompileError(f"symbol {expr.name!r} is neither a state, a parameter nor the "
                                "time; define it in the model spec") from None
 
+    _print_Dummy = _print_Symbol        # derived parameters (`hoist_parameter_expressions`)
+
     def _print_Integer(self, expr: sp.Integer) -> str:
         return repr(float(expr))
 
@@ -157,6 +159,46 @@ def _kernel_source(name: str, signature: str, args: Sequence[str], targets: Sequ
     return "\n".join(lines) + "\n"
 
 
+def hoist_parameter_expressions(kernels: Sequence[Sequence[sp.Expr]], params: Sequence[sp.Symbol]
+                                ) -> tuple[list[list[sp.Expr]], list[tuple[sp.Symbol, sp.Expr]]]:
+    """The expressions of `kernels` with every maximal subexpression of the parameters alone
+    (1/K, p^2, a product or sum of parameters inside a product or sum that also has states)
+    replaced by a derived parameter, and those derived parameters [(symbol, expression)] in
+    order of first appearance, shared by all kernels.
+
+    The solver evaluates the derived parameters once per trajectory (`extend` kernel) instead
+    of in every right-hand side and Jacobian: on the benchmark model 6 of the right-hand
+    side's 16 divisions and squares of parameters, ~8 % of a trajectory. sympy's `cse` only
+    extracts repeated subexpressions, and none that are a subset of a product's factors.
+    """
+    params = frozenset(params)
+    derived: dict[sp.Expr, sp.Symbol] = {}
+
+    def name(expr: sp.Expr) -> sp.Symbol:
+        if expr not in derived:
+            derived[expr] = sp.Dummy(f"q{len(derived)}", real=True)
+        return derived[expr]
+
+    def only_params(expr: sp.Basic) -> bool:
+        return isinstance(expr, sp.Expr) and bool(expr.free_symbols) and expr.free_symbols <= params
+
+    def hoist(expr: sp.Basic) -> sp.Basic:
+        if not expr.args or not isinstance(expr, sp.Expr):
+            return expr.func(*map(hoist, expr.args)) if expr.args else expr
+        if only_params(expr):   # a parameter and a negation cost nothing: not derived
+            if expr.is_Symbol:
+                return expr
+            return -hoist(-expr) if expr.is_Mul and expr.args[0] == -1 else name(expr)
+        if expr.is_Add or expr.is_Mul:
+            group = [a for a in expr.args if only_params(a)]
+            rest = [hoist(a) for a in expr.args if not only_params(a)]
+            return expr.func(*([hoist(expr.func(*group))] if group else []), *rest)
+        return expr.func(*map(hoist, expr.args))
+
+    hoisted = [[hoist(e) for e in exprs] for exprs in kernels]
+    return hoisted, [(s, e) for e, s in derived.items()]
+
+
 class KernelDef(NamedTuple):
     """One model kernel: `name(*args)` assigns `targets[i] = exprs[i]` after `prologue`."""
 
@@ -166,6 +208,43 @@ class KernelDef(NamedTuple):
     targets: list[str]
     exprs: list[sp.Expr]
     prologue: tuple[str, ...] = ()
+
+
+#: The kernels that read derived parameters: those the solvers call at every step.
+HOISTED_KERNELS = ("rhs", "jac", "tgrad")
+
+
+def with_derived_parameters(defs: list[KernelDef], sym: SymbolicModel
+                            ) -> tuple[list[KernelDef], list[tuple[sp.Symbol, sp.Expr]]]:
+    """`kernel_definitions(sym, pointers=True)` with the parameter-only subexpressions of the
+    `HOISTED_KERNELS` moved into derived parameters (`hoist_parameter_expressions`), and the
+    kernel `extend(p, pe)` that writes pe = [p, derived] (n_params + n_derived,). The hoisted
+    kernels take pe (and fill their output with NaN if given a vector of another length,
+    instead of reading past its end); every other kernel reads only pe's first n_params
+    entries, so it takes p or pe alike. Returns the kernels and the derived parameters."""
+    hot = [d for d in defs if d.name in HOISTED_KERNELS]
+    exprs, derived = hoist_parameter_expressions([d.exprs for d in hot], sym.param_symbols)
+    n_ext = sym.n_params + len(derived)
+    n = sym.n_states
+    size = {"rhs": n, "jac": n * n, "tgrad": n}
+    rewritten = {d.name: d._replace(exprs=e, prologue=_with_length_guard(d, n_ext, size[d.name]))
+                 for d, e in zip(hot, exprs)}
+    extend = KernelDef("extend", "PARAM_SIG", ("p_arr", "pe_arr"), [f"pe[{i}]" for i in range(n_ext)],
+                       [*sym.param_symbols, *(e for _, e in derived)],
+                       ("p = _data_pointer(p_arr, 0)", "pe = _data_pointer(pe_arr, 0)"))
+    return [rewritten.get(d.name, d) for d in defs] + [extend], derived
+
+
+def _with_length_guard(kernel: KernelDef, n_ext: int, n_out: int) -> tuple[str, ...]:
+    """The prologue of a hoisted kernel (pointers) with a guard after the pointer views: a
+    parameter vector of another length than n_ext (the model's parameters alone, say) fills the
+    output (n_out entries) with NaN and returns, instead of reading past the vector's end. By
+    pointer: numba's slice assignment would count references at every call."""
+    views = tuple(line for line in kernel.prologue if "_data_pointer" in line)
+    rest = tuple(line for line in kernel.prologue if line not in views)
+    out = kernel.args[-1].removesuffix("_arr")
+    return (*views, f"if p_arr.size != {n_ext}:", f"    for _k in range({n_out}):",
+            f"        {out}[_k] = math.nan", "    return", *rest)
 
 
 def symbol_names(sym: SymbolicModel) -> dict[sp.Symbol, str]:
@@ -305,10 +384,11 @@ def lu_kernel_sources(lu: SparseLU, n: int, factor_decorator: str, solve_decorat
 
 def generate_source(sym: SymbolicModel) -> str:
     """Source of the generated kernel module for `sym` (see module docstring)."""
-    names = symbol_names(sym)
+    defs, derived = with_derived_parameters(kernel_definitions(sym, pointers=True), sym)
+    names = {**symbol_names(sym), **{s: f"p[{sym.n_params + j}]" for j, (s, _) in enumerate(derived)}}
     kernels = [_kernel_source(k.name, k.signature, k.args, k.targets, k.exprs, names, k.prologue,
                               constants=frozenset(sym.param_symbols))
-               for k in kernel_definitions(sym, pointers=True)]
+               for k in defs]
     kernels += lu_kernel_sources(sym.sparse_lu, sym.n_states,
                                  "@njit(LU_FACTOR_SIG, cache=True, error_model='numpy')",
                                  "@njit(LU_SOLVE_SIG, cache=True, error_model='numpy')")
@@ -320,6 +400,8 @@ def generate_source(sym: SymbolicModel) -> str:
         "from immunoedit_models.compile.numba_backend import OUTPUT_SIG, PARAM_SIG\n"
         "from immunoedit_models.compile.numba_solvers import (JAC_SIG, LU_FACTOR_SIG, LU_SOLVE_SIG,\n"
         "                                                     RHS_SIG, TGRAD_SIG, _data_pointer)\n"
+        f"\n#: length of the parameter vectors rhs, jac and tgrad take (`extend`)\n"
+        f"N_KERNEL_PARAMS = {sym.n_params + len(derived)}\n"
     )
     return header + "".join("\n\n" + k for k in kernels)
 
@@ -510,7 +592,9 @@ class NumbaKernels:
     """Compiled kernels of one model and numpy-level batch entry points.
 
     Raw kernels (numba dispatchers with the signatures of `numba_solvers` / this module):
-    rhs, jac, tgrad, lu_factor, lu_solve, initial_kernel, outputs_kernel, dose_factors_kernel.
+    rhs, jac, tgrad, lu_factor, lu_solve, initial_kernel, outputs_kernel, dose_factors_kernel,
+    extend_kernel. rhs, jac and tgrad take the extended parameter vector (n_kernel_params,) of
+    `extended_parameters` (see `with_derived_parameters`); the others the model's parameters.
     """
 
     model_name: str
@@ -526,6 +610,8 @@ class NumbaKernels:
     initial_kernel: Any
     outputs_kernel: Any
     dose_factors_kernel: Any
+    extend_kernel: Any
+    n_kernel_params: int        # parameters + derived parameters (`extended_parameters`)
     lu_factor: Any              # sparse LU of W = I/(h gamma) - J (numba_solvers conventions)
     lu_solve: Any
     blocks: np.ndarray          # block-lower-triangular structure of the Jacobian (solver speed-up)
@@ -548,9 +634,16 @@ class NumbaKernels:
                         dtype=np.int64)
 
     @cached_property
-    def _param_addresses(self) -> tuple[int, int]:
+    def _param_addresses(self) -> tuple[int, int, int]:
         return (kernel_address(self.initial_kernel, PARAM_SIG),
-                kernel_address(self.dose_factors_kernel, PARAM_SIG))
+                kernel_address(self.dose_factors_kernel, PARAM_SIG),
+                kernel_address(self.extend_kernel, PARAM_SIG))
+
+    def extended_parameters(self, P: Any) -> np.ndarray:
+        """Parameter rows P (B, n_params) followed by the derived parameters: the rows
+        (B, n_kernel_params) that rhs, jac and tgrad (and so the solvers) take."""
+        return _map_params(self._param_addresses[2], _rows(P, self.n_params, "P"),
+                           self.n_kernel_params)
 
     def initial(self, P: Any) -> np.ndarray:
         """Initial states (B, n_states) from parameters P (B, n_params)."""
@@ -604,6 +697,7 @@ class NumbaKernels:
         y0, params, t, scans, ev = check_solve_inputs(
             self, Y0, P, t0, t_out, ev_t, ev_state, ev_kind, ev_value, rtol, atol, method,
             max_steps, scan_t, burden_index, ev_guard)
+        params = _map_params(self._param_addresses[2], params, self.n_kernel_params)
         n_traj = y0.shape[0]
         n_outputs = len(self.output_names)
         opts = (scans, n_outputs, int(burden_index), float(pd_rel), float(pd_abs), float(rtol),
@@ -637,4 +731,5 @@ def compile_numba(sym: SymbolicModel, cache_dir: Path | None = None) -> NumbaKer
         output_names=tuple(sym.outputs), drug_names=tuple(sym.dose_targets),
         rhs=module.rhs, jac=module.jac, tgrad=module.tgrad, initial_kernel=module.initial,
         outputs_kernel=module.outputs, dose_factors_kernel=module.dose_factors,
+        extend_kernel=module.extend, n_kernel_params=module.N_KERNEL_PARAMS,
         lu_factor=module.lu_factor, lu_solve=module.lu_solve, blocks=sym.jacobian_blocks)

@@ -6,8 +6,10 @@ once and caches them on disk for every model; each model only compiles its own s
 (see `numba_backend`). The public entry points take the kernels by C address (`KERNELS`,
 `kernel_address`): passing numba dispatchers from Python costs ~10 us per function and call.
 
-Kernel conventions (all arrays C-contiguous float64):
-    rhs(t, y (n,), p (n_par,), dy_out (n,))        dy/dt
+Kernel conventions (all arrays C-contiguous float64; p is the parameter vector extended by the
+model's derived parameters, `numba_backend.with_derived_parameters`, which the outputs kernel
+reads only the first n_par entries of):
+    rhs(t, y (n,), p (n_par + n_derived,), dy_out (n,))   dy/dt
     jac(t, y, p, J_out (n, n))                     J[i, j] = d f_i / d y_j (dense)
     tgrad(t, y, p, dt_out (n,))                    d f / dt
     lu_factor(inv_hg, J, scale, w) -> bool         factors of W = inv_hg I - J into w (n, n)

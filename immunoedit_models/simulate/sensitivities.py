@@ -147,7 +147,8 @@ class ForwardSensitivities:
         kern = model.kernels
         out, status, n_acc, n_rej = sensitivity_entry()(
             kern.rhs, kern.jac, kern.tgrad, self.kernels.sens_rhs, self.kernels.sens_dir,
-            self.kernels.sens_tgrad, kern.blocks, y0, np.ascontiguousarray(s0), P, self.t0, self.times,
+            self.kernels.sens_tgrad, kern.blocks, y0, np.ascontiguousarray(s0),
+            kern.extended_parameters(P), self.t0, self.times,
             ev.time, ev.state, ev.kind, np.ascontiguousarray(ev.value), np.ascontiguousarray(dvalue),
             self.rtol, self.atol, atol_s, self.sens_error, self.max_steps, 0.0)
         B, n_t = len(P), self.times.size
