@@ -23,8 +23,8 @@ import numpy as np
 import sympy as sp
 
 from ..symbolic import SymbolicModel, cse_blocks
-from .numba_backend import (VERSION_TAG, _import_generated, _kernel_source, _NumbaPrinter,
-                            _write_atomic, default_cache_dir, symbol_names)
+from .numba_backend import (KERNEL_OPTIONS, VERSION_TAG, _import_generated, _kernel_source,
+                            _NumbaPrinter, _write_atomic, default_cache_dir, symbol_names)
 
 _SOURCE_HASH = hashlib.sha256(Path(__file__).read_bytes()
                               + (Path(__file__).parent / "numba_sensitivity.py").read_bytes()).hexdigest()[:8]
@@ -96,7 +96,7 @@ def _loop_kernel(name: str, args: Sequence[str], program: Program, matrix: Seque
     body += [f"out[{i * k + m}] += {printer.doprint(e)}"
              for (i, m), e in zip(additive, results[len(matrix):]) if e != 0]
     sig = "SENS_DIR_SIG" if "v" in args else "SENS_SIG"
-    source = [f"@njit({sig}, cache=True, error_model='numpy')", f"def {name}({', '.join(args)}):",
+    source = [f"@njit({sig}, {KERNEL_OPTIONS})", f"def {name}({', '.join(args)}):",
               *(f"    {line}" for line in body), "    return"]
     return "\n".join(source) + "\n"
 
