@@ -143,8 +143,9 @@ def _kernel_source(name: str, signature: str, args: Sequence[str], targets: Sequ
                    exprs: Sequence[sp.Expr], names: Mapping[sp.Symbol, str],
                    prologue: Sequence[str] = (), decorator: str | None = None,
                    printer_cls: type[_NumbaPrinter] = _NumbaPrinter,
-                   constants: frozenset[sp.Symbol] = frozenset()) -> str:
-    """Source of one kernel that assigns `targets[i] = exprs[i]` after CSE.
+                   constants: frozenset[sp.Symbol] = frozenset(), epilogue: Sequence[str] = ()) -> str:
+    """Source of one kernel that assigns `targets[i] = exprs[i]` after CSE, between the lines of
+    `prologue` and `epilogue`.
 
     decorator: its line (default: njit with `signature`, cached); printer_cls: the sympy printer
     (the CUDA backend passes its own decorator and printer); constants: symbols independent of
@@ -159,7 +160,7 @@ def _kernel_source(name: str, signature: str, args: Sequence[str], targets: Sequ
         body = [*prologue,
                 *(f"{s.name} = {printer.doprint(e)}" for s, e in replacements),
                 *(f"{tgt} = {printer.doprint(e)}" for tgt, e in zip(targets, reduced)),
-                "return"]
+                *epilogue, "return"]
     except (sp.printing.codeprinter.PrintMethodNotImplementedError, NotImplementedError) as exc:
         raise CompileError(f"kernel {name!r}: cannot print for numba: {exc}") from exc
     lines = [decorator or f"@njit({signature}, {KERNEL_OPTIONS})",
@@ -208,7 +209,8 @@ def hoist_parameter_expressions(kernels: Sequence[Sequence[sp.Expr]], params: Se
 
 
 class KernelDef(NamedTuple):
-    """One model kernel: `name(*args)` assigns `targets[i] = exprs[i]` after `prologue`."""
+    """One model kernel: `name(*args)` assigns `targets[i] = exprs[i]` between `prologue` and
+    `epilogue`."""
 
     name: str
     signature: str
@@ -216,31 +218,48 @@ class KernelDef(NamedTuple):
     targets: list[str]
     exprs: list[sp.Expr]
     prologue: tuple[str, ...] = ()
+    epilogue: tuple[str, ...] = ()
 
 
 #: The kernels that read derived parameters: those the solvers call at every step.
 HOISTED_KERNELS = ("rhs", "jac", "tgrad")
 
 
-def with_derived_parameters(defs: list[KernelDef], sym: SymbolicModel
-                            ) -> tuple[list[KernelDef], list[tuple[sp.Symbol, sp.Expr]]]:
-    """`kernel_definitions(sym, pointers=True)` with the parameter-only subexpressions of the
-    `HOISTED_KERNELS` moved into derived parameters (`hoist_parameter_expressions`), and the
-    kernel `extend(p, pe)` that writes pe = [p, derived] (n_params + n_derived,). The hoisted
-    kernels take pe (and fill their output with NaN if given a vector of another length,
-    instead of reading past its end); every other kernel reads only pe's first n_params
-    entries, so it takes p or pe alike. Returns the kernels and the derived parameters."""
+def solver_kernels(defs: list[KernelDef], sym: SymbolicModel
+                   ) -> tuple[list[KernelDef], list[tuple[sp.Symbol, sp.Expr]]]:
+    """`kernel_definitions(sym, pointers=True)` as the CPU solvers take them.
+
+    - The parameter-only subexpressions of the `HOISTED_KERNELS` become derived parameters
+      (`hoist_parameter_expressions`), and the kernel `extend(p, pe)` writes pe = [p, derived]
+      (n_params + n_derived,). The hoisted kernels take pe (and fill their output with NaN if
+      given a vector of another length, instead of reading past its end); every other kernel
+      reads only pe's first n_params entries, so it takes p or pe alike.
+    - jac and tgrad return a non-finite partial derivative as 0: (L/T)^lambda with lambda < 1
+      has an infinite derivative at L = 0 while f is finite, and the Rosenbrock stages then use
+      an approximate Jacobian whose error the embedded estimate still controls (a non-finite f
+      is a failure, status 2). Only entries that are not constants are tested (31 of the
+      benchmark model's 100 partials and none of its time derivatives, instead of a test of
+      every entry by the solver: ~2 % of a step).
+
+    Returns the kernels and the derived parameters."""
     hot = [d for d in defs if d.name in HOISTED_KERNELS]
     exprs, derived = hoist_parameter_expressions([d.exprs for d in hot], sym.param_symbols)
     n_ext = sym.n_params + len(derived)
     n = sym.n_states
     size = {"rhs": n, "jac": n * n, "tgrad": n}
-    rewritten = {d.name: d._replace(exprs=e, prologue=_with_length_guard(d, n_ext, size[d.name]))
+    rewritten = {d.name: d._replace(exprs=e, prologue=_with_length_guard(d, n_ext, size[d.name]),
+                                    epilogue=() if d.name == "rhs" else _finite_or_zero(d.targets, e))
                  for d, e in zip(hot, exprs)}
     extend = KernelDef("extend", "PARAM_SIG", ("p_arr", "pe_arr"), [f"pe[{i}]" for i in range(n_ext)],
                        [*sym.param_symbols, *(e for _, e in derived)],
                        ("p = _data_pointer(p_arr, 0)", "pe = _data_pointer(pe_arr, 0)"))
     return [rewritten.get(d.name, d) for d in defs] + [extend], derived
+
+
+def _finite_or_zero(targets: Sequence[str], exprs: Sequence[sp.Expr]) -> tuple[str, ...]:
+    """Lines that set each target to 0 if it is not finite, for targets of non-constant exprs."""
+    return tuple(line for tgt, e in zip(targets, exprs) if not e.is_number
+                 for line in (f"if not math.isfinite({tgt}):", f"    {tgt} = 0.0"))
 
 
 def _with_length_guard(kernel: KernelDef, n_ext: int, n_out: int) -> tuple[str, ...]:
@@ -392,10 +411,10 @@ def lu_kernel_sources(lu: SparseLU, n: int, factor_decorator: str, solve_decorat
 
 def generate_source(sym: SymbolicModel) -> str:
     """Source of the generated kernel module for `sym` (see module docstring)."""
-    defs, derived = with_derived_parameters(kernel_definitions(sym, pointers=True), sym)
+    defs, derived = solver_kernels(kernel_definitions(sym, pointers=True), sym)
     names = {**symbol_names(sym), **{s: f"p[{sym.n_params + j}]" for j, (s, _) in enumerate(derived)}}
     kernels = [_kernel_source(k.name, k.signature, k.args, k.targets, k.exprs, names, k.prologue,
-                              constants=frozenset(sym.param_symbols))
+                              constants=frozenset(sym.param_symbols), epilogue=k.epilogue)
                for k in defs]
     kernels += lu_kernel_sources(sym.sparse_lu, sym.n_states,
                                  f"@njit(LU_FACTOR_SIG, {KERNEL_OPTIONS})", f"@njit(LU_SOLVE_SIG, {KERNEL_OPTIONS})")
@@ -601,7 +620,7 @@ class NumbaKernels:
     Raw kernels (numba dispatchers with the signatures of `numba_solvers` / this module):
     rhs, jac, tgrad, lu_factor, lu_solve, initial_kernel, outputs_kernel, dose_factors_kernel,
     extend_kernel. rhs, jac and tgrad take the extended parameter vector (n_kernel_params,) of
-    `extended_parameters` (see `with_derived_parameters`); the others the model's parameters.
+    `extended_parameters` (see `solver_kernels`); the others the model's parameters.
     """
 
     model_name: str

@@ -38,8 +38,7 @@ from .numba_solvers import (_BETA1, _BETA2, _QMAX, _R_A, _R_C, _R_GAMMA, _R_c, _
                             JAC_TYPE, RHS_TYPE, RODAS5P, STATUS_MAX_STEPS, STATUS_NON_FINITE,
                             STATUS_OK, STATUS_STEP_UNDERFLOW, TGRAD_TYPE, _advance,
                             _after_accept, _after_reject, _all_finite, _block_solve_row,
-                            _initial_step, _invert_blocks, _restart_step, _rms_norm,
-                            _zero_non_finite, compiled)
+                            _initial_step, _invert_blocks, _restart_step, _rms_norm, compiled)
 
 SENS_SIG = void(float64, float64[::1], float64[::1], float64[::1], float64[::1])
 SENS_DIR_SIG = void(float64, float64[::1], float64[::1], float64[::1], float64[::1], float64[::1])
@@ -250,7 +249,6 @@ def _integrate_sens(rhs, jac, tgrad, srhs, sdir, stgrad, blocks, y0, s0, p, t0, 
                     break
                 jac(t, Y[:n], p, jmat)
                 tgrad(t, Y[:n], p, dtg[:n])
-                _zero_non_finite(jmat, dtg[:n])
                 stgrad(t, Y[:n], p, Y[n:], dtg[n:])
                 for i in range(n, N):
                     if not np.isfinite(dtg[i]):

@@ -7,11 +7,12 @@ once and caches them on disk for every model; each model only compiles its own s
 `kernel_address`): passing numba dispatchers from Python costs ~10 us per function and call.
 
 Kernel conventions (all arrays C-contiguous float64; p is the parameter vector extended by the
-model's derived parameters, `numba_backend.with_derived_parameters`, which the outputs kernel
+model's derived parameters, `numba_backend.solver_kernels`, which the outputs kernel
 reads only the first n_par entries of):
     rhs(t, y (n,), p (n_par + n_derived,), dy_out (n,))   dy/dt
     jac(t, y, p, J_out (n, n))                     J[i, j] = d f_i / d y_j (dense)
     tgrad(t, y, p, dt_out (n,))                    d f / dt
+jac and tgrad return non-finite partial derivatives as 0 (`numba_backend.solver_kernels`).
     lu_factor(inv_hg, J, scale, w) -> bool         factors of W = inv_hg I - J into w (n, n)
     lu_solve(w, b, c, out)                         out (n,) = W^-1 (b + c) from those factors
 The two LU kernels take pointers to the arrays' data (matrices flat in C order). They are
@@ -188,23 +189,6 @@ _T_R = np.array([
 # solves: the 8 stage solves of a step are sequential and a triangular solve is a chain of
 # dependent loads and stores, whereas W^-1 b is independent dot products; the Gauss-Jordan
 # elimination itself is unit-stride row operations that pipeline well.
-@njit(cache=True, error_model="numpy")
-def _zero_non_finite(jmat, dtg):
-    """Replace infinite or NaN partial derivatives by 0 in the step's linear algebra.
-
-    Terms such as (L/T)^lambda with lambda < 1 have an infinite derivative at L = 0 while f itself
-    is finite; Rosenbrock stages then use an approximate Jacobian there, and the embedded error
-    estimate still controls the step. Non-finite f is caught separately (status 2).
-    """
-    n = dtg.size
-    for i in range(n):
-        if not np.isfinite(dtg[i]):
-            dtg[i] = 0.0
-        for j in range(n):
-            if not np.isfinite(jmat[i, j]):
-                jmat[i, j] = 0.0
-
-
 @njit(cache=True, error_model="numpy", fastmath=_FASTMATH, inline="always")
 def _invert_blocks(a, piv, blocks):
     """Invert in place the diagonal blocks of a block-lower-triangular a (n, n).
@@ -729,7 +713,6 @@ def _integrate(rhs, jac, tgrad, lu_factor, lu_solve, outputs, blocks, y0, p, t0,
                 if rodas:
                     jac(t, y, p, jmat)
                     tgrad(t, y, p, dtg)
-                    _zero_non_finite(jmat, dtg)
                     for i in range(n):
                         scale[i] = atol + rtol * abs(y[i])
                 new_point = False
