@@ -237,9 +237,10 @@ def solver_kernels(defs: list[KernelDef], sym: SymbolicModel
     - jac and tgrad return a non-finite partial derivative as 0: (L/T)^lambda with lambda < 1
       has an infinite derivative at L = 0 while f is finite, and the Rosenbrock stages then use
       an approximate Jacobian whose error the embedded estimate still controls (a non-finite f
-      is a failure, status 2). Only entries that are not constants are tested (31 of the
-      benchmark model's 100 partials and none of its time derivatives, instead of a test of
-      every entry by the solver: ~2 % of a step).
+      is a failure, status 2). Only entries that are not constants are tested: 31 of the
+      benchmark model's 100 partials and none of its time derivatives. The solver used to test
+      every entry after each call; that loop cost ~4 % of a trajectory (10 pairs of
+      alternating processes: median ratio 0.96 single, 1.07 batch).
 
     Returns the kernels and the derived parameters."""
     hot = [d for d in defs if d.name in HOISTED_KERNELS]
