@@ -163,6 +163,15 @@ def test_non_finite_partials_are_returned_as_zero_and_only_they(t, y, kinks):
     np.testing.assert_allclose(np.concatenate([jmat.ravel(), dtg]), expect, rtol=1e-14, atol=0)
 
 
+def test_partials_whose_sum_overflows_are_kept():
+    """jac tests the sum of its entries first; an overflowing sum of finite entries repairs nothing."""
+    sym = SymbolicModel.from_equations("big", {"x": "k*x*y", "y": "-y"}, {"k": 1e300}, {"x": 1.0, "y": 1.0})
+    kern = compile_numba(sym)
+    jmat = np.empty((2, 2))
+    kern.jac(0.0, np.array([1e8, 1.5e8]), kern.extended_parameters(np.array([[1e300]]))[0], jmat)
+    np.testing.assert_array_equal(jmat, [[1.5e308, 1e308], [0.0, -1.0]])
+
+
 # ---- simulate's single-trajectory caches ------------------------------------------------------
 def test_simulate_result_equals_the_dataset_built_from_scratch(reference):
     ds = ie.simulate(reference, DAYS, params={"kkill": 2.0})
