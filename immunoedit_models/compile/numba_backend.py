@@ -251,9 +251,11 @@ def solver_kernels(defs: list[KernelDef], sym: SymbolicModel
     rewritten = {d.name: d._replace(exprs=e, prologue=_with_length_guard(d, n_ext, size[d.name]),
                                     epilogue=() if d.name == "rhs" else _finite_or_zero(d, e, size[d.name], varying))
                  for d, e in zip(hot, exprs)}
-    extend = KernelDef("extend", "PARAM_SIG", ("p_arr", "pe_arr"), [f"pe[{i}]" for i in range(n_ext)],
-                       [*sym.param_symbols, *(e for _, e in derived)],
-                       ("p = _data_pointer(p_arr, 0)", "pe = _data_pointer(pe_arr, 0)"))
+    n_par = sym.n_params
+    extend = KernelDef("extend", "PARAM_SIG", ("p_arr", "pe_arr"),
+                       [f"pe[{n_par + j}]" for j in range(len(derived))], [e for _, e in derived],
+                       ("p = _data_pointer(p_arr, 0)", "pe = _data_pointer(pe_arr, 0)",
+                        f"for _k in range({n_par}):", "    pe[_k] = p[_k]"))
     return [rewritten.get(d.name, d) for d in defs] + [extend], derived
 
 
