@@ -239,6 +239,18 @@ def test_solve_rejects_inconsistent_inputs(kinky):
     with pytest.raises(SimulationError, match="sorted"):
         kinky.solve(Y0, P, 0.0, t_out, [[0.5, 0.2]], [[0, 0]], [[0, 0]], [[1.0, 1.0]], 1e-6,
                     1e-9)
+    bad = {"scan_t must be finite, sorted, with scan_t >= t0":
+           dict(scan_t=[1.0, 0.5]),
+           "event kind must be 0 (bolus) or 1 (rate)":
+           dict(ev_kind=[[7], [0]], ev_t=[[0.5], [0.5]]),
+           "event values must be finite":
+           dict(ev_value=[[np.nan], [1.0]], ev_t=[[0.5], [0.5]])}
+    for message, change in bad.items():
+        args = dict(zip(("ev_t", "ev_state", "ev_kind", "ev_value"), ev)) | change
+        scan = args.pop("scan_t", ())
+        with pytest.raises(SimulationError) as info:
+            kinky.solve_scanned(Y0, P, 0.0, t_out, rtol=1e-6, atol=1e-9, scan_t=scan, **args)
+        assert str(info.value) == message
 
 
 # ---- a 10-state stiff model with dosing vs scipy Radau ----------------------------------------

@@ -18,7 +18,7 @@ import re
 import sys
 import uuid
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
@@ -564,6 +564,8 @@ def _sorted_finite_from(t, t0):
     return True
 
 
+_INPUT_PROBLEMS = ("t_out must be a finite, sorted 1-d array with t_out >= t0",
+                   "scan_t must be finite, sorted, with scan_t >= t0")
 _EVENT_PROBLEMS = ("event times must be sorted per trajectory (pad with +inf), no NaN",
                    "event state index out of range [0, {n_states})",
                    f"event kind must be {EVENT_BOLUS} (bolus) or {EVENT_RATE} (rate)",
@@ -590,6 +592,30 @@ def _event_problem(ev_t, ev_state, ev_kind, ev_value, n_states):
     return -1
 
 
+@njit(int64(float64[::1], float64, float64[::1], float64[:, ::1], int64[:, ::1], int64[:, ::1],
+           float64[:, ::1], int64), cache=True)
+def _input_problem(t_out, t0, scan_t, ev_t, ev_state, ev_kind, ev_value, n_states):
+    """-1 if output times, scan times and events are valid, else the index of the first problem
+    in `_INPUT_PROBLEMS + _EVENT_PROBLEMS`: one compiled call instead of three (each call into
+    numba costs ~0.4 us, and a trajectory ~250 us)."""
+    if not _sorted_finite_from(t_out, t0):
+        return 0
+    if not _sorted_finite_from(scan_t, t0):
+        return 1
+    problem = _event_problem(ev_t, ev_state, ev_kind, ev_value, n_states)
+    return problem if problem < 0 else len(_INPUT_PROBLEMS) + problem
+
+
+#: scan_t of a solve without scans (the solvers only read it)
+_NO_SCANS = np.empty(0)
+
+
+@lru_cache(maxsize=8)
+def _no_guard(shape: tuple[int, int]) -> np.ndarray:
+    """ev_guard (B, n_ev) of -inf, every event applied (the solvers only read it)."""
+    return np.full(shape, -np.inf)
+
+
 def _event_rows(x: Any, shape: tuple[int, int], dtype: type) -> np.ndarray:
     """x broadcast to shape as a writeable C array of dtype (no copy if it already is one)."""
     arr = _c_array(x, dtype)
@@ -611,12 +637,13 @@ def check_solve_inputs(kernels: Any, Y0: Any, P: Any, t0: float, t_out: Any, ev_
     if params.shape[0] != n_traj:
         raise SimulationError(f"P has {params.shape[0]} rows but Y0 has {n_traj}")
     t = _c_array(t_out)
-    if t.ndim != 1 or not _sorted_finite_from(t, float(t0)):
-        raise SimulationError("t_out must be a finite, sorted 1-d array with t_out >= t0")
-    scans = _c_array(scan_t if type(scan_t) is np.ndarray and scan_t.ndim == 1
-                     else np.asarray(scan_t, dtype=np.float64).reshape(-1))
-    if not _sorted_finite_from(scans, float(t0)):
-        raise SimulationError("scan_t must be finite, sorted, with scan_t >= t0")
+    if t.ndim != 1:
+        raise SimulationError(_INPUT_PROBLEMS[0])
+    if type(scan_t) is tuple and not scan_t:
+        scans = _NO_SCANS
+    else:
+        scans = _c_array(scan_t if type(scan_t) is np.ndarray and scan_t.ndim == 1
+                         else np.asarray(scan_t, dtype=np.float64).reshape(-1))
     n_outputs = len(kernels.output_names)
     if scans.size and not 0 <= burden_index < n_outputs:
         raise SimulationError(f"burden_index {burden_index} is not an output index "
@@ -624,13 +651,13 @@ def check_solve_inputs(kernels: Any, Y0: Any, P: Any, t0: float, t_out: Any, ev_
     if not (rtol > 0 and atol > 0 and max_steps >= 1):
         raise SimulationError("rtol and atol must be > 0 and max_steps >= 1")
     shape = (n_traj, np.shape(ev_t)[-1])
-    guard = np.full(shape, -np.inf) if ev_guard is None else ev_guard
+    guard = _no_guard(shape) if ev_guard is None else ev_guard
     ev = [_event_rows(a, shape, dt) for a, dt in
           ((ev_t, np.float64), (ev_state, np.int64), (ev_kind, np.int64),
            (ev_value, np.float64), (guard, np.float64))]
-    problem = _event_problem(*ev[:4], kernels.n_states)
+    problem = _input_problem(t, float(t0), scans, *ev[:4], kernels.n_states)
     if problem >= 0:
-        raise SimulationError(_EVENT_PROBLEMS[problem].format(n_states=kernels.n_states))
+        raise SimulationError((_INPUT_PROBLEMS + _EVENT_PROBLEMS)[problem].format(n_states=kernels.n_states))
     return y0, params, t, scans, ev
 
 
