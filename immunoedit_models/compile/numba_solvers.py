@@ -189,7 +189,7 @@ _T_R = np.array([
 # solves: the 8 stage solves of a step are sequential and a triangular solve is a chain of
 # dependent loads and stores, whereas W^-1 b is independent dot products; the Gauss-Jordan
 # elimination itself is unit-stride row operations that pipeline well.
-@njit(cache=True, error_model="numpy", fastmath=_FASTMATH, inline="always")
+@njit(cache=True, error_model="numpy", fastmath=_FASTMATH)
 def _invert_blocks(a, piv, blocks):
     """Invert in place the diagonal blocks of a block-lower-triangular a (n, n).
 
@@ -515,19 +515,6 @@ def _scan(outputs, t, y, p, out_buf, burden_index, s, scan_value, nadir, pd_time
 
 
 @njit(cache=True, error_model="numpy", fastmath=_FASTMATH, inline="always")
-def _attempt(rodas, rhs, lu_factor, lu_solve, t, h, y, p, u_in, f0, jmat, dtg, scale, w, piv,
-             blocks, k, ytmp, ftmp, err_vec, y_new, rtol, atol):
-    """One step attempt of the chosen method; returns the scaled error norm (inf: singular W)."""
-    if rodas:
-        if not _rodas_step(rhs, lu_factor, lu_solve, t, h, y, p, u_in, f0, jmat, dtg, scale, w,
-                           piv, blocks, k, ytmp, ftmp, y_new):
-            return np.inf
-        return _rms_norm(k[7], y, y_new, rtol, atol)
-    _tsit5_step(rhs, t, h, y, p, u_in, k, err_vec, y_new)
-    return _rms_norm(err_vec, y, y_new, rtol, atol)
-
-
-@njit(cache=True, error_model="numpy", fastmath=_FASTMATH, inline="always")
 def _dense_outputs(rodas, t, h, t_new, io, t_out, y, y_new, k, y_out):
     """Write outputs with t_out in [t, t_new) by dense output of the accepted step; next index."""
     while io < t_out.size and t_out[io] < t_new:
@@ -721,8 +708,16 @@ def _integrate(rhs, jac, tgrad, lu_factor, lu_solve, outputs, blocks, y0, p, t0,
                 break
             last = t + 1.01 * h >= t_end
             h_step = t_end - t if last else h
-            err = _attempt(rodas, rhs, lu_factor, lu_solve, t, h_step, y, p, u_in, f0, jmat, dtg,
-                           scale, w, piv, blocks, k, ytmp, ftmp, err_vec, y_new, rtol, atol)
+            # the step attempt (not a helper: numba inlines by copying the IR, and a level of
+            # inlining around `_rodas_step` cost ~1.8 s of the first compile after installing)
+            if not rodas:
+                _tsit5_step(rhs, t, h_step, y, p, u_in, k, err_vec, y_new)
+                err = _rms_norm(err_vec, y, y_new, rtol, atol)
+            elif _rodas_step(rhs, lu_factor, lu_solve, t, h_step, y, p, u_in, f0, jmat, dtg, scale,
+                             w, piv, blocks, k, ytmp, ftmp, y_new):
+                err = _rms_norm(k[7], y, y_new, rtol, atol)
+            else:
+                err = np.inf        # W singular
             if err <= 1.0:
                 t, io = _advance(rodas, last, t, t_end, h_step, io, t_out, y, y_new, k, y_out)
                 n_acc += 1
