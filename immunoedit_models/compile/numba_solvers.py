@@ -12,9 +12,9 @@ reads only the first n_par entries of):
     rhs(t, y (n,), p (n_par + n_derived,), dy_out (n,))   dy/dt
     jac(t, y, p, J_out (n, n))                     J[i, j] = d f_i / d y_j (dense)
     tgrad(t, y, p, dt_out (n,))                    d f / dt
-jac and tgrad return non-finite partial derivatives as 0 (`numba_backend.solver_kernels`).
     lu_factor(inv_hg, J, scale, w) -> bool         factors of W = inv_hg I - J into w (n, n)
     lu_solve(w, b, c, out)                         out (n,) = W^-1 (b + c) from those factors
+jac and tgrad return non-finite partial derivatives as 0 (`numba_backend.solver_kernels`).
 The two LU kernels take pointers to the arrays' data (matrices flat in C order). They are
 straight-line code for the model's sparsity (`numba_backend.lu_kernel_sources`); lu_factor tests
 its pivots in the error weights scale (n,) = atol + rtol |y| and returns False when one is too
