@@ -58,8 +58,9 @@ POINTS = [(0.3, [0.3, 1.7, 0.8], [1.0, 0.5, 0.1]),
 def test_rhs_tgrad_outputs_match_sympy(kinky_sym, kinky, t, y, p):
     y, p = np.array(y), np.array(p)
     rhs, dt, out = np.empty(3), np.empty(3), np.empty(3)
-    kinky.rhs(t, y, kinky.extended_parameters(p[None])[0], rhs)
-    kinky.tgrad(t, y, kinky.extended_parameters(p[None])[0], dt)
+    pe = kinky.extended_parameters(p[None])[0]     # what rhs and tgrad take
+    kinky.rhs(t, y, pe, rhs)
+    kinky.tgrad(t, y, pe, dt)
     kinky.outputs_kernel(t, y, p, out)
     np.testing.assert_allclose(rhs, _sympy_eval(kinky_sym, kinky_sym.rhs, t, y, p), rtol=1e-13)
     np.testing.assert_allclose(dt, _sympy_eval(kinky_sym, kinky_sym.tgrad, t, y, p), rtol=1e-13,
