@@ -188,9 +188,11 @@ def test_simulate_results_do_not_share_data_or_attributes(reference):
     first["T"].values[:] = -1.0
     first["T"].attrs["units"] = "changed"
     first.attrs["model"] = "changed"
+    first["time"].attrs["units"] = "changed"
     second = ie.simulate(reference, DAYS)
     np.testing.assert_array_equal(second["T"].values, expected)
     assert second["T"].attrs["units"] == "cell" and second.attrs["model"] == "benchmark_reference"
+    assert second["time"].attrs["units"] == "day"
 
 
 def test_cached_events_follow_the_parameters(reference):

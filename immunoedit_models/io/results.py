@@ -22,6 +22,7 @@ STATUS_MEANINGS = {
     3: "step size too small (or solver failure)",
     4: "no steady state reached in pre-equilibration",
 }
+_STATUS_MEANINGS_JSON = json.dumps(STATUS_MEANINGS)
 
 
 @lru_cache(maxsize=1)
@@ -51,7 +52,7 @@ def provenance(model, **settings: Any) -> dict[str, Any]:
         "time_unit": model.symbolic.time_unit,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "versions": _versions_json(),
-        "status_meanings": json.dumps(STATUS_MEANINGS),
+        "status_meanings": _STATUS_MEANINGS_JSON,
     }
     for key, value in settings.items():
         if value is not None:

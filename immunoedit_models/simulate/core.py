@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass
 from functools import lru_cache
@@ -129,7 +130,8 @@ def _spec_regimen(model: CompiledModel, name: str) -> Regimen:
 
 def time_grid(times: Any) -> np.ndarray:
     t = np.asarray(times, dtype=float).ravel()
-    if t.size == 0 or not np.all(np.isfinite(t)) or np.any(np.diff(t) < 0):
+    # non-decreasing (a NaN fails the comparison) between finite ends: all finite
+    if t.size == 0 or not (math.isfinite(t[0]) and math.isfinite(t[-1]) and (np.diff(t) >= 0).all()):
         raise SimulationError("times must be a non-empty, finite, non-decreasing array of days")
     return t
 
@@ -237,49 +239,64 @@ def simulate_arrays(model, P, Y0, t0, times, regimens, settings, steady_state: b
 # ---- results ----------------------------------------------------------------------------------
 def to_dataset(model: CompiledModel, times: np.ndarray, got: Mapping[str, np.ndarray],
                batch_index: pd.Index | None, P: np.ndarray, varied: list[str], attrs: dict) -> xr.Dataset:
-    """Label arrays: each state and output over ([sample,] time), per-run status and n_steps.
-
-    A single run (batch_index None) fills a cached template of the same model, times and varied
-    parameters (`Dataset.copy` with new data: ~4x faster than building the Dataset, which
-    dominated `simulate` for one trajectory)."""
+    """Label arrays: each state and output over ([sample,] time), per-run status and n_steps."""
     if batch_index is None:
-        template = _single_run_template(model, np.ascontiguousarray(times).tobytes(), tuple(varied))
-        data = _dataset_data(model, got, None, P, varied)
-        ds = template.copy(deep=False, data={name: value for name, (_, value, _) in data.items()})
-        ds.attrs = dict(attrs)
-        return ds
+        return _single_run_dataset(model, times, got, P, varied, attrs)
     return _build_dataset(model, times, got, batch_index, P, varied, attrs)
 
 
+def _single_run_dataset(model: CompiledModel, times: np.ndarray, got: Mapping[str, np.ndarray], P: np.ndarray,
+                        varied: list[str], attrs: dict) -> xr.Dataset:
+    """`_build_dataset` of one run, with the time coordinate and its index built once per model and
+    times.
+
+    Written with xarray's constructors that skip checks (`Variable(fastpath=True)`,
+    `Dataset._construct_direct`): the checked ones took 0.12 ms, a quarter of `simulate` for one
+    trajectory; these take 0.04 ms. The data are ours and already valid, and
+    `test_numba_solvers_lu` holds the result identical to `_build_dataset`'s."""
+    coords, sizes, indexes = _single_run_coords(model, np.ascontiguousarray(times).tobytes())
+    variables = {name: variable.copy(deep=False) for name, variable in coords.items()}  # own attrs
+    for name, (dims, values, var_attrs) in _dataset_data(model, got, None, P, varied).items():
+        variables[name] = xr.Variable(dims, values, var_attrs, fastpath=True)
+    return xr.Dataset._construct_direct(variables, set(coords), dict(sizes), dict(attrs), dict(indexes))
+
+
 @lru_cache(maxsize=32)
-def _single_run_template(model: CompiledModel, times_bytes: bytes, varied: tuple[str, ...]) -> xr.Dataset:
-    """An empty single-run Dataset of the model's variables over `times` (float64 bytes)."""
-    n_out = len(times_bytes) // 8
-    got = {"Y": np.zeros((1, n_out, len(model.states))), "outputs": np.zeros((1, n_out, len(model.output_names))),
-           "status": np.zeros(1, np.int64), "n_steps": np.zeros(1, np.int64), "n_rejected": np.zeros(1, np.int64)}
-    P = np.zeros((1, len(model.parameters)))
-    return _build_dataset(model, np.frombuffer(times_bytes).copy(), got, None, P, list(varied), {})
+def _single_run_coords(model: CompiledModel, times_bytes: bytes) -> tuple[dict, dict, dict]:
+    """(coordinate variables, sizes, indexes) of a single-run result over `times` (float64 bytes)."""
+    times = np.frombuffer(times_bytes).copy()
+    coords = xr.Coordinates({"time": ("time", times, {"units": model.symbolic.time_unit})})
+    return dict(coords.variables), dict(coords.sizes), dict(coords.xindexes)
+
+
+@lru_cache(maxsize=64)
+def _variable_layout(model: CompiledModel, varied: tuple[str, ...]) -> tuple[tuple[str, str, int, dict], ...]:
+    """(name, source in `got` or 'P', column, attrs) of every data variable of a result, in order."""
+    units = model.symbolic.units
+    layout = [(name, "Y", i, {"units": units.get(name, ""), "kind": "state"}) for i, name in enumerate(model.states)]
+    for i, name in enumerate(model.output_names):
+        kind = "observable" if name in model.spec.observables else "expression"
+        layout.append((name, "outputs", i, {"units": units.get(name, ""), "kind": kind}))
+    layout += [("status", "status", -1, {"meaning": str(STATUS_MEANINGS)}),
+               ("n_steps", "n_steps", -1, {"description": "accepted solver steps"}),
+               ("n_rejected", "n_rejected", -1, {"description": "rejected solver steps"})]
+    layout += [(name, "P", model.parameters.index(name), {"units": units.get(name, ""), "kind": "parameter"})
+               for name in varied]
+    return tuple(layout)
 
 
 def _dataset_data(model: CompiledModel, got: Mapping[str, np.ndarray], batch_index: pd.Index | None,
                   P: np.ndarray, varied: list[str]) -> dict[str, tuple[tuple[str, ...], Any, dict]]:
     """(dims, values, attrs) of every data variable of a result."""
-    units = model.symbolic.units
     dims: tuple[str, ...] = ("time",) if batch_index is None else ("sample", "time")
-    pick = (lambda a: a[0]) if batch_index is None else (lambda a: a)
-    data: dict[str, Any] = {}
-    for i, name in enumerate(model.states):
-        data[name] = (dims, pick(got["Y"][..., i]), {"units": units.get(name, ""), "kind": "state"})
-    for i, name in enumerate(model.output_names):
-        kind = "observable" if name in model.spec.observables else "expression"
-        data[name] = (dims, pick(got["outputs"][..., i]), {"units": units.get(name, ""), "kind": kind})
     run_dims = dims[:-1]
-    data["status"] = (run_dims, pick(got["status"]), {"meaning": str(STATUS_MEANINGS)})
-    data["n_steps"] = (run_dims, pick(got["n_steps"]), {"description": "accepted solver steps"})
-    data["n_rejected"] = (run_dims, pick(got["n_rejected"]), {"description": "rejected solver steps"})
-    for name in varied:
-        j = model.parameters.index(name)
-        data[name] = (run_dims, pick(P[:, j]), {"units": units.get(name, ""), "kind": "parameter"})
+    data: dict[str, Any] = {}
+    for name, source, column, attrs in _variable_layout(model, tuple(varied)):
+        if source in ("Y", "outputs"):
+            values, var_dims = got[source][..., column], dims
+        else:
+            values, var_dims = (P[:, column] if source == "P" else got[source]), run_dims
+        data[name] = (var_dims, values if batch_index is not None else np.asarray(values[0]), dict(attrs))
     return data
 
 
