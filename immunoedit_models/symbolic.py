@@ -111,12 +111,12 @@ class SymbolicModel:
     @cached_property
     def jacobian(self) -> sp.Matrix:
         """d rhs_i / d state_j, shape (n_state, n_state)."""
-        return sp.Matrix(self.rhs).jacobian(sp.Matrix(self.state_symbols))
+        return sp.Matrix(derivatives(self.rhs, self.state_symbols))
 
     @cached_property
     def tgrad(self) -> tuple[sp.Expr, ...]:
         """d rhs_i / dt (zero for autonomous models)."""
-        return tuple(sp.diff(e, TIME) for e in self.rhs)
+        return tuple(row[0] for row in derivatives(self.rhs, [TIME]))
 
     @cached_property
     def jacobian_sparsity(self) -> np.ndarray:
@@ -298,6 +298,57 @@ def sparse_lu_structure(sparsity: np.ndarray) -> SparseLU:
         block_of.update({i: b for i in members})
     coupling = tuple(sorted((i, j) for i, j in entries if block_of[i] != block_of[j]))
     return SparseLU(tuple(blocks), frozenset(pattern), coupling)
+
+
+def derivatives(exprs: Sequence[sp.Expr], symbols: Sequence[sp.Symbol]) -> list[list[sp.Expr]]:
+    """d exprs[i] / d symbols[j], shape (len(exprs), len(symbols)): the expressions `sp.diff`
+    gives, each shared subexpression differentiated once.
+
+    Written around sympy's own rules because `sp.diff` differentiates a subexpression again
+    wherever it occurs, and right-hand sides with named expressions substituted share them
+    heavily: the 19-state NSCLC model's is a tree of 21,103 nodes but only 566 distinct ones,
+    and its Jacobian took 5.5 s (now 0.3 s). Add, Mul, Pow and functions with sympy's default
+    chain rule follow the rules `sp.diff` applies to them term for term, so the results are the
+    same expressions; every other node (Piecewise, Abs, ...) is left to `sp.diff`.
+    """
+    wanted = frozenset(symbols)
+    found: dict[sp.Basic, frozenset] = {}
+    memo: dict[tuple[sp.Basic, sp.Symbol], sp.Expr] = {}
+
+    def depends(e: sp.Basic) -> frozenset:
+        """The symbols of `symbols` in e."""
+        got = found.get(e)
+        if got is None:
+            got = (wanted & {e}) if e.is_Symbol else frozenset().union(*(depends(a) for a in e.args))
+            found[e] = got
+        return got
+
+    def d(e: sp.Basic, x: sp.Symbol) -> sp.Expr:
+        if x not in depends(e):
+            return sp.S.Zero
+        if e == x:
+            return sp.S.One
+        got = memo.get((e, x))
+        if got is None:
+            got = memo[(e, x)] = rule(e, x)
+        return got
+
+    def rule(e: sp.Basic, x: sp.Symbol) -> sp.Expr:
+        if e.is_Add:
+            return e.func(*(d(a, x) for a in e.args))
+        if e.is_Mul:    # sympy's Leibniz rule (`Mul._eval_derivative_n_times`), first order
+            args = e.args
+            return sp.Add(*(sp.Mul(*args[:i], da, *args[i + 1:])
+                            for i, da in enumerate(d(a, x) for a in args) if da is not sp.S.Zero))
+        if e.is_Pow:
+            base, exponent = e.args
+            return e * (d(exponent, x) * sp.log(base) + d(base, x) * exponent / base)
+        if isinstance(e, sp.Function) and type(e)._eval_derivative is sp.Function._eval_derivative:
+            return sp.Add(*(e.fdiff(i) * da for i, da in enumerate((d(a, x) for a in e.args), 1)
+                            if not da.is_zero))
+        return sp.diff(e, x)
+
+    return [[d(sp.sympify(e), x) for x in symbols] for e in exprs]
 
 
 def substitute_all(expr: sp.Expr, definitions: Mapping[sp.Symbol, sp.Expr]) -> sp.Expr:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import sympy as sp
 
 import immunoedit_models as ie
-from immunoedit_models.symbolic import build_symbolic
+from immunoedit_models.symbolic import build_symbolic, derivatives
 
 
 def test_stoichiometry_with_volume_coefficients_conserves_amount(specs_dir):
@@ -71,3 +72,25 @@ def test_jacobian_sparsity_matches_finite_differences():
     scale = np.abs(fd).max(axis=1, keepdims=True)  # entries are compared relative to their row
     assert np.all(np.abs(J - fd) <= 1e-4 * np.abs(fd) + 1e-6 * scale)
     np.testing.assert_array_equal(sym.jacobian_sparsity, np.abs(fd) > 0)
+
+
+@pytest.mark.parametrize("name", ["benchmark_reference", "lai_exhaustion", "de_pillis_2006"])
+def test_derivatives_are_sympys_expressions(name):
+    """`derivatives` differentiates shared subexpressions once, by sympy's own rules: the same
+    expressions as sp.diff, to the structure, w.r.t. every state, every parameter and time."""
+    sym = build_symbolic(ie.load_spec(name))
+    wrt = [*sym.state_symbols, *sym.param_symbols, sym.time]
+    assert derivatives(sym.rhs, wrt) == [[sp.diff(e, x) for x in wrt] for e in sym.rhs]
+
+
+def test_derivatives_of_shared_and_special_nodes():
+    """Shared subexpressions; a product -1 * (k + 1) * ..., whose derivative multiplied pair by
+    pair would distribute the -1 over k + 1 where sympy's Leibniz rule keeps it; symbolic
+    exponents; functions with sympy's default chain rule; nodes left to sp.diff (Piecewise,
+    Min, Abs)."""
+    x, y, k, t = sp.symbols("x y k t", real=True)
+    shared = k * x / (k + x) + sp.exp(-y * t)
+    exprs = [-((k + 1) * (x + 2) * (y - 3) * shared), shared**y, sp.log(shared) * sp.sqrt(x),
+             sp.Piecewise((shared, x > y), (x * y, True)), sp.Min(shared, y**2), sp.Abs(x - y) * shared, k]
+    wrt = [x, y, t, k]
+    assert derivatives(exprs, wrt) == [[sp.diff(e, s) for s in wrt] for e in exprs]

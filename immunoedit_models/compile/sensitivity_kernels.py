@@ -22,7 +22,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import sympy as sp
 
-from ..symbolic import SymbolicModel, cse_blocks
+from ..symbolic import SymbolicModel, cse_blocks, derivatives
 from .numba_backend import (KERNEL_OPTIONS, VERSION_TAG, _import_generated, _kernel_source,
                             _NumbaPrinter, _write_atomic, default_cache_dir, symbol_names)
 
@@ -115,13 +115,14 @@ def generate_sensitivity_source(sym: SymbolicModel, index: Sequence[int]) -> str
     names = {**symbol_names(sym), **{vj: f"v[{j}]" for j, vj in enumerate(v)}}
     J = sym.jacobian
     jac = _nonzero([(i, l, J[i, l]) for i in range(n) for l in range(n)])
-    fp = _nonzero([(i, m, sp.diff(sym.rhs[i], p[index[m]])) for i in range(n) for m in range(k)])
+    selected = [p[i] for i in index]
+    fp = _nonzero([(i, m, e) for i, row in enumerate(derivatives(sym.rhs, selected)) for m, e in enumerate(row)])
     matrix, additive = [(i, l) for i, l, _ in jac], [(i, m) for i, m, _ in fp]
     exprs = [e for _, _, e in jac] + [e for _, _, e in fp]
     program: Program = cse_blocks(exprs) if exprs else ([], [])
     outputs = list(sym.outputs.values())
-    out_dy = [(o, j, sp.diff(e, y[j])) for o, e in enumerate(outputs) for j in range(n)]
-    out_dp = [(o, m, sp.diff(e, p[index[m]])) for o, e in enumerate(outputs) for m in range(k)]
+    out_dy = [(o, j, e) for o, row in enumerate(derivatives(outputs, y)) for j, e in enumerate(row)]
+    out_dp = [(o, m, e) for o, row in enumerate(derivatives(outputs, selected)) for m, e in enumerate(row)]
     kernels = [
         _loop_kernel("sens_rhs", ("t", "y", "p", "S", "out"), program, matrix, additive, n, k, names),
         _loop_kernel("sens_dir", ("t", "y", "p", "S", "v", "out"), _forward_mode(program, dict(zip(y, v))),
@@ -148,7 +149,7 @@ def _lambdify_matrix(sym: SymbolicModel, exprs: Sequence[sp.Expr], index: Sequen
                      ) -> Callable[[np.ndarray], np.ndarray]:
     """P (n_par,) -> (len(exprs), k) derivatives of exprs (of the parameters) w.r.t. params index."""
     p = sym.param_symbols
-    D = sp.Matrix([[sp.diff(e, p[m]) for m in index] for e in exprs]) if exprs else sp.zeros(0, len(index))
+    D = sp.Matrix(derivatives(exprs, [p[m] for m in index])) if exprs else sp.zeros(0, len(index))
     f = sp.lambdify([p], D, "numpy")   # printed from sympy expressions, not user text
     shape = (len(exprs), len(index))
     return lambda P: np.broadcast_to(np.asarray(f(P), dtype=float), shape).copy()
