@@ -10,10 +10,11 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import sympy as sp
+from sympy.printing.repr import ReprPrinter
 
 TIME = sp.Symbol("t", real=True)
 
@@ -121,7 +122,7 @@ class SymbolicModel:
     @cached_property
     def jacobian_sparsity(self) -> np.ndarray:
         """Boolean (n_state, n_state): structurally non-zero Jacobian entries."""
-        return np.array([[not sp.sympify(e).is_zero for e in row] for row in self.jacobian.tolist()],
+        return np.array([[e != 0 for e in row] for row in self.jacobian.tolist()],
                         dtype=bool).reshape(self.n_states, self.n_states)
 
     @cached_property
@@ -147,9 +148,10 @@ class SymbolicModel:
         h = hashlib.sha256()
         for part in (self.states, self.parameters, self.flows, self.time_unit):
             h.update(repr(part).encode())
+        printer = _SharedReprPrinter()
         for e in (*self.rhs, *self.initial, *self.outputs.values(),
                   *(d.factor for d in self.dose_targets.values())):
-            h.update(sp.srepr(e).encode())
+            h.update(printer.doprint(e).encode())
         h.update(repr(sorted(self.outputs)).encode())
         h.update(repr(sorted(self.log_states)).encode())
         h.update(repr(sorted((d.drug, d.state) for d in self.dose_targets.values())).encode())
@@ -300,6 +302,22 @@ def sparse_lu_structure(sparsity: np.ndarray) -> SparseLU:
     return SparseLU(tuple(blocks), frozenset(pattern), coupling)
 
 
+class _SharedReprPrinter(ReprPrinter):
+    """`sp.srepr`, with each shared subexpression printed once (expressions with named expressions
+    substituted share them heavily; see `derivatives`)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._printed: dict[sp.Basic, str] = {}
+
+    def _print(self, expr, **kwargs) -> str:
+        if kwargs or not isinstance(expr, sp.Basic):
+            return super()._print(expr, **kwargs)
+        if expr not in self._printed:
+            self._printed[expr] = super()._print(expr)
+        return self._printed[expr]
+
+
 def derivatives(exprs: Sequence[sp.Expr], symbols: Sequence[sp.Symbol]) -> list[list[sp.Expr]]:
     """d exprs[i] / d symbols[j], shape (len(exprs), len(symbols)): the expressions `sp.diff`
     gives, each shared subexpression differentiated once.
@@ -351,14 +369,23 @@ def derivatives(exprs: Sequence[sp.Expr], symbols: Sequence[sp.Symbol]) -> list[
     return [[d(sp.sympify(e), x) for x in symbols] for e in exprs]
 
 
-def substitute_all(expr: sp.Expr, definitions: Mapping[sp.Symbol, sp.Expr]) -> sp.Expr:
-    """Replace named expressions by their definitions until none is left (definitions are acyclic)."""
-    for _ in range(len(definitions) + 1):
-        new = expr.xreplace(dict(definitions))
-        if new == expr:
-            return new
-        expr = new
-    return expr
+def substituter(definitions: Mapping[sp.Symbol, sp.Expr]) -> Callable[[sp.Expr], sp.Expr]:
+    """expr -> expr with every named expression replaced by its definition, recursively
+    (definitions are acyclic). Each definition is expanded once and shared by every expression
+    that uses it, instead of substituting one level at a time over the whole tree (0.56 s for
+    the NSCLC model, whose expanded right-hand side is a tree of 21,103 nodes)."""
+    expanded: dict[sp.Symbol, sp.Expr] = {}
+
+    def expand(expr: sp.Expr) -> sp.Expr:
+        named = [s for s in expr.free_symbols if s in definitions]
+        return expr.xreplace({s: expansion(s) for s in named}) if named else expr
+
+    def expansion(name: sp.Symbol) -> sp.Expr:
+        if name not in expanded:
+            expanded[name] = expand(definitions[name])
+        return expanded[name]
+
+    return lambda expr: expand(sp.sympify(expr))
 
 
 def cse_blocks(exprs: Sequence[sp.Expr]) -> tuple[list[tuple[sp.Symbol, sp.Expr]], list[sp.Expr]]:
@@ -376,7 +403,7 @@ def build_symbolic(spec) -> SymbolicModel:
     """The symbolic model of a validated `ModelSpec` (named expressions substituted away)."""
     parsed = spec.parsed
     definitions = {sp.Symbol(n, real=True): p.expr for n, p in parsed["expressions"].items()}
-    expand = lambda e: substitute_all(sp.sympify(e), definitions)  # noqa: E731
+    expand = substituter(definitions)
     states = tuple(spec.states)
     parameters = tuple(spec.parameters)
     flows = tuple(spec.flows)
