@@ -302,6 +302,23 @@ def sparse_lu_structure(sparsity: np.ndarray) -> SparseLU:
     return SparseLU(tuple(blocks), frozenset(pattern), coupling)
 
 
+def symbol_finder(symbols: Sequence[sp.Symbol]) -> Callable[[sp.Basic], frozenset]:
+    """expr -> the `symbols` it contains, memoised by subexpression: `free_symbols` walks the
+    whole tree at every call, and expanded model expressions share subtrees heavily (see
+    `derivatives`)."""
+    wanted = frozenset(symbols)
+    found: dict[sp.Basic, frozenset] = {}
+
+    def symbols_in(e: sp.Basic) -> frozenset:
+        got = found.get(e)
+        if got is None:
+            got = found[e] = ((wanted & {e}) if e.is_Symbol
+                              else frozenset().union(*(symbols_in(a) for a in e.args)))
+        return got
+
+    return symbols_in
+
+
 class _SharedReprPrinter(ReprPrinter):
     """`sp.srepr`, with each shared subexpression printed once (expressions with named expressions
     substituted share them heavily; see `derivatives`)."""
@@ -329,17 +346,8 @@ def derivatives(exprs: Sequence[sp.Expr], symbols: Sequence[sp.Symbol]) -> list[
     chain rule follow the rules `sp.diff` applies to them term for term, so the results are the
     same expressions; every other node (Piecewise, Abs, ...) is left to `sp.diff`.
     """
-    wanted = frozenset(symbols)
-    found: dict[sp.Basic, frozenset] = {}
+    depends = symbol_finder(symbols)
     memo: dict[tuple[sp.Basic, sp.Symbol], sp.Expr] = {}
-
-    def depends(e: sp.Basic) -> frozenset:
-        """The symbols of `symbols` in e."""
-        got = found.get(e)
-        if got is None:
-            got = (wanted & {e}) if e.is_Symbol else frozenset().union(*(depends(a) for a in e.args))
-            found[e] = got
-        return got
 
     def d(e: sp.Basic, x: sp.Symbol) -> sp.Expr:
         if x not in depends(e):

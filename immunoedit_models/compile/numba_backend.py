@@ -31,7 +31,7 @@ from sympy.printing.precedence import PRECEDENCE
 from sympy.printing.pycode import PythonCodePrinter
 
 from ..errors import CompileError, SimulationError
-from ..symbolic import SparseLU, SymbolicModel, cse_blocks
+from ..symbolic import SparseLU, SymbolicModel, cse_blocks, symbol_finder
 from .numba_solvers import (EVENT_BOLUS, EVENT_RATE, KERNEL_SIGS, KERNELS, METHODS,
                             _as_outputs, _function_from_address, batch_entry, compiled,
                             kernel_address, single_entry)
@@ -287,7 +287,8 @@ def _finite_or_zero(kernel: KernelDef, exprs: Sequence[sp.Expr], n_out: int,
     it non-finite), and a repair loop only when it fails. A test per entry compiles into a
     branch each: +0.36 s for the benchmark model's Jacobian, against a 2 s compile budget. An
     overflowing sum is a false alarm, repaired as a no-op."""
-    tested = [tgt for tgt, e in zip(kernel.targets, exprs) if e.free_symbols & varying]
+    symbols_in = symbol_finder(varying)
+    tested = [tgt for tgt, e in zip(kernel.targets, exprs) if symbols_in(e)]
     if not tested:
         return ()
     out = kernel.args[-1].removesuffix("_arr")
