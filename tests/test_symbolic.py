@@ -5,8 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import sympy as sp
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import immunoedit_models as ie
+from immunoedit_models.spec.expressions import FUNCTIONS, parse_expression
+from immunoedit_models.spec.units import parse_unit
 from immunoedit_models.symbolic import build_symbolic, derivatives
 
 
@@ -93,4 +97,31 @@ def test_derivatives_of_shared_and_special_nodes():
     exprs = [-((k + 1) * (x + 2) * (y - 3) * shared), shared**y, sp.log(shared) * sp.sqrt(x),
              sp.Piecewise((shared, x > y), (x * y, True)), sp.Min(shared, y**2), sp.Abs(x - y) * shared, k]
     wrt = [x, y, t, k]
+    assert derivatives(exprs, wrt) == [[sp.diff(e, s) for s in wrt] for e in exprs]
+
+
+def _grammar_expressions(depth: int = 3):
+    """Expression text over A, B, k and time with every operator and function of the grammar."""
+    leaf = st.one_of(st.sampled_from(["A", "B", "k", "time", "2", "0.5"]))
+    if depth == 0:
+        return leaf
+    sub = _grammar_expressions(depth - 1)
+    calls = [st.tuples(st.sampled_from([f for f, (lo, hi, _) in FUNCTIONS.items() if lo == hi == 1]), sub).map(
+                 lambda t: f"{t[0]}({t[1]})"),
+             st.tuples(st.sampled_from(["min", "max"]), sub, sub).map(lambda t: f"{t[0]}({t[1]}, {t[2]})"),
+             st.tuples(sub, sub, sub).map(lambda t: f"hill({t[0]}, {t[1]}, {t[2]})"),
+             st.tuples(sub, sub, sub).map(lambda t: f"piecewise({t[0]}, {t[1]} < {t[2]}, {t[1]})")]
+    return st.one_of(leaf, st.tuples(sub, st.sampled_from(["+", "-", "*", "/", "^"]), sub).map(
+        lambda t: f"({t[0]} {t[1]} {t[2]})"), *calls)
+
+
+@settings(max_examples=150, deadline=None)
+@given(texts=st.lists(_grammar_expressions(), min_size=1, max_size=3))
+def test_derivatives_of_grammar_expressions_are_sympys(texts):
+    """Any expressions the spec grammar parses, combined so that they share subexpressions:
+    `derivatives` gives sp.diff's expressions w.r.t. states, a parameter and time."""
+    units = {name: None for name in ("A", "B", "k")}
+    parsed = [parse_expression(text, units, parse_unit("day"), check_units=False).expr for text in texts]
+    exprs = [*parsed, sp.Mul(*parsed) - parsed[0], parsed[-1] ** 2 + parsed[0]]
+    wrt = sorted(set().union(*(e.free_symbols for e in exprs)), key=str)
     assert derivatives(exprs, wrt) == [[sp.diff(e, s) for s in wrt] for e in exprs]
