@@ -306,3 +306,18 @@ def test_sin_cos_in_the_grammar_and_both_printers():
     expected = np.stack([np.sin(Y[..., 0]) + np.cos(P * Y[..., 0]), np.broadcast_to(np.sin(t_out) ** 2, (2, 3))], -1)
     for kernels in (compile_numba(m), compile_jax(m)):
         np.testing.assert_allclose(kernels.outputs(t_out, Y, P), expected, rtol=1e-14, atol=1e-15)
+
+
+def test_forward_local_sensitivities_stay_float64_in_a_fresh_process(specs_dir):
+    """The numba path reduces its trajectories with jax.jvp: in a process that has not used the
+    JAX backend yet (x64 off), that once returned float32 values (error ~1e-8 relative)."""
+    import subprocess
+    import sys
+
+    code = (f"import numpy as np, immunoedit_models as ie; from immunoedit_models import sensitivity as sa; "
+            f"m = ie.compile_model({str(specs_dir / 'linear_sensitivity.yaml')!r}); "
+            f"ds = sa.local_sensitivity(m, ['x'], ['k'], times=np.array([0.0, 5.0]), rtol=1e-10, atol=1e-12); "
+            f"print(ds['value'].dtype, ds['S'].dtype)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["float64", "float64"]

@@ -88,6 +88,10 @@ def _reduce_with_tangents(outputs: list[Output], variables: list[str], grid: np.
     import jax
     import jax.numpy as jnp
 
+    # float64, as everywhere in immunoedit (`compile.jax_backend`): without it, a process that
+    # has not used the JAX backend yet reduced numba's float64 trajectories in float32
+    jax.config.update("jax_enable_x64", True)
+
     def quantities(values):
         return jnp.stack([o.on_trajectory(values[:, variables.index(o.variable)], grid, jnp) for o in outputs])
 
