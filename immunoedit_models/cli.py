@@ -102,6 +102,8 @@ def simulate(
 
     try:
         params, init = _parse_assignments(param, "--param"), _parse_assignments(initial, "--initial")
+        if backend == "numba":
+            _solver_in_background("single")
         t0 = time.perf_counter()
         model = compile_model(load_spec(spec), backend=backend)
         t1 = time.perf_counter()
@@ -114,6 +116,15 @@ def simulate(
     from .plots import plot_trajectories
 
     _write(ds, out, plot, plot_trajectories)
+
+
+def _solver_in_background(entry: str) -> None:
+    """On a first run after installing, compile the numba solver loop `entry` ('single' or
+    'batch') in a helper process while this one loads and compiles the model
+    (`compile_in_background`); nothing when numba's cache has it."""
+    from .compile.numba_backend import compile_in_background
+
+    compile_in_background(entry)
 
 
 def _write(ds, out: Optional[Path], plot: Optional[Path], figure) -> None:
@@ -207,6 +218,7 @@ def trial(
     from .trials.report import write_report
 
     try:
+        _solver_in_background("batch")
         spec = load_trial(design)
         settings = _calibration(calibration) if calibration is not None else {}
         start = time.perf_counter()
@@ -274,6 +286,8 @@ def sensitivity_command(
     """Local, Morris or Sobol sensitivity of model outputs to parameters."""
     from .sensitivity import command
 
+    if backend == "numba":
+        _solver_in_background("batch")
     try:
         ds = command.run(spec, method, output, param, n, backend, seed, scale, days, regimen, rtol, atol, on_failure)
     except ImmunoeditError as exc:

@@ -329,3 +329,66 @@ def test_jacobian_blocks_of_a_composed_model_split_the_pk(specs_dir):
     sym = build_symbolic(load_spec(specs_dir / "blocks_model.yaml"))
     assert sym.states[:4] == ("atezolizumab_A1", "atezolizumab_A2", "bevacizumab_A1", "bevacizumab_A2")
     np.testing.assert_array_equal(sym.jacobian_blocks, [0, 2, 4, 5])
+
+
+# ---- first use after installing: the solver loop compiled by a helper process ---------------
+class _Helper:
+    """Stands in for a helper process: running until waited for."""
+
+    def __init__(self, *args, **kwargs):
+        self.args, self.waited = args, 0
+
+    def poll(self):
+        return None if not self.waited else 0
+
+    def wait(self):
+        self.waited += 1
+
+    def terminate(self):
+        pass
+
+
+def test_compiled_waits_for_the_helper_compiling_it():
+    @njit
+    def twice(x):
+        return 2.0 * x
+
+    helper = _Helper()
+    ns.HELPERS[twice] = helper
+    try:
+        assert ns.compiled(twice, float64(float64))(1.5) == 3.0
+    finally:
+        ns.HELPERS.pop(twice, None)
+    assert helper.waited == 1 and twice not in ns.HELPERS
+
+
+def test_a_helper_starts_once_and_only_for_what_the_disk_cache_lacks(monkeypatch):
+    from immunoedit_models.compile import numba_backend as nb
+
+    started = []
+    monkeypatch.setattr(nb.subprocess, "Popen", lambda *a, **k: started.append(_Helper(*a, **k)) or started[-1])
+    monkeypatch.setattr(nb, "on_disk", lambda dispatcher: True)
+    assert nb.compile_in_background("batch") is None and not started
+    monkeypatch.setattr(nb, "on_disk", lambda dispatcher: False)
+    try:
+        helper = nb.compile_in_background("batch")
+        assert nb.compile_in_background("batch") is None      # already being compiled
+        assert started == [helper]
+        assert ns.HELPERS[ns.solve_batch] is helper and ns.HELPERS[nb._map_outputs_parallel] is helper
+    finally:
+        for dispatcher in (ns.solve_batch, nb._map_outputs_parallel):
+            ns.HELPERS.pop(dispatcher, None)
+
+
+@pytest.mark.parametrize("entry", ["single", "batch"])
+def test_helper_code_compiles_its_entry(entry):
+    """The code a helper runs imports and compiles (or loads) what it is registered for."""
+    import subprocess
+    import sys
+
+    from immunoedit_models.compile import numba_backend as nb
+
+    dispatchers, code = nb._HELPER_JOBS[entry]
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert all(ns.on_disk(d) for d in dispatchers)

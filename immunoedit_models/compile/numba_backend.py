@@ -10,11 +10,13 @@ as first-class functions and are compiled once for all models.
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import importlib.metadata
 import importlib.util
 import os
 import re
+import subprocess
 import sys
 import uuid
 from dataclasses import dataclass
@@ -32,9 +34,9 @@ from sympy.printing.pycode import PythonCodePrinter
 
 from ..errors import CompileError, SimulationError
 from ..symbolic import SparseLU, SymbolicModel, cse_blocks, symbol_finder
-from .numba_solvers import (EVENT_BOLUS, EVENT_RATE, KERNEL_SIGS, KERNELS, METHODS,
+from .numba_solvers import (EVENT_BOLUS, EVENT_RATE, HELPERS, KERNEL_SIGS, KERNELS, METHODS,
                             _as_outputs, _function_from_address, batch_entry, compiled,
-                            kernel_address, single_entry)
+                            kernel_address, on_disk, single_entry, solve_batch, solve_single)
 from .numba_solvers import OUTPUT_SIG  # noqa: F401  (the generated modules import it from here)
 
 PARAM_SIG = void(float64[::1], float64[::1])                         # initial, dose_factors
@@ -553,6 +555,38 @@ def _map_outputs(kernel_address, t_out, y, params, n_out):
     run = (compiled(_map_outputs_parallel, _MAP_OUTPUTS_SIG) if y.shape[0] >= 64
            else _map_outputs_serial)
     return run(kernel_address, t_out, y, params, n_out)
+
+
+# ---- first use after installing -----------------------------------------------------------------
+#: What `compile_in_background` compiles for an entry: (dispatchers, code run by `python -c`).
+_HELPER_JOBS = {
+    "single": ((solve_single,), "from immunoedit_models.compile import numba_solvers as s; s.single_entry()"),
+    "batch": ((solve_batch, _map_outputs_parallel),
+              "from immunoedit_models.compile import numba_backend as b; b.batch_entry(); "
+              "b.compiled(b._map_outputs_parallel, b._MAP_OUTPUTS_SIG)"),
+}
+
+
+def compile_in_background(entry: str) -> subprocess.Popen | None:
+    """Compile the solver loop `entry` ('single' or 'batch') in a helper process if numba's disk
+    cache lacks it (the first run after installing); returns the helper, or None.
+
+    For the command line: the model's kernels and the solver loop then compile on two cores at
+    once, and `numba_solvers.compiled` waits for the helper and loads the loop from the cache
+    instead of compiling it again (the README's first command from empty caches: 40 -> 26 s).
+    A helper that fails leaves the compile to this process. Helpers still running at exit are
+    stopped (numba writes its cache files atomically)."""
+    dispatchers, code = _HELPER_JOBS[entry]
+    if any(d in HELPERS for d in dispatchers) or all(on_disk(d) for d in dispatchers):
+        return None
+    try:
+        helper = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.DEVNULL,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    except OSError:
+        return None
+    atexit.register(helper.terminate)
+    HELPERS.update(dict.fromkeys(dispatchers, helper))
+    return helper
 
 
 # ---- input checks -------------------------------------------------------------------------------

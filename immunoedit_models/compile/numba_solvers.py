@@ -870,6 +870,9 @@ def solve_single(kernels, blocks, y0, p, t0, t_out, ev_t, ev_state, ev_kind, ev_
 _FIRST_USE = threading.Lock()
 _READY: set = set()     # dispatchers `compiled` has prepared (testing that set costs ~50 ns,
                         # reading a dispatcher's `signatures` ~5 us, 2 % of a trajectory)
+#: dispatcher -> a helper process compiling it into numba's disk cache
+#: (`numba_backend.compile_in_background`), which `compiled` waits for
+HELPERS: dict = {}
 _log = logging.getLogger(__name__)
 
 
@@ -885,11 +888,18 @@ def on_disk(dispatcher) -> bool:
 def compiled(dispatcher, sig):
     """`dispatcher` compiled (or loaded from the disk cache) for `sig` on first use, then closed
     to other signatures: a call with other argument types raises instead of compiling again.
+    When a helper process is compiling it (`HELPERS`), waits for it and loads its result.
     Thread-safe (batches may start on several threads at once)."""
     if dispatcher in _READY:
         return dispatcher
     with _FIRST_USE:
         if not dispatcher.signatures:
+            helper = HELPERS.pop(dispatcher, None)
+            if helper is not None:
+                if helper.poll() is None:
+                    _log.info("waiting for %s, compiling in a helper process for its first use after "
+                              "installing", dispatcher.py_func.__name__)
+                helper.wait()
             if not on_disk(dispatcher):
                 _log.info("compiling %s for its first use after installing (seconds; "
                           "cached on disk afterwards)", dispatcher.py_func.__name__)
