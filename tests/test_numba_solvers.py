@@ -366,7 +366,12 @@ def test_a_helper_starts_once_and_only_for_what_the_disk_cache_lacks(monkeypatch
     from immunoedit_models.compile import numba_backend as nb
 
     started = []
-    monkeypatch.setattr(nb.subprocess, "Popen", lambda *a, **k: started.append(_Helper(*a, **k)) or started[-1])
+
+    def start(*args, **kwargs):
+        started.append(_Helper(*args, **kwargs))
+        return started[-1]
+
+    monkeypatch.setattr(nb.subprocess, "Popen", start)
     monkeypatch.setattr(nb, "on_disk", lambda dispatcher: True)
     assert nb.compile_in_background("batch") is None and not started
     monkeypatch.setattr(nb, "on_disk", lambda dispatcher: False)
