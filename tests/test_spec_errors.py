@@ -76,6 +76,14 @@ def test_spec_error_text_lists_count_and_each_issue(specs_dir):
     ("kkill*T*1e999", "flow 'kill': rate '1e309' is too large for double precision (write numbers below 1e300)"),
     ("piecewise(kkill*T, time)", "flow 'kill': rate 'piecewise' takes 3 or more arguments, got 2 "
                                  "(piecewise(value1, condition1, ..., otherwise))"),
+    ("piecewise(kkill*T, n < log(log(0.5)), 0)",
+     "flow 'kill': rate cannot evaluate 'piecewise(kkill*T, n < log(log(0.5)), 0)': Invalid comparison of "
+     "non-real -0.366512920581664 + I*pi (every part must be a finite real number: no division by zero, "
+     "no log or square root of a negative constant)"),
+    ("kkill*T*max(1, 1/(n - n))",
+     "flow 'kill': rate cannot evaluate 'kkill*T*max(1, 1/(n - n))': The argument 'zoo' is not comparable. "
+     "(every part must be a finite real number: no division by zero, no log or square root of a negative "
+     "constant)"),
 ])
 def test_expression_errors(tmp_path, rate, message):
     path = _spec(tmp_path, f"""\
@@ -197,3 +205,24 @@ def test_dose_amount_expressions_are_checked(tmp_path):
         "(doses of 'drug' are in mg)",
         "18: regimen 'by_weight' dose 3: amount uses undefined symbol 'dose_per_kgg' (did you mean 'dose_per_kg'?)",
     ]
+
+
+def test_expression_that_is_not_finite_once_substituted_fails_to_compile(tmp_path):
+    """x = n - n is 0, so max(1, 1/x) only fails when the named expression is substituted."""
+    path = _spec(tmp_path, """\
+        name: one
+        states:
+          T: {unit: cell, initial: 1}
+        parameters:
+          kkill: {value: 1, unit: 1/day}
+          n: {value: 2}
+        expressions:
+          x: {value: "n - n"}
+        flows:
+          kill: {from: T, rate: "kkill*T*max(1, 1/x)"}
+        """)
+    with pytest.raises(ie.CompileError) as info:
+        ie.compile_model(ie.load_spec(path))
+    assert str(info.value) == (f"{path}: could not build the equations of 'one' (sympy: The argument 'zoo' is not "
+                               "comparable.); every expression must be a finite real number once named "
+                               "expressions are substituted")

@@ -76,7 +76,12 @@ def compile_model(spec: ModelSpec | str | Path, backend: str = "numba") -> Compi
         raise CompileError(f"{spec.path}: '{spec.name}' has no states, so there is nothing to simulate; "
                            "a module like this supplies parameters to the models that use it")
     start = time.perf_counter()
-    symbolic = build_symbolic(spec)
+    try:
+        symbolic = build_symbolic(spec)
+    except (TypeError, ValueError, ZeroDivisionError, RecursionError) as exc:  # as in parse_expression
+        raise CompileError(f"{spec.path}: could not build the equations of '{spec.name}' (sympy: {exc}); "
+                           "every expression must be a finite real number once named expressions "
+                           "are substituted") from exc
     try:
         if backend == "numba":
             from .numba_backend import compile_numba as compile_backend

@@ -114,7 +114,15 @@ def parse_expression(
                               "check brackets and operators (+ - * / ^)") from None
     names: set[str] = set()
     walker = _Translator(symbol_units, time_unit, names, check_units)
-    expr, unit = walker.visit(tree.body)
+    try:
+        expr, unit = walker.visit(tree.body)
+    except (TypeError, ValueError, ZeroDivisionError, RecursionError) as exc:
+        # sympy evaluates as it builds: a comparison or min/max of a constant that is not a
+        # finite real number (1/0, log of a negative number) fails there
+        reason = "nested too deeply for sympy" if isinstance(exc, RecursionError) else str(exc)
+        raise ExpressionError(f"cannot evaluate '{source}': {reason}",
+                              "every part must be a finite real number: no division by zero, "
+                              "no log or square root of a negative constant") from None
     return Parsed(expr, unit, frozenset(names))
 
 
