@@ -79,11 +79,14 @@ def test_spec_error_text_lists_count_and_each_issue(specs_dir):
     ("piecewise(kkill*T, n < log(log(0.5)), 0)",
      "flow 'kill': rate cannot evaluate 'piecewise(kkill*T, n < log(log(0.5)), 0)': Invalid comparison of "
      "non-real -0.366512920581664 + I*pi (every part must be a finite real number: no division by zero, "
-     "no log or square root of a negative constant)"),
+     "no log of zero or of a negative constant)"),
     ("kkill*T*max(1, 1/(n - n))",
      "flow 'kill': rate cannot evaluate 'kkill*T*max(1, 1/(n - n))': The argument 'zoo' is not comparable. "
-     "(every part must be a finite real number: no division by zero, no log or square root of a negative "
+     "(every part must be a finite real number: no division by zero, no log of zero or of a negative "
      "constant)"),
+    ("kkill*T/(n - n)",
+     "flow 'kill': rate 'kkill*T/(n - n)' is not a finite real number: sympy makes it zoo*T*kkill (every part "
+     "must be a finite real number: no division by zero, no log of zero or of a negative constant)"),
 ])
 def test_expression_errors(tmp_path, rate, message):
     path = _spec(tmp_path, f"""\
@@ -226,3 +229,24 @@ def test_expression_that_is_not_finite_once_substituted_fails_to_compile(tmp_pat
     assert str(info.value) == (f"{path}: could not build the equations of 'one' (sympy: The argument 'zoo' is not "
                                "comparable.); every expression must be a finite real number once named "
                                "expressions are substituted")
+
+
+def test_division_by_zero_after_substitution_fails_to_compile(tmp_path):
+    """x = n - n is 0: T/x is only infinite once the named expression is substituted."""
+    path = _spec(tmp_path, """\
+        name: one
+        states:
+          T: {unit: cell, initial: 1}
+        parameters:
+          kkill: {value: 1, unit: 1/day}
+          n: {value: 2}
+        expressions:
+          x: {value: "n - n"}
+        flows:
+          kill: {from: T, rate: "kkill*T/x"}
+        """)
+    with pytest.raises(ie.CompileError) as info:
+        ie.compile_model(ie.load_spec(path))
+    assert str(info.value) == (f"{path}: not a finite real number once named expressions are substituted: "
+                               "flow 'kill' of 'one' (a division by zero, or a log of zero?)")
+

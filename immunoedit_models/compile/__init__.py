@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import BackendUnavailable, CompileError, SpecError
+from ..spec.expressions import not_finite
 from ..spec.schema import ModelSpec
 from ..symbolic import SymbolicModel, build_symbolic
 
@@ -82,6 +83,11 @@ def compile_model(spec: ModelSpec | str | Path, backend: str = "numba") -> Compi
         raise CompileError(f"{spec.path}: could not build the equations of '{spec.name}' (sympy: {exc}); "
                            "every expression must be a finite real number once named expressions "
                            "are substituted") from exc
+    broken = [f"flow '{f}'" for f, e in zip(symbolic.flows, symbolic.flow_rates) if not_finite(e)]
+    broken += [f"'{name}'" for name, e in symbolic.outputs.items() if not_finite(e)]
+    if broken:
+        raise CompileError(f"{spec.path}: not a finite real number once named expressions are substituted: "
+                           f"{', '.join(broken)} of '{spec.name}' (a division by zero, or a log of zero?)")
     try:
         if backend == "numba":
             from .numba_backend import compile_numba as compile_backend

@@ -120,10 +120,19 @@ def parse_expression(
         # sympy evaluates as it builds: a comparison or min/max of a constant that is not a
         # finite real number (1/0, log of a negative number) fails there
         reason = "nested too deeply for sympy" if isinstance(exc, RecursionError) else str(exc)
-        raise ExpressionError(f"cannot evaluate '{source}': {reason}",
-                              "every part must be a finite real number: no division by zero, "
-                              "no log or square root of a negative constant") from None
+        raise ExpressionError(f"cannot evaluate '{source}': {reason}", _FINITE_HINT) from None
+    if not_finite(expr):    # elsewhere sympy keeps 1/0 as zoo, 0/0 as nan
+        raise ExpressionError(f"'{source}' is not a finite real number: sympy makes it {expr}", _FINITE_HINT)
     return Parsed(expr, unit, frozenset(names))
+
+
+_FINITE_HINT = "every part must be a finite real number: no division by zero, no log of zero or of a negative constant"
+_NOT_FINITE = (sp.zoo, sp.oo, sp.S.NegativeInfinity, sp.nan)
+
+
+def not_finite(expr: sp.Basic) -> bool:
+    """Whether sympy turned part of expr into an infinity or nan (1/0, log(0), 0/0)."""
+    return expr.has(*_NOT_FINITE)
 
 
 class _Translator:
