@@ -89,7 +89,12 @@ def test_spec_error_text_lists_count_and_each_issue(specs_dir):
      "must be a finite real number: no division by zero, no log of zero or of a negative constant)"),
 ])
 def test_expression_errors(tmp_path, rate, message):
-    path = _spec(tmp_path, f"""\
+    assert _messages(_kill_spec(tmp_path, rate)) == [f"9: {message}"]
+
+
+def _kill_spec(tmp_path, rate: str, extra: str = ""):
+    """A two-state spec whose flow 'kill' (line 9) has `rate`; `extra`: YAML lines after it."""
+    return _spec(tmp_path, textwrap.dedent(f"""\
         name: one
         states:
           T: {{unit: cell, initial: 1}}
@@ -99,8 +104,7 @@ def test_expression_errors(tmp_path, rate, message):
           n: {{value: 2}}
         flows:
           kill: {{from: T, rate: "{rate}"}}
-        """)
-    assert _messages(path) == [f"9: {message}"]
+        """) + extra)
 
 
 def test_structure_errors(tmp_path):
@@ -210,43 +214,15 @@ def test_dose_amount_expressions_are_checked(tmp_path):
     ]
 
 
-def test_expression_that_is_not_finite_once_substituted_fails_to_compile(tmp_path):
-    """x = n - n is 0, so max(1, 1/x) only fails when the named expression is substituted."""
-    path = _spec(tmp_path, """\
-        name: one
-        states:
-          T: {unit: cell, initial: 1}
-        parameters:
-          kkill: {value: 1, unit: 1/day}
-          n: {value: 2}
-        expressions:
-          x: {value: "n - n"}
-        flows:
-          kill: {from: T, rate: "kkill*T*max(1, 1/x)"}
-        """)
+@pytest.mark.parametrize("rate, message", [
+    ("kkill*T*max(1, 1/x)", "could not build the equations of 'one' (sympy: The argument 'zoo' is not comparable.); "
+                            "every expression must be a finite real number once named expressions are substituted"),
+    ("kkill*T/x", "not a finite real number once named expressions are substituted: flow 'kill' of 'one' "
+                  "(a division by zero, or a log of zero?)"),
+])
+def test_rates_that_are_not_finite_once_substituted_fail_to_compile(tmp_path, rate, message):
+    """x = n - n is 0, which the rates only meet when the named expression is substituted."""
+    path = _kill_spec(tmp_path, rate, 'expressions:\n  x: {value: "n - n"}\n')
     with pytest.raises(ie.CompileError) as info:
         ie.compile_model(ie.load_spec(path))
-    assert str(info.value) == (f"{path}: could not build the equations of 'one' (sympy: The argument 'zoo' is not "
-                               "comparable.); every expression must be a finite real number once named "
-                               "expressions are substituted")
-
-
-def test_division_by_zero_after_substitution_fails_to_compile(tmp_path):
-    """x = n - n is 0: T/x is only infinite once the named expression is substituted."""
-    path = _spec(tmp_path, """\
-        name: one
-        states:
-          T: {unit: cell, initial: 1}
-        parameters:
-          kkill: {value: 1, unit: 1/day}
-          n: {value: 2}
-        expressions:
-          x: {value: "n - n"}
-        flows:
-          kill: {from: T, rate: "kkill*T/x"}
-        """)
-    with pytest.raises(ie.CompileError) as info:
-        ie.compile_model(ie.load_spec(path))
-    assert str(info.value) == (f"{path}: not a finite real number once named expressions are substituted: "
-                               "flow 'kill' of 'one' (a division by zero, or a log of zero?)")
-
+    assert str(info.value) == f"{path}: {message}"
