@@ -270,8 +270,8 @@ def sensitivity_command(
                                                                 "(time-resolved); repeatable"),
     param: list[str] = typer.Option([], "--param", "-p", help="NAME:LOW:HIGH, or NAME for the spec's bounds/prior "
                                                               "(repeatable; default: all with bounds or priors)"),
-    n: Optional[int] = typer.Option(None, help="Sobol base samples (power of two; runs n(k+2)), default 1024; "
-                                               "Morris trajectories, default 20"),
+    n: Optional[int] = typer.Option(None, help="Sobol base samples (power of two; runs n(k+2)), default 1024 "
+                                               "(--trial: 64); Morris trajectories, default 20 (--trial: 10)"),
     backend: str = typer.Option("numba", help="numba | jax | cuda"),
     seed: int = typer.Option(0, help="seed of the design and the bootstrap"),
     scale: str = typer.Option("auto", help="auto (log for ranges spanning >= 10x or log priors) | linear | log"),
@@ -282,15 +282,29 @@ def sensitivity_command(
     on_failure: str = typer.Option("raise", help="raise | drop (leave out design blocks with failed runs)"),
     out: Optional[Path] = typer.Option(None, help="write the indices (.nc netCDF or .zarr)"),
     plot: Optional[Path] = typer.Option(None, help="write a PNG (tornado, Sobol bars or indices over time)"),
+    trial: bool = typer.Option(False, "--trial", help="SPEC is a trial design (impower150, ... or a path): each "
+                                                      "run is a whole trial, outputs are endpoints such as "
+                                                      "'pfs@12:ABCP', 'os_median:BCP', 'orr:ABCP', "
+                                                      "'hr_os:ABCP_vs_BCP'"),
+    patients: Optional[int] = typer.Option(None, help="with --trial: patients per arm (default: the design's)"),
+    calibration: Optional[Path] = typer.Option(None, help="with --trial: a calibration folder (fitting/<problem>)"),
 ) -> None:
-    """Local, Morris or Sobol sensitivity of model outputs to parameters."""
+    """Local, Morris or Sobol sensitivity of model outputs (or, with --trial, trial endpoints) to parameters."""
     from .sensitivity import command
 
     if backend == "numba":
         _solver_in_background("batch")
     try:
-        ds = command.run(spec, method, output, param, n, backend, seed, scale, days, regimen, rtol, atol, on_failure)
-    except ImmunoeditError as exc:
+        if trial:
+            settings = _calibration(calibration) if calibration is not None else {}
+            ds = command.run_trial(spec, method, output, param, n, backend, seed, scale, patients, on_failure,
+                                   settings)
+        elif patients is not None or calibration is not None:
+            raise typer.BadParameter("--patients and --calibration apply to trial designs: add --trial")
+        else:
+            ds = command.run(spec, method, output, param, n, backend, seed, scale, days, regimen, rtol, atol,
+                             on_failure)
+    except (ImmunoeditError, typer.BadParameter) as exc:
         _fail(exc)
     command.summary(ds, console)
     from .sensitivity.plots import plot_sensitivity

@@ -15,6 +15,8 @@ METHODS = ("sobol", "morris", "local")
 SCALES = {"auto": "auto", "linear": False, "log": True}
 #: Default n per method: Sobol base samples (a power of two), Morris trajectories.
 DEFAULT_N = {"sobol": 1024, "morris": 20}
+#: ... when every run is a whole trial.
+DEFAULT_TRIAL_N = {"sobol": 64, "morris": 10}
 
 
 def parse_param(text: str) -> str | tuple[str, float, float]:
@@ -58,6 +60,31 @@ def run(spec: str, method: str, outputs: Sequence[str], params: Sequence[str], n
                         rtol=rtol, atol=atol)
 
 
+def run_trial(design: str, method: str, endpoints: Sequence[str], params: Sequence[str], n: int | None,
+              backend: str, seed: int, scale: str, patients: int | None, on_failure: str,
+              calibration: dict) -> xr.Dataset:
+    """Sobol or Morris indices of trial endpoints (`immunoedit sensitivity DESIGN --trial`); every
+    run is a whole trial of `patients` per arm on one cohort; calibration: run_trial keywords."""
+    from .. import compile_model
+    from ..trials import load_trial
+    from ..trials.run import _model_source
+    from .trial import trial_morris, trial_sobol
+
+    if method not in ("sobol", "morris"):
+        raise SimulationError(f"--trial analyses are sobol or morris, got '{method}'")
+    if scale not in SCALES:
+        raise SimulationError(f"--scale must be one of {', '.join(SCALES)}, got '{scale}'")
+    if not endpoints or not params:
+        raise SimulationError("--trial needs at least one --output endpoint (e.g. 'pfs@12:ABCP') and one --param "
+                              "NAME:LOW:HIGH (a parameter every patient shares)")
+    trial_design = load_trial(design)
+    model = compile_model(_model_source(trial_design), backend=backend)
+    analyse = trial_sobol if method == "sobol" else trial_morris
+    return analyse(trial_design, list(endpoints), [parse_param(p) for p in params],
+                   n or DEFAULT_TRIAL_N[method], log=SCALES[scale], seed=seed, on_failure=on_failure, progress=True,
+                   model=model, patients_per_arm=patients, **calibration)
+
+
 def summary(ds: xr.Dataset, console: Console) -> None:
     """One table per output (time-resolved results at their last time)."""
     kind = ds.attrs["analysis"]
@@ -68,7 +95,10 @@ def summary(ds: xr.Dataset, console: Console) -> None:
                "local": ["S", "dy_dlnp"]}[kind]
     sort_by = {"sobol": "ST", "morris": "mu_star", "local": "S"}[kind]
     runs = f", {ds.attrs['n_runs']} runs, {ds.attrs['n_failed_runs']} failed" if "n_runs" in ds.attrs else ""
-    console.print(f"[bold]{ds.attrs['model']}[/] | {kind} | backend {ds.attrs['backend']}{runs}", highlight=False)
+    trial = (f" | trial {ds.attrs['trial']}, {ds.attrs['patients_per_arm']} patients per arm"
+             if "trial" in ds.attrs else "")
+    console.print(f"[bold]{ds.attrs['model']}[/]{trial} | {kind} | backend {ds.attrs['backend']}{runs}",
+                  highlight=False)
     for out in ds["output"].values:
         row = ds.sel(output=out)
         table = Table("param", *columns, title=str(out), box=None, header_style="bold", title_justify="left")

@@ -1,0 +1,234 @@
+"""Sensitivity of virtual-trial endpoints (a 12-month PFS rate, a median, an ORR, a hazard ratio).
+
+    from immunoedit_models import sensitivity as sa
+    sa.trial_sobol("impower150", ["pfs@12:ABCP", "hr_os:ABCP_vs_BCP"],
+                   [("K_pd1", 0.05, 0.5), ("angio_dependence", 0.0, 0.3)], n=32, patients_per_arm=200)
+
+Every run of the Sobol or Morris design is a whole in-silico trial (`trials.run_trial`). The
+cohort is drawn once, and every run treats the same patients with the same randomisation and
+the same random numbers (common random numbers); a run's design values replace those
+parameters for every patient. The endpoints then differ between runs through the parameters
+alone, and the indices apportion that difference rather than the trial's sampling noise
+(`trials.analysis.trial_replicates` measures that noise). The cohort's baseline readouts (its
+biomarker classes) are those drawn at the spec's values.
+
+Endpoint forms (months; arm and comparison names from the trial design):
+
+    "pfs@12:ABCP"          Kaplan-Meier PFS rate at 12 months in arm ABCP ("os@24:BCP", ...)
+    "pfs_median:ABCP"      Kaplan-Meier median (months), "os_median:BCP"
+    "orr:ABCP"             objective response rate (CR or PR)
+    "hr_pfs:ABCP_vs_BCP"   Cox hazard ratio, experimental vs control ("hr_os:...")
+
+Varied parameters must be ones the cohort does not sample (drug effects and mechanisms, one value
+for every patient): a single value for a parameter that varies between patients would remove the
+population's spread. A trial whose patients fail to simulate, or that cannot be run, keeps its
+run in the design with a non-zero `status` (FailedRunsError / on_failure, as for `sobol`).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, replace
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+import xarray as xr
+from rich.progress import Progress
+
+from ..compile import CompiledModel, compile_model
+from ..errors import ImmunoeditError, SimulationError
+from ..io.results import provenance
+from ..spec.expressions import suggest
+from .designs import Design, morris_design, parameter_ranges, sobol_design
+from .indices import OnFailure, morris_indices, sobol_indices
+from .outputs import Output
+
+#: Run status of a trial that raised (its message is in the batch's `error`).
+STATUS_TRIAL_FAILED = -2
+ENDPOINT_FORMS = "'pfs@12:ARM', 'os_median:ARM', 'orr:ARM', 'hr_pfs:EXPERIMENTAL_vs_CONTROL'"
+_LANDMARK = re.compile(r"^(pfs|os)@([0-9]*\.?[0-9]+):(\w+)$")
+_MEDIAN = re.compile(r"^(pfs|os)_median:(\w+)$")
+_ORR = re.compile(r"^orr:(\w+)$")
+_HR = re.compile(r"^hr_(pfs|os):(\w+)_vs_(\w+)$")
+
+
+@dataclass(frozen=True)
+class TrialEndpoint:
+    """A scalar endpoint of a simulated trial. kind: 'landmark', 'median', 'orr' or 'hr'."""
+
+    name: str
+    kind: str
+    endpoint: str = "pfs"
+    arm: str = ""
+    months: float = 0.0
+    control: str = ""
+
+    def value(self, trial: xr.Dataset) -> float:
+        """This endpoint of a `run_trial` Dataset."""
+        from ..fit.trial import (simulated_hazard_ratio, simulated_landmark, simulated_median,
+                                 simulated_orr)
+
+        if self.kind == "landmark":
+            return simulated_landmark(trial, self.endpoint, self.arm, self.months)
+        if self.kind == "median":
+            return simulated_median(trial, self.endpoint, self.arm)
+        if self.kind == "orr":
+            return simulated_orr(trial, self.arm)
+        return simulated_hazard_ratio(trial, self.endpoint, f"{self.arm}_vs_{self.control}")
+
+
+def parse_endpoint(text: str, arms: Sequence[str]) -> TrialEndpoint:
+    """A `TrialEndpoint` from its text form, its arms checked against the design's `arms`."""
+    spaced = re.sub(r"\s+", "", str(text))
+    if m := _LANDMARK.match(spaced):
+        ep = TrialEndpoint(spaced, "landmark", m[1], m[3], float(m[2]))
+    elif m := _MEDIAN.match(spaced):
+        ep = TrialEndpoint(spaced, "median", m[1], m[2])
+    elif m := _ORR.match(spaced):
+        ep = TrialEndpoint(spaced, "orr", arm=m[1])
+    elif m := _HR.match(spaced):
+        ep = TrialEndpoint(spaced, "hr", m[1], m[2], control=m[3])
+    else:
+        raise SimulationError(f"cannot read trial endpoint '{text}': use {ENDPOINT_FORMS}")
+    for arm in filter(None, (ep.arm, ep.control)):
+        if arm not in arms:
+            hint = suggest(arm, list(arms))
+            raise SimulationError(f"trial endpoint '{text}': the trial has no arm '{arm}' "
+                                  + (f"({hint})" if hint else f"(arms: {', '.join(arms)})"))
+    if ep.kind == "hr" and ep.arm == ep.control:
+        raise SimulationError(f"trial endpoint '{text}': a hazard ratio compares two different arms")
+    return ep
+
+
+def run_trial_design(trial_design: Any, design: Design, endpoints: Sequence[str | TrialEndpoint], *,
+                     model: CompiledModel | None = None, patients_per_arm: int | None = None,
+                     seed: int = 0, priors: Mapping[str, Mapping[str, Any]] | None = None,
+                     fixed: Mapping[str, float] | None = None, survival: Mapping[str, float] | None = None,
+                     progress: bool = False) -> xr.Dataset:
+    """One simulated trial per run of `design` on one cohort (see the module docstring).
+
+    trial_design: a TrialDesign or a built-in name / path; model: default the design's model
+    (numba); priors, fixed, survival: as for `run_trial` (a calibration). Returns a Dataset over
+    `sample` (one per run) with each endpoint, `status` (0; else the first failed patient's
+    solver status, or STATUS_TRIAL_FAILED with the reason in `error`) and `failed_patients`.
+    """
+    from ..trials import run_trial
+    from ..trials.cohort import sample_cohort
+
+    trial_design, model = _design_and_model(trial_design, model)
+    arms = list(trial_design.arms)
+    parsed = [e if isinstance(e, TrialEndpoint) else parse_endpoint(e, arms) for e in endpoints]
+    n = int(patients_per_arm or trial_design.patients_per_arm)
+    cohort = sample_cohort(model, n * len(arms), seed, priors=priors, fixed=fixed, progress=progress,
+                           **dict(trial_design.cohort))
+    _check_uniform(cohort.params, design.names, trial_design.name)
+    lean = _lean_design(trial_design, parsed)
+    values = np.full((design.n_runs, len(parsed)), np.nan)
+    status = np.zeros(design.n_runs, dtype=np.int64)
+    failed = np.zeros(design.n_runs, dtype=np.int64)
+    errors = np.full(design.n_runs, "", dtype=object)
+    table = design.table
+    with Progress(disable=not progress, transient=True) as bar:
+        task = bar.add_task(f"{design.method} design: {design.n_runs} trials of {trial_design.name}",
+                            total=design.n_runs)
+        for run in range(design.n_runs):
+            row = replace(cohort, params=cohort.params.assign(**table.iloc[run].to_dict()))
+            try:
+                trial = run_trial(lean, model=model, patients_per_arm=n, seed=seed, survival=survival,
+                                  cohort=row)
+                patient_status = trial["status"].values.ravel()
+                failed[run] = int((patient_status != 0).sum())
+                status[run] = patient_status[np.flatnonzero(patient_status)[0]] if failed[run] else 0
+                values[run] = [ep.value(trial) for ep in parsed]
+            except (ImmunoeditError, ArithmeticError, ValueError, np.linalg.LinAlgError) as exc:
+                status[run], errors[run] = STATUS_TRIAL_FAILED, f"{type(exc).__name__}: {exc}"
+            bar.advance(task)
+    data = {ep.name: ("sample", values[:, j], {"description": _describe(ep)}) for j, ep in enumerate(parsed)}
+    data["status"] = ("sample", status, {"description": f"0: every patient simulated; else the first failed "
+                                                        f"patient's solver status; {STATUS_TRIAL_FAILED}: the "
+                                                        "trial raised (see error)"})
+    data["failed_patients"] = ("sample", failed)
+    data["error"] = ("sample", errors.astype(str))
+    attrs = {**provenance(model, backend=model.backend, seed=seed), "trial": trial_design.name,
+             "trial_design_hash": trial_design.design_hash, "patients_per_arm": n, "cohort_seed": seed,
+             "random_numbers": "common: one cohort, randomisation and outcome stream for every run"}
+    return xr.Dataset(data, coords={"sample": np.arange(design.n_runs)}, attrs=attrs)
+
+
+def trial_sobol(trial_design: Any, endpoints: Sequence[str | TrialEndpoint] | str,
+                params: Iterable[Any] | Mapping[str, Any], n: int = 64, *, log: Any = "auto",
+                second_order: bool = False, seed: int = 0, num_resamples: int = 100, conf_level: float = 0.95,
+                on_failure: OnFailure = "raise", progress: bool = False, **trial: Any) -> xr.Dataset:
+    """Sobol indices (S1, ST with bootstrap CIs) of trial endpoints over a Saltelli design of n base
+    samples (n (k + 2) trials). params, log: as for `sobol` (`parameter_ranges`); trial: keywords
+    of `run_trial_design` (model, patients_per_arm, priors, fixed, survival); seed: the design's,
+    the bootstrap's and the cohort's. Returns the `sobol` Dataset, with `Y` per run and endpoint."""
+    return _analyse("sobol", trial_design, endpoints, params, n, log, seed, num_resamples, conf_level,
+                    on_failure, progress, trial, second_order=second_order)
+
+
+def trial_morris(trial_design: Any, endpoints: Sequence[str | TrialEndpoint] | str,
+                 params: Iterable[Any] | Mapping[str, Any], n: int = 10, *, log: Any = "auto",
+                 num_levels: int = 4, seed: int = 0, num_resamples: int = 100, conf_level: float = 0.95,
+                 on_failure: OnFailure = "raise", progress: bool = False, **trial: Any) -> xr.Dataset:
+    """Morris elementary effects (mu, mu*, sigma) of trial endpoints from n trajectories
+    (n (k + 1) trials); arguments as for `trial_sobol`."""
+    return _analyse("morris", trial_design, endpoints, params, n, log, seed, num_resamples, conf_level,
+                    on_failure, progress, trial, num_levels=num_levels)
+
+
+def _analyse(method: str, trial_design: Any, endpoints: Any, params: Any, n: int, log: Any, seed: int,
+             num_resamples: int, conf_level: float, on_failure: OnFailure, progress: bool,
+             trial: dict[str, Any], **design_options: Any) -> xr.Dataset:
+    trial_design, model = _design_and_model(trial_design, trial.pop("model", None))
+    parsed = [parse_endpoint(e, list(trial_design.arms))
+              for e in ([endpoints] if isinstance(endpoints, str) else endpoints)]
+    if not parsed:
+        raise SimulationError(f"{method} of a trial needs at least one endpoint ({ENDPOINT_FORMS})")
+    ranges = parameter_ranges(model, params, log)
+    design = (sobol_design(ranges, n, seed, **design_options) if method == "sobol"
+              else morris_design(ranges, n, seed, **design_options))
+    batch = run_trial_design(trial_design, design, parsed, model=model, seed=seed, progress=progress, **trial)
+    outputs = [Output(ep.name, _column(ep.name)) for ep in parsed]
+    analyse = sobol_indices if method == "sobol" else morris_indices
+    return analyse(design, batch, outputs, num_resamples=num_resamples, conf_level=conf_level,
+                   on_failure=on_failure, progress=progress)
+
+
+def _design_and_model(trial_design: Any, model: CompiledModel | None) -> tuple[Any, CompiledModel]:
+    """The TrialDesign (loaded from a name or path) and its model (compiled with numba unless given)."""
+    from ..trials import load_trial
+    from ..trials.run import _model_source
+
+    trial_design = trial_design if hasattr(trial_design, "arms") else load_trial(trial_design)
+    return trial_design, model if model is not None else compile_model(_model_source(trial_design))
+
+
+def _column(name: str):
+    return lambda batch: batch[name].values
+
+
+def _check_uniform(params, names: Sequence[str], trial: str) -> None:
+    """Refuse design parameters that the cohort samples per patient."""
+    varying = [name for name in names if name in params and np.ptp(params[name].to_numpy()) > 0]
+    if varying:
+        raise SimulationError(
+            f"{', '.join(varying)} {'varies' if len(varying) == 1 else 'vary'} between the patients of trial "
+            f"'{trial}' (a prior samples {'it' if len(varying) == 1 else 'them'}): one design value for every "
+            "patient would remove the population's spread. Vary drug-effect or mechanism parameters that "
+            "every patient shares, or fix the parameter first (fixed={name: value})")
+
+
+def _lean_design(design: Any, endpoints: Sequence[TrialEndpoint]) -> Any:
+    """The design analysed only as far as the endpoints need: their comparisons, no subgroups."""
+    needed = {(ep.arm, ep.control) for ep in endpoints if ep.kind == "hr"}
+    return replace(design, comparisons=tuple(c for c in design.comparisons if tuple(c) in needed),
+                   subgroups=())
+
+
+def _describe(ep: TrialEndpoint) -> str:
+    what = {"landmark": f"Kaplan-Meier {ep.endpoint.upper()} rate at {ep.months:g} months in {ep.arm}",
+            "median": f"Kaplan-Meier median {ep.endpoint.upper()} (months) in {ep.arm}",
+            "orr": f"objective response rate in {ep.arm}",
+            "hr": f"Cox hazard ratio of {ep.endpoint.upper()}, {ep.arm} vs {ep.control}"}
+    return what[ep.kind]
