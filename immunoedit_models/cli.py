@@ -295,6 +295,9 @@ def sensitivity_command(
     if backend == "numba":
         _solver_in_background("batch")
     try:
+        if trial and (days is not None or regimen is not None):
+            raise typer.BadParameter("--days and --regimen do not apply with --trial: a trial runs its design's "
+                                     "arms, schedules and follow-up")
         if trial:
             settings = _calibration(calibration) if calibration is not None else {}
             ds = command.run_trial(spec, method, output, param, n, backend, seed, scale, patients, on_failure,

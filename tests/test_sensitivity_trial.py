@@ -139,3 +139,7 @@ def test_cli_trial_sensitivity(tmp_path):
     assert "orr:COMBO" in result.output and "ab_EC50" in result.output
     ds = ie.load_result(out)
     assert ds.attrs["trial"] == "trial_small" and ds.sizes["run"] == 4
+    wrong = CliRunner().invoke(app, ["sensitivity", DESIGN, "--trial", "--days", "100", "--output", "orr:COMBO",
+                                     "--param", "ab_EC50:1:100"])
+    assert wrong.exit_code == 1
+    assert "--days and --regimen do not apply with --trial" in wrong.output

@@ -65,10 +65,7 @@ def run_trial(design: str, method: str, endpoints: Sequence[str], params: Sequen
               calibration: dict) -> xr.Dataset:
     """Sobol or Morris indices of trial endpoints (`immunoedit sensitivity DESIGN --trial`); every
     run is a whole trial of `patients` per arm on one cohort; calibration: run_trial keywords."""
-    from .. import compile_model
-    from ..trials import load_trial
-    from ..trials.run import _model_source
-    from .trial import trial_morris, trial_sobol
+    from .trial import design_and_model, trial_morris, trial_sobol
 
     if method not in ("sobol", "morris"):
         raise SimulationError(f"--trial analyses are sobol or morris, got '{method}'")
@@ -77,8 +74,7 @@ def run_trial(design: str, method: str, endpoints: Sequence[str], params: Sequen
     if not endpoints or not params:
         raise SimulationError("--trial needs at least one --output endpoint (e.g. 'pfs@12:ABCP') and one --param "
                               "NAME:LOW:HIGH (a parameter every patient shares)")
-    trial_design = load_trial(design)
-    model = compile_model(_model_source(trial_design), backend=backend)
+    trial_design, model = design_and_model(design, backend=backend)
     analyse = trial_sobol if method == "sobol" else trial_morris
     return analyse(trial_design, list(endpoints), [parse_param(p) for p in params],
                    n or DEFAULT_TRIAL_N[method], log=SCALES[scale], seed=seed, on_failure=on_failure, progress=True,

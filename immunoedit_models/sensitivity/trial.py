@@ -115,7 +115,7 @@ def run_trial_design(trial_design: Any, design: Design, endpoints: Sequence[str 
     from ..trials import run_trial
     from ..trials.cohort import sample_cohort
 
-    trial_design, model = _design_and_model(trial_design, model)
+    trial_design, model = design_and_model(trial_design, model)
     arms = list(trial_design.arms)
     parsed = [e if isinstance(e, TrialEndpoint) else parse_endpoint(e, arms) for e in endpoints]
     n = int(patients_per_arm or trial_design.patients_per_arm)
@@ -180,7 +180,7 @@ def trial_morris(trial_design: Any, endpoints: Sequence[str | TrialEndpoint] | s
 def _analyse(method: str, trial_design: Any, endpoints: Any, params: Any, n: int, log: Any, seed: int,
              num_resamples: int, conf_level: float, on_failure: OnFailure, progress: bool,
              trial: dict[str, Any], **design_options: Any) -> xr.Dataset:
-    trial_design, model = _design_and_model(trial_design, trial.pop("model", None))
+    trial_design, model = design_and_model(trial_design, trial.pop("model", None))
     parsed = [parse_endpoint(e, list(trial_design.arms))
               for e in ([endpoints] if isinstance(endpoints, str) else endpoints)]
     if not parsed:
@@ -195,13 +195,15 @@ def _analyse(method: str, trial_design: Any, endpoints: Any, params: Any, n: int
                    on_failure=on_failure, progress=progress)
 
 
-def _design_and_model(trial_design: Any, model: CompiledModel | None) -> tuple[Any, CompiledModel]:
-    """The TrialDesign (loaded from a name or path) and its model (compiled with numba unless given)."""
+def design_and_model(trial_design: Any, model: CompiledModel | None = None,
+                     backend: str = "numba") -> tuple[Any, CompiledModel]:
+    """The TrialDesign (loaded from a name or path) and its model (compiled for `backend` unless
+    given)."""
     from ..trials import load_trial
     from ..trials.run import _model_source
 
     trial_design = trial_design if hasattr(trial_design, "arms") else load_trial(trial_design)
-    return trial_design, model if model is not None else compile_model(_model_source(trial_design))
+    return trial_design, model if model is not None else compile_model(_model_source(trial_design), backend)
 
 
 def _column(name: str):
