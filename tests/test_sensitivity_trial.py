@@ -112,8 +112,47 @@ def test_a_parameter_the_cohort_samples_is_refused(model):
         sa.trial_morris(DESIGN, "orr:COMBO", [("ab_boost", 1.0, 5.0)], n=2, model=model, patients_per_arm=10)
     assert str(err.value) == (
         "ab_boost varies between the patients of trial 'trial_small' (a prior samples it): one design value for "
-        "every patient would remove the population's spread. Vary drug-effect or mechanism parameters that every "
-        "patient shares, or fix the parameter first (fixed={name: value})")
+        "every patient would remove the population's spread. Vary a value of the prior instead "
+        "('ab_boost.median'), or a parameter every patient shares")
+
+
+def test_population_values_redraw_the_cohort_as_run_trial_does(model):
+    """A value of a population prior ('r.median') redraws each run's cohort from the same seed:
+    every run equals run_trial with that prior, and the patients keep their ranks."""
+    ds = sa.trial_morris(DESIGN, ["pfs@12:CHEMO", "orr:COMBO", "hr_pfs:COMBO_vs_CHEMO", "os_median:COMBO"],
+                         [("r.median", 0.005, 0.02), ("ab_EC50", 1.0, 100.0)], n=2, model=model,
+                         patients_per_arm=PATIENTS, seed=1)
+    assert ds.sizes["run"] == 6 and (ds["status"].values == 0).all()
+    assert list(ds["scale"].values) == ["linear", "log"]     # auto: log only for ranges spanning >= 10x
+    for run in (0, 4):
+        median, ec50 = ds["X"].values[run]
+        trial = run_trial(DESIGN, model=model, patients_per_arm=PATIENTS, seed=1, fixed={"ab_EC50": ec50},
+                          priors={"r": {"distribution": "lognormal", "median": median, "sigma": 0.5}})
+        np.testing.assert_allclose(ds["Y"].values[run], by_hand(trial), rtol=1e-6)
+    assert ds["mu_star"].sel(output="pfs@12:CHEMO", param="r.median") > 0
+    assert ds["mu_star"].sel(output="pfs@12:CHEMO", param="ab_EC50") == 0
+
+
+def test_population_value_errors(model):
+    cases = {
+        ("r.median",): "population value 'r.median' needs an explicit range: ('r.median', LOW, HIGH) "
+                       "(CLI: --param r.median:LOW:HIGH)",
+        (("r.mean", 0.01, 0.02),): "population value 'r.mean': the lognormal prior of 'r' has no number "
+                                   "'mean' (it has median, sigma)",
+        (("Kkill.median", 1e9, 1e11),): "population value 'Kkill.median': 'Kkill' has no prior, so no patient "
+                                        "draws it; vary it as a shared parameter (without '.KEY')",
+        (("rr.median", 0.01, 0.02),): "population value 'rr.median': 'rr' is not a parameter of model "
+                                      "'trial_model' (did you mean 'r'?)",
+    }
+    for params, message in cases.items():
+        with pytest.raises(SimulationError) as err:
+            sa.trial_morris(DESIGN, "orr:COMBO", list(params), n=2, model=model, patients_per_arm=10)
+        assert str(err.value) == message
+    with pytest.raises(SimulationError) as err:
+        sa.trial_morris(DESIGN, "orr:COMBO", [("r.median", 0.005, 0.02)], n=2, model=model, patients_per_arm=10,
+                        fixed={"r": 0.01})
+    assert str(err.value) == ("r is fixed for every patient of trial 'trial_small' (fixed=...), so its prior is "
+                              "not drawn: vary the shared value instead (without '.KEY')")
 
 
 def test_failed_patients_are_reported_per_run(model):

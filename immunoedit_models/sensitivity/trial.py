@@ -7,7 +7,7 @@
 Every run of the Sobol or Morris design is a whole in-silico trial (`trials.run_trial`). The
 cohort is drawn once, and every run treats the same patients with the same randomisation and
 the same random numbers (common random numbers); a run's design values replace those
-parameters for every patient. The endpoints then differ between runs through the parameters
+parameters for every patient (population values: below). The endpoints then differ between runs through the parameters
 alone, and the indices apportion that difference rather than the trial's sampling noise
 (`trials.analysis.trial_replicates` measures that noise). The cohort's baseline readouts (its
 biomarker classes) are those drawn at the spec's values.
@@ -19,10 +19,19 @@ Endpoint forms (months; arm and comparison names from the trial design):
     "orr:ABCP"             objective response rate (CR or PR)
     "hr_pfs:ABCP_vs_BCP"   Cox hazard ratio, experimental vs control ("hr_os:...")
 
-Varied parameters must be ones the cohort does not sample (drug effects and mechanisms, one value
-for every patient): a single value for a parameter that varies between patients would remove the
-population's spread. A trial whose patients fail to simulate, or that cannot be run, keeps its
-run in the design with a non-zero `status` (FailedRunsError / on_failure, as for `sobol`).
+Two kinds of design parameter:
+
+- a model parameter every patient shares (a drug effect, a mechanism), e.g. ("K_pd1", 0.05, 0.5):
+  its design value replaces the spec's for every patient. A parameter the cohort samples per
+  patient is refused: one value for all would remove the population's spread;
+- a value of a population prior, "NAME.KEY" with KEY one of the prior's numbers (median, sigma,
+  mean, sd, low, high), e.g. ("r_tumour.median", 0.01, 0.03): each run draws its cohort anew
+  with that prior, from the same seed. The draws are the same normal deviates mapped through
+  the changed prior, so patients keep their ranks (common random numbers again), but the
+  plausibility checks may admit a few different patients.
+
+A trial whose patients fail to simulate, or that cannot be run, keeps its run in the design with
+a non-zero `status` (FailedRunsError / on_failure, as for `sobol`).
 """
 
 from __future__ import annotations
@@ -39,7 +48,8 @@ from ..compile import CompiledModel, compile_model
 from ..errors import ImmunoeditError, SimulationError
 from ..io.results import provenance
 from ..spec.expressions import suggest
-from .designs import Design, morris_design, parameter_ranges, sobol_design
+from .designs import (Design, ParameterRange, _scale, morris_design, parameter_ranges,
+                      sobol_design)
 from .indices import OnFailure, morris_indices, sobol_indices
 from .outputs import Output
 
@@ -119,9 +129,17 @@ def run_trial_design(trial_design: Any, design: Design, endpoints: Sequence[str 
     arms = list(trial_design.arms)
     parsed = [e if isinstance(e, TrialEndpoint) else parse_endpoint(e, arms) for e in endpoints]
     n = int(patients_per_arm or trial_design.patients_per_arm)
-    cohort = sample_cohort(model, n * len(arms), seed, priors=priors, fixed=fixed, progress=progress,
-                           **dict(trial_design.cohort))
-    _check_uniform(cohort.params, design.names, trial_design.name)
+    population = [name for name in design.names if "." in name]
+    shared = [name for name in design.names if "." not in name]
+    _check_design_parameters(model, shared, population, priors, fixed, trial_design.name)
+
+    def cohort_of(row: Mapping[str, float]) -> Any:
+        """The run's cohort: drawn once (shared parameters only) or per run (population values)."""
+        row_priors = _priors_with(model, priors, {name: row[name] for name in population})
+        return sample_cohort(model, n * len(arms), seed, priors=row_priors, fixed=fixed,
+                             **dict(trial_design.cohort))
+
+    base = None if population else cohort_of({})
     lean = _lean_design(trial_design, parsed)
     values = np.full((design.n_runs, len(parsed)), np.nan)
     status = np.zeros(design.n_runs, dtype=np.int64)
@@ -132,10 +150,12 @@ def run_trial_design(trial_design: Any, design: Design, endpoints: Sequence[str 
         task = bar.add_task(f"{design.method} design: {design.n_runs} trials of {trial_design.name}",
                             total=design.n_runs)
         for run in range(design.n_runs):
-            row = replace(cohort, params=cohort.params.assign(**table.iloc[run].to_dict()))
+            values_of_run = table.iloc[run].to_dict()
             try:
+                cohort = base if base is not None else cohort_of(values_of_run)
+                cohort = replace(cohort, params=cohort.params.assign(**{k: values_of_run[k] for k in shared}))
                 trial = run_trial(lean, model=model, patients_per_arm=n, seed=seed, survival=survival,
-                                  cohort=row)
+                                  cohort=cohort)
                 patient_status = trial["status"].values.ravel()
                 failed[run] = int((patient_status != 0).sum())
                 status[run] = patient_status[np.flatnonzero(patient_status)[0]] if failed[run] else 0
@@ -151,7 +171,9 @@ def run_trial_design(trial_design: Any, design: Design, endpoints: Sequence[str 
     data["error"] = ("sample", errors.astype(str))
     attrs = {**provenance(model, backend=model.backend, seed=seed), "trial": trial_design.name,
              "trial_design_hash": trial_design.design_hash, "patients_per_arm": n, "cohort_seed": seed,
-             "random_numbers": "common: one cohort, randomisation and outcome stream for every run"}
+             "random_numbers": ("common: one cohort, randomisation and outcome stream for every run" if base is not None
+                                else "common: each run's cohort drawn from the same seed (same normal deviates), "
+                                     "randomisation and outcome stream")}
     return xr.Dataset(data, coords={"sample": np.arange(design.n_runs)}, attrs=attrs)
 
 
@@ -185,7 +207,7 @@ def _analyse(method: str, trial_design: Any, endpoints: Any, params: Any, n: int
               for e in ([endpoints] if isinstance(endpoints, str) else endpoints)]
     if not parsed:
         raise SimulationError(f"{method} of a trial needs at least one endpoint ({ENDPOINT_FORMS})")
-    ranges = parameter_ranges(model, params, log)
+    ranges = trial_ranges(model, params, log, trial.get("priors"))
     design = (sobol_design(ranges, n, seed, **design_options) if method == "sobol"
               else morris_design(ranges, n, seed, **design_options))
     batch = run_trial_design(trial_design, design, parsed, model=model, seed=seed, progress=progress, **trial)
@@ -210,15 +232,99 @@ def _column(name: str):
     return lambda batch: batch[name].values
 
 
-def _check_uniform(params, names: Sequence[str], trial: str) -> None:
-    """Refuse design parameters that the cohort samples per patient."""
-    varying = [name for name in names if name in params and np.ptp(params[name].to_numpy()) > 0]
+def trial_ranges(model: CompiledModel, params: Iterable[Any] | Mapping[str, Any], log: Any = "auto",
+                 priors: Mapping[str, Mapping[str, Any]] | None = None) -> tuple[ParameterRange, ...]:
+    """Ranges of shared model parameters (as `parameter_ranges`, spec ranges allowed) and of
+    population prior values 'NAME.KEY' (explicit ranges only), in the order given."""
+    if isinstance(params, Mapping):
+        items = [name if value is None else (name, *value) for name, value in params.items()]
+    else:
+        items = [params] if isinstance(params, (str, ParameterRange)) else list(params)
+    ranges = []
+    for item in items:
+        name = item.name if isinstance(item, ParameterRange) else item if isinstance(item, str) else item[0]
+        if "." not in str(name):
+            ranges += parameter_ranges(model, [item], log)
+            continue
+        if isinstance(item, str):
+            raise SimulationError(f"population value '{name}' needs an explicit range: ({name!r}, LOW, HIGH) "
+                                  f"(CLI: --param {name}:LOW:HIGH)")
+        _population_prior(model, str(name), priors)
+        if isinstance(item, ParameterRange):
+            ranges.append(_checked_population_range(item))
+            continue
+        low, high = float(item[1]), float(item[2])
+        ranges.append(_checked_population_range(
+            ParameterRange(str(name), low, high, _scale(str(name), low, high, False, log), "explicit (prior value)")))
+    names = [r.name for r in ranges]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise SimulationError(f"parameters named more than once: {', '.join(repeated)}")
+    return tuple(ranges)
+
+
+def _checked_population_range(r: ParameterRange) -> ParameterRange:
+    """`designs._checked_range`'s checks of the range itself (the name is a prior value)."""
+    if not (np.isfinite(r.low) and np.isfinite(r.high) and r.low < r.high):
+        raise SimulationError(f"population value '{r.name}': the range needs finite low < high, got "
+                              f"[{r.low:g}, {r.high:g}]")
+    if r.scale == "log" and r.low <= 0:
+        raise SimulationError(f"population value '{r.name}': a log-scale range needs low > 0, got "
+                              f"[{r.low:g}, {r.high:g}]; sample it linearly (log=False)")
+    return r
+
+
+def _population_prior(model: CompiledModel, name: str, priors: Mapping[str, Mapping[str, Any]] | None,
+                      check_key: bool = True) -> dict[str, Any]:
+    """The prior (calibration's, else the spec's) that population value 'NAME.KEY' changes."""
+    param, _, key = name.partition(".")
+    if param not in model.parameters:
+        hint = suggest(param, model.parameters)
+        raise SimulationError(f"population value '{name}': '{param}' is not a parameter of model "
+                              f"'{model.name}'" + (f" ({hint})" if hint else ""))
+    prior = (priors or {}).get(param) or model.spec.parameters[param].prior
+    if prior is None:
+        raise SimulationError(f"population value '{name}': '{param}' has no prior, so no patient draws it; "
+                              "vary it as a shared parameter (without '.KEY')")
+    numeric = [k for k, v in prior.items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    if check_key and key not in numeric:
+        raise SimulationError(f"population value '{name}': the {prior.get('distribution', '')} prior of "
+                              f"'{param}' has no number '{key}' (it has {', '.join(numeric)})")
+    return dict(prior)
+
+
+def _priors_with(model: CompiledModel, priors: Mapping[str, Mapping[str, Any]] | None,
+                 values: Mapping[str, float]) -> dict[str, dict[str, Any]] | None:
+    """`priors` with population values 'NAME.KEY' set (None when there are neither)."""
+    out = {name: dict(prior) for name, prior in (priors or {}).items()}
+    for name, value in values.items():
+        param, _, key = name.partition(".")
+        out[param] = {**_population_prior(model, name, out), key: float(value)}
+    return out or None
+
+
+def _check_design_parameters(model: CompiledModel, shared: Sequence[str], population: Sequence[str],
+                             priors: Any, fixed: Mapping[str, float] | None, trial: str) -> None:
+    """Refuse shared parameters that the cohort samples per patient, and population values of
+    parameters that the calibration fixes."""
+    from ..trials.cohort import JointPrior
+
+    sampled = set(JointPrior.from_model(model, priors, None, fixed).names)
+    pinned = sorted({name.partition(".")[0] for name in population} & set(fixed or {}))
+    if pinned:
+        raise SimulationError(f"{', '.join(pinned)} {'is' if len(pinned) == 1 else 'are'} fixed for every patient "
+                              f"of trial '{trial}' (fixed=...), so {'its' if len(pinned) == 1 else 'their'} "
+                              "prior is not drawn: vary the shared value instead (without '.KEY')")
+    varying = [name for name in shared if name in sampled]
     if varying:
+        first = varying[0]
+        keys = [k for k, v in _population_prior(model, f"{first}.", priors, check_key=False).items()
+                if isinstance(v, (int, float)) and not isinstance(v, bool)]
         raise SimulationError(
             f"{', '.join(varying)} {'varies' if len(varying) == 1 else 'vary'} between the patients of trial "
             f"'{trial}' (a prior samples {'it' if len(varying) == 1 else 'them'}): one design value for every "
-            "patient would remove the population's spread. Vary drug-effect or mechanism parameters that "
-            "every patient shares, or fix the parameter first (fixed={name: value})")
+            f"patient would remove the population's spread. Vary a value of the prior instead "
+            f"('{first}.{keys[0]}'), or a parameter every patient shares")
 
 
 def _lean_design(design: Any, endpoints: Sequence[TrialEndpoint]) -> Any:
