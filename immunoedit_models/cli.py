@@ -269,7 +269,9 @@ def sensitivity_command(
     output: list[str] = typer.Option([], "--output", "-o", help="'T@365', 'auc(T, 0, 365)', 'max(E)' or 'T' "
                                                                 "(time-resolved); repeatable"),
     param: list[str] = typer.Option([], "--param", "-p", help="NAME:LOW:HIGH, or NAME for the spec's bounds/prior "
-                                                              "(repeatable; default: all with bounds or priors)"),
+                                                              "(repeatable; default: all with bounds or priors); "
+                                                              "with --trial also NAME.KEY:LOW:HIGH, a value of a "
+                                                              "population prior (r_tumour.median:0.01:0.03)"),
     n: Optional[int] = typer.Option(None, help="Sobol base samples (power of two; runs n(k+2)), default 1024 "
                                                "(--trial: 64); Morris trajectories, default 20 (--trial: 10)"),
     backend: str = typer.Option("numba", help="numba | jax | cuda"),
