@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Collection, Iterable, Literal, Mapping
+from typing import Any, Collection, Iterable, Literal, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -126,10 +126,8 @@ def parameter_ranges(model: CompiledModel, params: Iterable[Any] | Mapping[str, 
             raise SimulationError(f"no parameter of model '{model.name}' has bounds or a prior: name the "
                                   "parameters and their ranges (NAME:LOW:HIGH)")
         items: list[Any] = names
-    elif isinstance(params, Mapping):
-        items = [name if value is None else (name, *value) for name, value in params.items()]
     else:
-        items = [params] if isinstance(params, (str, ParameterRange)) else list(params)
+        items = range_items(params)
     ranges = []
     for item in items:
         if isinstance(item, ParameterRange):
@@ -148,11 +146,23 @@ def parameter_ranges(model: CompiledModel, params: Iterable[Any] | Mapping[str, 
                                       "or a ParameterRange") from None
             source, natural = "explicit", False
         ranges.append(ParameterRange(name, low, high, _scale(name, low, high, natural, log), source))
+    return tuple(_checked_range(r, model) for r in distinct(ranges))
+
+
+def range_items(params: Iterable[Any] | Mapping[str, Any]) -> list[Any]:
+    """The items of a `params` argument: names, (name, low, high) tuples or `ParameterRange`s."""
+    if isinstance(params, Mapping):
+        return [name if value is None else (name, *value) for name, value in params.items()]
+    return [params] if isinstance(params, (str, ParameterRange)) else list(params)
+
+
+def distinct(ranges: Sequence[ParameterRange]) -> Sequence[ParameterRange]:
+    """`ranges`, after checking that no parameter is named twice."""
     names = [r.name for r in ranges]
     repeated = sorted({n for n in names if names.count(n) > 1})
     if repeated:
         raise SimulationError(f"parameters named more than once: {', '.join(repeated)}")
-    return tuple(_checked_range(r, model) for r in ranges)
+    return ranges
 
 
 def salib_problem(ranges: Iterable[ParameterRange]) -> dict[str, Any]:

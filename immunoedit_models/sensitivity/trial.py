@@ -48,7 +48,7 @@ from ..compile import CompiledModel, compile_model
 from ..errors import ImmunoeditError, SimulationError
 from ..io.results import provenance
 from ..spec.expressions import suggest
-from .designs import (Design, ParameterRange, _scale, morris_design, parameter_ranges,
+from .designs import (Design, ParameterRange, _scale, distinct, morris_design, parameter_ranges, range_items,
                       sobol_design)
 from .indices import OnFailure, morris_indices, sobol_indices
 from .outputs import Output
@@ -236,12 +236,8 @@ def trial_ranges(model: CompiledModel, params: Iterable[Any] | Mapping[str, Any]
                  priors: Mapping[str, Mapping[str, Any]] | None = None) -> tuple[ParameterRange, ...]:
     """Ranges of shared model parameters (as `parameter_ranges`, spec ranges allowed) and of
     population prior values 'NAME.KEY' (explicit ranges only), in the order given."""
-    if isinstance(params, Mapping):
-        items = [name if value is None else (name, *value) for name, value in params.items()]
-    else:
-        items = [params] if isinstance(params, (str, ParameterRange)) else list(params)
     ranges = []
-    for item in items:
+    for item in range_items(params):
         name = item.name if isinstance(item, ParameterRange) else item if isinstance(item, str) else item[0]
         if "." not in str(name):
             ranges += parameter_ranges(model, [item], log)
@@ -256,11 +252,7 @@ def trial_ranges(model: CompiledModel, params: Iterable[Any] | Mapping[str, Any]
         low, high = float(item[1]), float(item[2])
         ranges.append(_checked_population_range(
             ParameterRange(str(name), low, high, _scale(str(name), low, high, False, log), "explicit (prior value)")))
-    names = [r.name for r in ranges]
-    repeated = sorted({n for n in names if names.count(n) > 1})
-    if repeated:
-        raise SimulationError(f"parameters named more than once: {', '.join(repeated)}")
-    return tuple(ranges)
+    return tuple(distinct(ranges))
 
 
 def _checked_population_range(r: ParameterRange) -> ParameterRange:
