@@ -4,13 +4,13 @@
     sa.trial_sobol("impower150", ["pfs@12:ABCP", "hr_os:ABCP_vs_BCP"],
                    [("K_pd1", 0.05, 0.5), ("angio_dependence", 0.0, 0.3)], n=32, patients_per_arm=200)
 
-Every run of the Sobol or Morris design is a whole in-silico trial (`trials.run_trial`). The
-cohort is drawn once, and every run treats the same patients with the same randomisation and
-the same random numbers (common random numbers); a run's design values replace those
-parameters for every patient (population values: below). The endpoints then differ between runs through the parameters
-alone, and the indices apportion that difference rather than the trial's sampling noise
-(`trials.analysis.trial_replicates` measures that noise). The cohort's baseline readouts (its
-biomarker classes) are those drawn at the spec's values.
+Every run of the Sobol or Morris design is a whole in-silico trial (`trials.run_trial`), and
+every run uses the same random numbers (common random numbers): the same cohort (redrawn from
+the same seed when a population value varies, below), randomisation and outcome stream. The
+endpoints then differ between runs through the parameters alone, and the indices apportion
+that difference rather than the trial's sampling noise (`trials.analysis.trial_replicates`
+measures that noise). A shared parameter's design value does not redraw the cohort: its
+baseline readouts (biomarker classes) stay those drawn at the spec's values.
 
 Endpoint forms (months; arm and comparison names from the trial design):
 
@@ -115,7 +115,7 @@ def run_trial_design(trial_design: Any, design: Design, endpoints: Sequence[str 
                      seed: int = 0, priors: Mapping[str, Mapping[str, Any]] | None = None,
                      fixed: Mapping[str, float] | None = None, survival: Mapping[str, float] | None = None,
                      progress: bool = False) -> xr.Dataset:
-    """One simulated trial per run of `design` on one cohort (see the module docstring).
+    """One simulated trial per run of `design`, on common random numbers (see the module docstring).
 
     trial_design: a TrialDesign or a built-in name / path; model: default the design's model
     (numba); priors, fixed, survival: as for `run_trial` (a calibration). Returns a Dataset over
