@@ -169,6 +169,30 @@ def test_failed_patients_are_reported_per_run(model):
         sa.morris_indices(design, batch, [sa.Output("orr:COMBO", lambda b: b["orr:COMBO"].values)])
 
 
+def test_a_trial_that_raises_keeps_its_run_and_its_message(model):
+    """A median of 1e-7/day leaves the growth prior no mass inside its bounds: that run's cohort
+    cannot be drawn. The run stays, with status -2 and the error; the others simulate."""
+    design = sa.morris_design(sa.trial_ranges(model, [("r.median", 1e-7, 0.01)]), 2, seed=0)
+    batch = sa.run_trial_design(DESIGN, design, ["orr:COMBO"], model=model, patients_per_arm=10)
+    raised = design.values[:, 0] < 1e-6
+    assert raised.sum() == 1
+    assert (batch["status"].values[raised] == sa.STATUS_RAISED).all() and (batch["status"].values[~raised] == 0).all()
+    assert batch["error"].values[raised][0].startswith("SimulationError: parameter 'r': bounds [0.0001, 0.2] "
+                                                       "leave no probability under its prior")
+    with pytest.raises(sa.FailedRunsError) as err:
+        sa.morris_indices(design, batch, [sa.Output("orr:COMBO", lambda b: b["orr:COMBO"].values)])
+    assert "1 of 4 runs of the morris design failed (1 raised an error): run 2 (status -2): r.median=1e-07; " \
+           "the first error: SimulationError: parameter 'r': bounds" in str(err.value)
+
+
+def test_a_backend_without_trials_is_refused_before_any_run():
+    jax_model = ie.compile_model("tests/specs/trial_model.yaml", backend="jax")
+    with pytest.raises(SimulationError) as err:
+        sa.trial_morris(DESIGN, "orr:COMBO", [("ab_EC50", 1.0, 100.0)], n=2, model=jax_model, patients_per_arm=10)
+    assert str(err.value) == ("trials need scans inside the kernel; the jax backend has none: compile the model "
+                              "with backend='numba' (or 'cuda')")
+
+
 def test_cli_trial_sensitivity(tmp_path):
     out = tmp_path / "trial_morris.nc"
     result = CliRunner().invoke(app, [

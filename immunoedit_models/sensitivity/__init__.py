@@ -13,16 +13,16 @@ Outputs: `outputs.parse_output` text forms or `Output(name, function)`; paramete
 
 from .designs import (Design, ParameterRange, morris_design, parameter_ranges, run_design, salib_problem,
                       sobol_design)
-from .indices import FailedRunsError, morris, morris_indices, sobol, sobol_indices
+from .indices import STATUS_RAISED, FailedRunsError, morris, morris_indices, sobol, sobol_indices
 from .local import local_sensitivity
 from .outputs import Output, evaluate_outputs, output_grid, parse_output, parse_outputs
 from .plots import plot_sensitivity, plot_sobol, plot_time_resolved, plot_tornado
-from .trial import TrialEndpoint, parse_endpoint, run_trial_design, trial_morris, trial_sobol
+from .trial import TrialEndpoint, parse_endpoint, run_trial_design, trial_morris, trial_ranges, trial_sobol
 
 __all__ = [
-    "Design", "FailedRunsError", "Output", "ParameterRange", "TrialEndpoint", "evaluate_outputs",
+    "STATUS_RAISED", "Design", "FailedRunsError", "Output", "ParameterRange", "TrialEndpoint", "evaluate_outputs",
     "local_sensitivity", "morris", "morris_design", "morris_indices", "output_grid", "parameter_ranges",
     "parse_endpoint", "parse_output", "parse_outputs", "plot_sensitivity", "plot_sobol", "plot_time_resolved",
     "plot_tornado", "run_design", "run_trial_design", "salib_problem", "sobol", "sobol_design", "sobol_indices",
-    "trial_morris", "trial_sobol",
+    "trial_morris", "trial_ranges", "trial_sobol",
 ]

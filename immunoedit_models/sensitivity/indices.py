@@ -33,6 +33,8 @@ from .designs import Design, morris_design, parameter_ranges, run_design, sobol_
 from .outputs import Output, evaluate_outputs, parse_outputs, split_kind
 
 OnFailure = Literal["raise", "drop"]
+#: Status of a run that raised instead of simulating (e.g. a whole trial: `trial.run_trial_design`).
+STATUS_RAISED = -2
 #: Failed runs listed in a FailedRunsError message (all are in its attributes).
 _LISTED = 5
 
@@ -42,9 +44,10 @@ class FailedRunsError(SimulationError):
     DataFrame of their parameter values) say which."""
 
     def __init__(self, method: str, n_runs: int, runs: np.ndarray, status: np.ndarray,
-                 parameters: pd.DataFrame, dropped_too_many: bool = False):
+                 parameters: pd.DataFrame, dropped_too_many: bool = False, errors: Sequence[str] = ()):
         self.runs, self.status, self.parameters = runs, status, parameters
-        meanings = {**STATUS_MEANINGS, -1: "ok status but non-finite output"}
+        meanings = {**STATUS_MEANINGS, -1: "ok status but non-finite output",
+                    STATUS_RAISED: "raised an error"}
         counts = ", ".join(f"{int((status == s).sum())} {meanings.get(int(s), 'unknown')}" for s in np.unique(status))
         shown = "; ".join(f"run {r} (status {s}): " + ", ".join(f"{k}={v:.4g}" for k, v in row.items())
                           for r, s, (_, row) in zip(runs[:_LISTED], status[:_LISTED], parameters.iterrows()))
@@ -52,6 +55,9 @@ class FailedRunsError(SimulationError):
         fix = ("; fewer than 2 design blocks are left without a failure, so dropping them cannot help"
                if dropped_too_many else ", or pass on_failure='drop' (CLI: --on-failure drop) to leave out the "
                                         "design blocks holding a failed run (recorded in the result)")
+        first_error = next((e for e in errors if e), "")
+        if first_error:
+            more += f"; the first error: {first_error}"
         super().__init__(
             f"{len(runs)} of {n_runs} runs of the {method} design failed ({counts}): {shown}{more}. The estimator "
             "needs every run of its design: narrow the parameter ranges, change the solver settings (method, "
@@ -84,8 +90,9 @@ def _usable_runs(design: Design, batch: xr.Dataset, Y: np.ndarray, on_failure: O
     n_blocks = design.n_runs // design.block
     too_few = n_blocks - bad_blocks.size < 2
     if runs.size and (on_failure == "raise" or too_few):
+        errors = [str(e) for e in batch["error"].values[runs]] if "error" in batch else []
         raise FailedRunsError(design.method, design.n_runs, runs, status[runs], design.table.iloc[runs],
-                              dropped_too_many=on_failure == "drop" and too_few)
+                              dropped_too_many=on_failure == "drop" and too_few, errors=errors)
     if runs.size:
         warnings.warn(f"{runs.size} failed runs: dropped {bad_blocks.size} of {n_blocks} design blocks "
                       f"({int((~used).sum())} runs); see the result's 'used' and 'status'",

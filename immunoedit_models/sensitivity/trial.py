@@ -50,11 +50,9 @@ from ..io.results import provenance
 from ..spec.expressions import suggest
 from .designs import (Design, ParameterRange, _scale, distinct, morris_design, parameter_ranges, range_items,
                       sobol_design)
-from .indices import OnFailure, morris_indices, sobol_indices
+from .indices import STATUS_RAISED, OnFailure, morris_indices, sobol_indices
 from .outputs import Output
 
-#: Run status of a trial that raised (its message is in the batch's `error`).
-STATUS_TRIAL_FAILED = -2
 ENDPOINT_FORMS = "'pfs@12:ARM', 'os_median:ARM', 'orr:ARM', 'hr_pfs:EXPERIMENTAL_vs_CONTROL'"
 _LANDMARK = re.compile(r"^(pfs|os)@([0-9]*\.?[0-9]+):(\w+)$")
 _MEDIAN = re.compile(r"^(pfs|os)_median:(\w+)$")
@@ -120,12 +118,14 @@ def run_trial_design(trial_design: Any, design: Design, endpoints: Sequence[str 
     trial_design: a TrialDesign or a built-in name / path; model: default the design's model
     (numba); priors, fixed, survival: as for `run_trial` (a calibration). Returns a Dataset over
     `sample` (one per run) with each endpoint, `status` (0; else the first failed patient's
-    solver status, or STATUS_TRIAL_FAILED with the reason in `error`) and `failed_patients`.
+    solver status, or STATUS_RAISED with the reason in `error`) and `failed_patients`.
     """
     from ..trials import run_trial
     from ..trials.cohort import sample_cohort
+    from ..trials.run import check_trial_model
 
     trial_design, model = design_and_model(trial_design, model)
+    check_trial_model(model, trial_design)      # the same for every run: raise, not a failed run
     arms = list(trial_design.arms)
     parsed = [e if isinstance(e, TrialEndpoint) else parse_endpoint(e, arms) for e in endpoints]
     n = int(patients_per_arm or trial_design.patients_per_arm)
@@ -161,11 +161,11 @@ def run_trial_design(trial_design: Any, design: Design, endpoints: Sequence[str 
                 status[run] = patient_status[np.flatnonzero(patient_status)[0]] if failed[run] else 0
                 values[run] = [ep.value(trial) for ep in parsed]
             except (ImmunoeditError, ArithmeticError, ValueError, np.linalg.LinAlgError) as exc:
-                status[run], errors[run] = STATUS_TRIAL_FAILED, f"{type(exc).__name__}: {exc}"
+                status[run], errors[run] = STATUS_RAISED, f"{type(exc).__name__}: {exc}"
             bar.advance(task)
     data = {ep.name: ("sample", values[:, j], {"description": _describe(ep)}) for j, ep in enumerate(parsed)}
     data["status"] = ("sample", status, {"description": f"0: every patient simulated; else the first failed "
-                                                        f"patient's solver status; {STATUS_TRIAL_FAILED}: the "
+                                                        f"patient's solver status; {STATUS_RAISED}: the "
                                                         "trial raised (see error)"})
     data["failed_patients"] = ("sample", failed)
     data["error"] = ("sample", errors.astype(str))
@@ -222,10 +222,10 @@ def design_and_model(trial_design: Any, model: CompiledModel | None = None,
     """The TrialDesign (loaded from a name or path) and its model (compiled for `backend` unless
     given)."""
     from ..trials import load_trial
-    from ..trials.run import _model_source
+    from ..trials.run import model_source
 
     trial_design = trial_design if hasattr(trial_design, "arms") else load_trial(trial_design)
-    return trial_design, model if model is not None else compile_model(_model_source(trial_design), backend)
+    return trial_design, model if model is not None else compile_model(model_source(trial_design), backend)
 
 
 def _column(name: str):

@@ -50,8 +50,8 @@ def run_trial(design: TrialDesign | str, *, model: CompiledModel | None = None,
     Same seed => same trial.
     """
     design = design if isinstance(design, TrialDesign) else load_trial(design)
-    model = require_compiled(model, "run_trial") if model is not None else compile_model(_model_source(design))
-    _check_model(model, design)
+    model = require_compiled(model, "run_trial") if model is not None else compile_model(model_source(design))
+    check_trial_model(model, design)
     n = int(patients_per_arm or design.patients_per_arm)
     arms = list(design.arms)
     rng = np.random.default_rng(seed)
@@ -127,13 +127,15 @@ def _subgroups(trial: xr.Dataset, design: TrialDesign) -> dict[str, np.ndarray]:
     return {name: mask for name, mask in groups.items() if name in keep}
 
 
-def _model_source(design: TrialDesign) -> str:
+def model_source(design: TrialDesign) -> str:
     """The design's model: a file next to the design file, else a built-in name or a path."""
     beside = Path(design.path).parent / design.model
     return str(beside) if beside.is_file() else design.model
 
 
-def _check_model(model: CompiledModel, design: TrialDesign) -> None:
+def check_trial_model(model: CompiledModel, design: TrialDesign) -> None:
+    """SimulationError unless `model` can run `design`: in-kernel scans, the burden observables
+    the trial reads, and every drug the design doses."""
     if not hasattr(model.kernels, "solve_scanned"):
         raise SimulationError(f"trials need scans inside the kernel; the {model.backend} backend "
                               "has none: compile the model with backend='numba' (or 'cuda')")
