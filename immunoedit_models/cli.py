@@ -264,10 +264,13 @@ def _print_trial(ds, seconds: float) -> None:
 
 @app.command("sensitivity")
 def sensitivity_command(
-    spec: str = typer.Argument(..., help="built-in name or path to a spec YAML file"),
+    spec: str = typer.Argument(..., help="built-in name or path to a spec YAML file (with --trial: a trial "
+                                         "design, e.g. impower150)"),
     method: str = typer.Option("sobol", help="sobol | morris | local"),
     output: list[str] = typer.Option([], "--output", "-o", help="'T@365', 'auc(T, 0, 365)', 'max(E)' or 'T' "
-                                                                "(time-resolved); repeatable"),
+                                                                "(time-resolved); with --trial 'pfs@12:ARM', "
+                                                                "'os_median:ARM', 'orr:ARM', 'hr_os:EXP_vs_CTL'; "
+                                                                "repeatable"),
     param: list[str] = typer.Option([], "--param", "-p", help="NAME:LOW:HIGH, or NAME for the spec's bounds/prior "
                                                               "(repeatable; default: all with bounds or priors); "
                                                               "with --trial also NAME.KEY:LOW:HIGH, a value of a "
