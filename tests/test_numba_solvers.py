@@ -192,7 +192,8 @@ def test_fixed_step_global_order_is_five_and_dense_output_is_accurate(forced, me
     y0, p = np.array([1.0, 1.0]), np.array([3.0])
     errs, dense_errs = [], []
     for n_steps in (20, 40, 80):
-        res = _fixed_steps(forced.rhs, forced.jac, forced.tgrad, forced.lu_factor, forced.lu_solve,
+        res = _fixed_steps(forced.rhs.dispatcher, forced.jac.dispatcher, forced.tgrad.dispatcher,
+                           forced.lu_factor.dispatcher, forced.lu_solve.dispatcher,
                            ns.METHODS[method], y0, forced.extended_parameters(p[None])[0],
                            t_end, n_steps, theta)
         h = t_end / n_steps

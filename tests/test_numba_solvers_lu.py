@@ -92,10 +92,10 @@ def test_lu_kernels_solve_w_as_numpy(reference, inv_hg):
         scale = 1e-9 + 1e-6 * np.abs(y)
         w = np.empty((10, 10))
         piv = np.empty(10, dtype=np.int64)
-        assert ns._factor_w(kern.lu_factor, inv_hg, jmat, scale, w, piv, kern.blocks) == 1
+        assert ns._factor_w(kern.lu_factor.dispatcher, inv_hg, jmat, scale, w, piv, kern.blocks) == 1
         f, lin = rng.normal(size=(2, 10)) * scale * 1e6     # the stage's f and linear part
         out = np.zeros((3, 10))
-        ns._solve_w(kern.lu_solve, True, w, kern.blocks, f.copy(), lin, out, 1)
+        ns._solve_w(kern.lu_solve.dispatcher, True, w, kern.blocks, f.copy(), lin, out, 1)
         exact = np.linalg.solve(inv_hg * np.eye(10) - jmat, f + lin)
         np.testing.assert_allclose(out[1], exact, rtol=1e-10, atol=0)
 
@@ -120,10 +120,10 @@ def test_small_pivots_fall_back_to_dense_inversion(linear2, inv_hg, scale, spars
     jmat = np.array([[2.0, 1.0], [3.0, -1.0]])
     w = np.empty((2, 2))
     piv = np.empty(2, dtype=np.int64)
-    mode = ns._factor_w(linear2.lu_factor, inv_hg, jmat, np.array(scale), w, piv, linear2.blocks)
+    mode = ns._factor_w(linear2.lu_factor.dispatcher, inv_hg, jmat, np.array(scale), w, piv, linear2.blocks)
     assert mode == (1 if sparse else 0)
     out = np.zeros((1, 2))
-    ns._solve_w(linear2.lu_solve, mode == 1, w, linear2.blocks, np.array([0.5, -3.0]),
+    ns._solve_w(linear2.lu_solve.dispatcher, mode == 1, w, linear2.blocks, np.array([0.5, -3.0]),
                 np.array([0.5, 1.0]), out, 0)           # W^-1 (b + c), b + c = [1, -2]
     np.testing.assert_allclose(out[0], np.linalg.solve(inv_hg * np.eye(2) - jmat, [1.0, -2.0]),
                                rtol=1e-9)

@@ -146,7 +146,8 @@ class ForwardSensitivities:
         atol_s = np.ascontiguousarray(np.where(p_wrt > 0, self.atol / np.where(p_wrt > 0, p_wrt, 1.0), self.atol))
         kern = model.kernels
         out, status, n_acc, n_rej = sensitivity_entry()(
-            kern.rhs, kern.jac, kern.tgrad, self.kernels.sens_rhs, self.kernels.sens_dir,
+            kern.rhs.dispatcher, kern.jac.dispatcher, kern.tgrad.dispatcher, self.kernels.sens_rhs,
+            self.kernels.sens_dir,
             self.kernels.sens_tgrad, kern.blocks, y0, np.ascontiguousarray(s0),
             kern.extended_parameters(P), self.t0, self.times,
             ev.time, ev.state, ev.kind, np.ascontiguousarray(ev.value), np.ascontiguousarray(dvalue),
