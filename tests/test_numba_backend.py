@@ -69,6 +69,29 @@ def test_rhs_tgrad_outputs_match_sympy(kinky_sym, kinky, t, y, p):
                                                 t, y, p), rtol=1e-13)
 
 
+def test_kernels_without_cpython_wrappers_are_usable_from_python_and_numba(kinky):
+    """The generated functions have no CPython wrapper (a direct Python call would crash): a
+    Kernel called from Python runs a twin with one, njit code takes its `.dispatcher`, and an
+    njit function given the Kernel itself fails to type instead of crashing."""
+    from numba import njit
+    from numba.core.errors import TypingError
+
+    assert kinky.rhs.dispatcher.targetoptions["no_cpython_wrapper"] is True
+    t, y, p = POINTS[0][0], np.array(POINTS[0][1]), kinky.extended_parameters(np.array([POINTS[0][2]]))[0]
+    from_python, from_numba = np.empty(3), np.empty(3)
+    kinky.rhs(t, y, p, from_python)
+
+    @njit
+    def call(f, t, y, p, out):
+        f(t, y, p, out)
+
+    call(kinky.rhs.dispatcher, t, y, p, from_numba)
+    np.testing.assert_array_equal(from_numba, from_python)
+    with pytest.raises(TypingError):
+        call(kinky.rhs, t, y, p, from_numba)
+    assert kinky.rhs.signatures == kinky.rhs.dispatcher.signatures
+
+
 @pytest.mark.parametrize("n_traj", [3, 80])      # the serial and the parallel mapping
 def test_batch_outputs_match_sympy_pointwise(kinky_sym, kinky, n_traj):
     rng = np.random.default_rng(n_traj)

@@ -725,9 +725,9 @@ def check_solve_inputs(kernels: Any, Y0: Any, P: Any, t0: float, t_out: Any, ev_
 # ---- kernels object -----------------------------------------------------------------------------
 @dataclass(frozen=True, eq=False)
 class Kernel:
-    """A generated model kernel. Compiled code takes `dispatcher` (pass that to njit functions);
-    Python calls this object, which runs a twin of the kernel compiled with numba's CPython
-    wrapper on the first call (~0.1 s; not cached on disk), since the dispatcher has none."""
+    """A generated model kernel, compiled without numba's CPython wrapper (`dispatcher`: what
+    njit functions take). Called from Python, it runs a twin compiled with the wrapper on the
+    first call (~0.1 s; not cached on disk), since the dispatcher itself cannot be."""
 
     dispatcher: Any
 
@@ -741,8 +741,10 @@ class Kernel:
         return njit(self.dispatcher.nopython_signatures[0], **options)(self.dispatcher.py_func)
 
     def __getattr__(self, name: str) -> Any:
-        """The dispatcher's attributes (stats, signatures, py_func)."""
-        if name.startswith("__") or name in ("dispatcher", "_python"):
+        """The dispatcher's attributes (stats, signatures, py_func); not numba's typing hook
+        `_numba_type_`, so that an njit function given the Kernel instead of its dispatcher
+        fails to type (clearly) rather than half-working."""
+        if name.startswith("__") or name in ("dispatcher", "_python", "_numba_type_"):
             raise AttributeError(name)
         return getattr(self.dispatcher, name)
 
