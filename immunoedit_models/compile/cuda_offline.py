@@ -26,7 +26,7 @@ import numpy as np
 
 from ..errors import BackendUnavailable
 from ..symbolic import SymbolicModel
-from .cuda_backend import PRECISIONS, generate_source
+from .cuda_backend import PRECISIONS, _toolkit_errors, generate_source
 
 #: 32-bit registers one block may use, and threads one block may hold (sm_50 to sm_90).
 REGISTERS_PER_BLOCK = 65_536
@@ -92,8 +92,11 @@ def build_kernels(sym: SymbolicModel, precision: str = "float64", cc: tuple[int,
         with _compute_capability(cc):
             for name in kernels or tuple(signatures):
                 start = time.perf_counter()
-                ptx, _ = cuda.compile_ptx(getattr(module, name).py_func, signatures[name],
-                                          device=False, cc=cc)
+                try:
+                    ptx, _ = cuda.compile_ptx(getattr(module, name).py_func, signatures[name],
+                                              device=False, cc=cc)
+                except _missing_toolkit() as exc:
+                    raise BackendUnavailable(f"{_NO_TOOLKIT} ({exc})") from exc
                 compiled = time.perf_counter()
                 report = _assemble(ptx, f"sm_{cc[0]}{cc[1]}")
                 builds.append(KernelBuild(name, precision, f"sm_{cc[0]}{cc[1]}", ptx, **report,
@@ -111,6 +114,15 @@ def _cuda_compiler() -> Any:
         raise BackendUnavailable("NUMBA_ENABLE_CUDASIM=1 replaces numba.cuda's compiler with "
                                  "the simulator: build kernels in a process without it")
     return cuda
+
+
+def _missing_toolkit() -> tuple[type[BaseException], ...]:
+    """The errors of a missing NVVM / NVRTC: numba.cuda's toolkit errors, cuda.pathfinder's."""
+    try:
+        from cuda.pathfinder import DynamicLibNotFoundError
+    except ImportError:
+        return _toolkit_errors()
+    return (*_toolkit_errors(), DynamicLibNotFoundError)
 
 
 def _load(path: Path, source: str) -> Any:
@@ -143,16 +155,15 @@ def _assemble(ptx: str, arch: str) -> dict[str, int]:
     """nvJitLink's ptxas report of the entry function in `ptx` for `arch`."""
     try:
         from cuda.core import Linker, LinkerOptions, ObjectCode
+        from cuda.pathfinder import DynamicLibNotFoundError
     except ImportError as exc:
         raise BackendUnavailable(f"{_NO_TOOLKIT} ({exc})") from exc
     try:
         linker = Linker(ObjectCode.from_ptx(ptx.encode()),
                         options=LinkerOptions(arch=arch, verbose=True))
         linker.link("cubin")
-    except Exception as exc:   # cuda.pathfinder / nvJitLink errors have no common base
-        if "nvJitLink" in str(exc) or "Failure finding" in str(exc):
-            raise BackendUnavailable(f"{_NO_TOOLKIT} ({exc})") from exc
-        raise
+    except DynamicLibNotFoundError as exc:       # no nvJitLink library
+        raise BackendUnavailable(f"{_NO_TOOLKIT} ({exc})") from exc
     return parse_ptxas_report(linker.get_info_log())
 
 
