@@ -36,7 +36,8 @@ def toolkit_or_skip() -> None:
         cuda_offline._cuda_compiler()
         from cuda.core import Linker  # noqa: F401
     except (ie.BackendUnavailable, ImportError) as exc:
-        pytest.skip(f"numba-cuda's toolkit is not installed: {exc}")
+        pytest.skip(f"numba-cuda's toolkit is not installed ({exc}); the test extra installs it: "
+                    "pip install -e '.[test]'")
 
 
 def test_ptxas_report_of_the_entry_function():

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
-import pandas as pd
 import xarray as xr
 from rich.progress import Progress
 
