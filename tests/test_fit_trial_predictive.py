@@ -21,7 +21,7 @@ from immunoedit_models.fit import fit, load_problem
 from immunoedit_models.fit.uncertainty import laplace_from_evaluations
 from immunoedit_models.trials import load_trial, run_trial
 
-from .trial_data import write_censored_ipd
+from .trial_data import product_limit, write_censored_ipd
 
 SPECS = Path(__file__).resolve().parent / "specs"
 
@@ -65,10 +65,14 @@ def test_predictive_stage_outputs(fitted, monkeypatch):
                                                  "os_hr:COMBO_vs_CHEMO:all", "os_hr:COMBO_vs_CHEMO:teff_high",
                                                  "os_landmark_12:COMBO@48mo"]
     assert result["evaluation_x"].shape == (16, 3) and result["posterior_draw"].shape == (3, 3)
-    for name in ("predictive.nc", "predictive.pkl", "fit.nc", "report.md"):
+    for name in ("predictive.nc", "predictive.pkl", "fit.nc", "report.md", "predictive_check.png"):
         assert (out / name).stat().st_size > 0
     report = (out / "report.md").read_text()
     assert "## Predictions (not fitted)" in report and "| os_hr:COMBO_vs_CHEMO:all |" in report
+    assert "| observed inside |" in report and "Predictive check: " in report
+    assert "![predictive_check](predictive_check.png)" in report
+    # the KM grid of the check spans the design's data cut-off (trial_small.yaml: 36 months)
+    assert result["ppc_month"].values[[0, -1]].tolist() == [0.0, 36.0]
     assert "| pdl1_high_all | prevalence | pdl1_high | all arms |" in report
     # every posterior draw lies inside the bounds; the Laplace CI brackets the estimate
     est = result["estimate"].values
@@ -96,6 +100,16 @@ def test_predicted_values_are_the_trials_own_statistics(fitted):
         float(trial.os_landmark.sel(arm="COMBO", landmark_month=12.0)))
     assert float(got.sel(statistic="os_hr:COMBO_vs_CHEMO:all")) == pytest.approx(
         float(trial.hr_os.sel(comparison="COMBO_vs_CHEMO")))
+    # the predictive check of that trial: its KM curves and the fitted targets' statistics
+    chemo, combo = trial.sel(arm="CHEMO"), trial.sel(arm="COMBO")
+    check = result.sel(source="trial_only", draw=1)
+    assert float(check["ppc_target"].sel(target="os_12mo_chemo")) == pytest.approx(
+        product_limit(chemo.os_months, chemo.os_event, [12.0])[0], rel=1e-12)
+    assert float(check["ppc_target"].sel(target="pdl1_high_all")) == pytest.approx(
+        float(trial.pdl1_high.mean()), rel=1e-12)
+    np.testing.assert_allclose(check["ppc_survival"].sel(ppc_endpoint="pfs", arm="COMBO").values,
+                               product_limit(combo.pfs_months, combo.pfs_event, result["ppc_month"].values),
+                               rtol=1e-12)
     # the same patients analysed at a later data cut-off (48 instead of the design's 36 months)
     design = load_trial(str(SPECS / "trial_small.yaml"))
     later = run_trial(replace(design, data_cut_months=48.0), model=model, patients_per_arm=20, seed=501,

@@ -10,6 +10,7 @@ exp(x) for x ~ N(m, s^2).
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 import xarray as xr
 from scipy import stats
@@ -17,8 +18,10 @@ from scipy import stats
 from immunoedit_models.errors import FitError
 from immunoedit_models.fit.optimize import cmaes
 from immunoedit_models.fit.parameters import FreeParameter, ParameterSet
-from immunoedit_models.fit.predictive import (PredictiveSettings, Statistic, prediction_statistics,
+from immunoedit_models.fit.predictive import (PredictiveSettings, prediction_statistics,
                                               predictive_trials)
+from immunoedit_models.fit.problem import Target
+from immunoedit_models.fit.trial import PredictiveCheck
 from immunoedit_models.fit.uncertainty import (FLAT_PRECISION, Laplace, QuadraticSurface, default_window,
                                                draw_parameters, fit_quadratic, laplace_from_evaluations)
 
@@ -195,3 +198,79 @@ def test_predictive_trials_combine_parameter_and_trial_uncertainty(tmp_path):
         predictive_trials(dying, params, lap, stats_, small, checkpoint=ckpt)
     resumed = predictive_trials(simulate_at, params, lap, stats_, small, checkpoint=ckpt)
     xr.testing.assert_identical(resumed, full)
+
+
+def _patient_trial(seed: int, scale: float) -> xr.Dataset:
+    """A trial of 30 patients per arm with exponential OS and PFS (medians 12 and 6 months x
+    scale), censored at 20 months, and the summaries Statistic reads."""
+    rng = np.random.default_rng(seed)
+    data = {}
+    for ep, median in (("os", 12.0), ("pfs", 6.0)):
+        t = rng.exponential(scale * median / np.log(2), (2, 30))
+        data[f"{ep}_months"] = (("arm", "patient"), np.minimum(t, 20.0))
+        data[f"{ep}_event"] = (("arm", "patient"), (t <= 20.0).astype(np.int8))
+    summary = _summary_trial(12.0 * scale, 0.7).drop_vars(["os_landmark", "landmark_month"])
+    return summary.merge(xr.Dataset(data, coords={"arm": ["A", "B"]}))
+
+
+def test_predictive_check_reads_targets_and_km_curves_of_every_trial(tmp_path):
+    """ppc_survival is the KM curve of each trial (against a hand-written product-limit
+    estimator), ppc_target each target's statistic, and their quantiles are numpy's."""
+    from .trial_data import product_limit
+
+    params = ParameterSet((FreeParameter("s", (0.1, 10.0), "log"),))
+    lap = given(np.log([1.0]), np.diag([0.2**2]), params.x_bounds)
+    ipd = pd.DataFrame({"time_months": [1.0, 2.0, 3.0, 4.0, 5.0, 6.0], "event": [1, 1, 0, 1, 1, 0]})
+    targets = (Target("os_b", "landmark", "os", arm="B", months=12.0, value=0.5, ci=(0.4, 0.6)),
+               Target("pfs_a", "ipd", "pfs", arm="A", data=ipd))
+    check = PredictiveCheck(targets, ("A", "B"), (0.0, 3.0, 6.0, 12.0, 19.5))
+    stats_ = prediction_statistics([{"endpoint": "os", "arms": ["A"], "statistics": ["median"]}])
+
+    def simulate_at(x, seed, data_cut_months):
+        return _patient_trial(seed, float(np.exp(x[0])))
+
+    settings = PredictiveSettings(draws=5, replicates=3, seed=40)
+    ds = predictive_trials(simulate_at, params, lap, stats_, settings, check=check)
+    draws = ds["posterior_draw"].values[:, 0]
+    for source, m, scale in [("parameter_and_trial", 4, draws[4]), ("trial_only", 2, 1.0)]:
+        trial = _patient_trial(40 + m, scale)
+        got = ds["ppc_survival"].sel(source=source, draw=m)
+        for ep in ("pfs", "os"):
+            for arm in ("A", "B"):
+                one = trial.sel(arm=arm)
+                np.testing.assert_allclose(got.sel(ppc_endpoint=ep, arm=arm).values,
+                                           product_limit(one[f"{ep}_months"], one[f"{ep}_event"], check.months),
+                                           rtol=1e-12)
+        b, a = trial.sel(arm="B"), trial.sel(arm="A")
+        assert float(ds["ppc_target"].sel(source=source, draw=m, target="os_b")) == pytest.approx(
+            product_limit(b.os_months, b.os_event, [12.0])[0], rel=1e-12)
+        # an ipd target's statistic is the simulated arm's KM median: the first time S <= 0.5
+        times = np.unique(a.pfs_months.values)
+        median = times[product_limit(a.pfs_months, a.pfs_event, times) <= 0.5 + 1e-12][0]   # S = 0.5 in rounding
+        assert float(ds["ppc_target"].sel(source=source, draw=m, target="pfs_a")) == pytest.approx(median, rel=1e-12)
+    # the observed value of an ipd target is the data's KM median: S(2) = 4/6, S(4) = 4/6 x 2/3
+    assert float(ds["ppc_observed"].sel(target="pfs_a")) == 4.0
+    assert float(ds["ppc_observed"].sel(target="os_b")) == 0.5
+    values = ds["ppc_target"].sel(source="parameter_and_trial", target="os_b").values
+    assert float(ds["ppc_target_upper"].sel(source="parameter_and_trial", target="os_b")) == pytest.approx(
+        np.quantile(values, 0.975))
+    # the replicates at the estimate fill draws 0-2; draws 3-4 exist only for the posterior draws
+    assert np.isnan(ds["ppc_survival"].sel(source="trial_only", draw=[3, 4]).values).all()
+
+    # the check is part of the checkpoint: a stage killed after some trials resumes to the same result
+    calls = []
+
+    class Killed(Exception):
+        pass
+
+    def dying(x, seed, data_cut_months):
+        if len(calls) == 4:
+            raise Killed
+        calls.append(seed)
+        return simulate_at(x, seed, data_cut_months)
+
+    ckpt = tmp_path / "predictive.pkl"
+    with pytest.raises(Killed):
+        predictive_trials(dying, params, lap, stats_, settings, checkpoint=ckpt, check=check)
+    xr.testing.assert_identical(predictive_trials(simulate_at, params, lap, stats_, settings, checkpoint=ckpt,
+                                                  check=check), ds)

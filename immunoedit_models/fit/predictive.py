@@ -20,6 +20,12 @@ Two sets of trials at the design's size (or `fit.predictive.patients_per_arm`):
 - `trial_only`: the estimate simulated with the same seeds: sampling uncertainty alone.
 Pairing the seeds makes the difference between the two sets the parameter uncertainty.
 Each finished trial is checkpointed, so a killed stage resumes where it stopped.
+
+With a `PredictiveCheck`, every trial also yields the fitted targets' statistics and each arm's
+KM curves (a posterior predictive check, the KM form of a visual predictive check): the
+replicates at the estimate say what trials of the design's size give if the calibrated model is
+right, so an observed value outside their 95 % interval is a misfit beyond sampling noise. The
+fit's own cohort cannot say this: it is the cohort the parameters were tuned on.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import numpy as np
 import xarray as xr
@@ -37,6 +43,9 @@ from ..errors import FitError
 from .checkpoint import load_state, save_state
 from .parameters import ParameterSet
 from .uncertainty import Laplace, draw_parameters
+
+if TYPE_CHECKING:
+    from .trial import PredictiveCheck
 
 SOURCES = ("parameter_and_trial", "trial_only")
 LEVEL = 0.95
@@ -117,14 +126,17 @@ SimulateAt = Callable[[np.ndarray, int, float | None], xr.Dataset]
 
 def predictive_trials(simulate_at: SimulateAt, params: ParameterSet, laplace: Laplace, statistics: Sequence[Statistic],
                       settings: PredictiveSettings, checkpoint: str | Path | None = None,
-                      settings_key: Mapping[str, Any] | None = None, progress: bool = False) -> xr.Dataset:
+                      settings_key: Mapping[str, Any] | None = None, progress: bool = False,
+                      check: PredictiveCheck | None = None) -> xr.Dataset:
     """Simulate the posterior-draw and estimate trials and summarise the predicted statistics.
 
     Returns a Dataset with `predictive_value` (source, draw, statistic), its quantiles
     `predictive_median` / `_lower` / `_upper` (source, statistic; NaN-aware, with the count of
     finite values `predictive_n`), `posterior_draw` (draw, parameter; natural values), and the
     Laplace summary: `laplace_sd_x` and `laplace_covariance_x` (fit scale), `laplace_ci_lower` /
-    `_upper` (natural, 95 %, clipped to the bounds).
+    `_upper` (natural, 95 %, clipped to the bounds). With `check`, also `ppc_target` (source,
+    draw, target) and `ppc_survival` (source, draw, ppc_endpoint, arm, ppc_month), each with
+    its `_median` / `_lower` / `_upper` quantiles over the draws, and `ppc_observed` (target).
     """
     rng = np.random.default_rng(settings.seed)
     draws = draw_parameters(laplace, settings.draws, rng) if settings.draws else np.zeros((0, len(params.names)))
@@ -133,31 +145,63 @@ def predictive_trials(simulate_at: SimulateAt, params: ParameterSet, laplace: La
     key = {"stage": "predictive", "draws": settings.draws, "replicates": settings.replicates,
            "patients_per_arm": settings.patients_per_arm, "seed": settings.seed,
            "x_best": tuple(np.round(laplace.mean, 12)), "statistics": tuple(s.name for s in statistics),
-           **(settings_key or {})}
+           "check": check.key() if check else None, **(settings_key or {})}
     state = load_state(checkpoint, key) if checkpoint else None
-    rows: list[np.ndarray] = state["rows"] if state else []
+    rows: list[tuple[np.ndarray, ...]] = state["rows"] if state else []
     with Progress(disable=not progress, transient=True) as bar:
         task = bar.add_task("predictive trials", total=len(jobs), completed=len(rows))
-        cuts = list(dict.fromkeys(s.data_cut_months for s in statistics))
+        cuts = list(dict.fromkeys([*(s.data_cut_months for s in statistics), *([None] if check else [])]))
         for source, m, x in jobs[len(rows):]:
             trials = {cut: simulate_at(x, settings.seed + m, cut) for cut in cuts}   # same patients per cut
-            rows.append(np.array([s.value(trials[s.data_cut_months]) for s in statistics], dtype=float))
+            rows.append((np.array([s.value(trials[s.data_cut_months]) for s in statistics], dtype=float),
+                         *(check.read(trials[None]) if check else ())))
             if checkpoint:
                 save_state(checkpoint, {"settings": key, "rows": rows})
             bar.advance(task)
     n_max = max(settings.draws, settings.replicates)
-    values = np.full((len(SOURCES), n_max, len(statistics)), np.nan)
-    for (source, m, _), row in zip(jobs, rows):
-        values[SOURCES.index(source), m] = row
-    return _dataset(values, draws, params, laplace, statistics, settings)
+    by_source = [np.stack([row[i] for row in rows]) for i in range(len(rows[0]))] if rows else []
+    placed = []
+    for stacked in by_source:
+        values = np.full((len(SOURCES), n_max) + stacked.shape[1:], np.nan)
+        for (source, m, _), value in zip(jobs, stacked):
+            values[SOURCES.index(source), m] = value
+        placed.append(values)
+    ds = _dataset(placed[0] if placed else np.full((len(SOURCES), n_max, len(statistics)), np.nan),
+                  draws, params, laplace, statistics, settings)
+    return ds.merge(_check_dataset(check, *placed[1:])) if check else ds
 
 
-def _dataset(values, draws, params, laplace, statistics, settings) -> xr.Dataset:
+def _quantiles(values: np.ndarray) -> np.ndarray:
+    """(3, source, ...) NaN-aware median and 95 % interval over axis 1 (draws) of values (source, draw, ...)."""
     q = (1 - LEVEL) / 2
     with warnings.catch_warnings():   # an all-NaN column (e.g. an empty subgroup) has NaN quantiles
         warnings.simplefilter("ignore", RuntimeWarning)
-        quant = (np.nanquantile(values, [0.5, q, 1 - q], axis=1) if values.shape[1]
-                 else np.full((3, len(SOURCES), len(statistics)), np.nan))
+        return (np.nanquantile(values, [0.5, q, 1 - q], axis=1) if values.shape[1]
+                else np.full((3, values.shape[0]) + values.shape[2:], np.nan))
+
+
+def _check_dataset(check: PredictiveCheck, targets: np.ndarray, survival: np.ndarray) -> xr.Dataset:
+    """The `ppc_*` variables of `predictive_trials` from values (source, draw, target) and
+    (source, draw, ppc_endpoint, arm, ppc_month)."""
+    data: dict[str, Any] = {
+        "ppc_target": (("source", "draw", "target"), targets,
+                       {"description": "each fitted target's statistic in every predictive trial at the design's "
+                                       "data cut-off (the KM median for an ipd target)"}),
+        "ppc_observed": ("target", check.observed(),
+                         {"description": "the target's observed value (for an ipd target, the KM median of the data)"}),
+        "ppc_survival": (("source", "draw", "ppc_endpoint", "arm", "ppc_month"), survival,
+                         {"description": "KM survival of every arm and endpoint in every predictive trial"})}
+    for name, values, dims in (("ppc_target", targets, ("source", "target")),
+                               ("ppc_survival", survival, ("source", "ppc_endpoint", "arm", "ppc_month"))):
+        quant = _quantiles(values)
+        for i, which in enumerate(("median", "lower", "upper")):
+            data[f"{name}_{which}"] = (dims, quant[i], {"level": LEVEL} if i else {})
+    return xr.Dataset(data, coords={"target": [t.id for t in check.targets], "arm": list(check.arms),
+                                    "ppc_endpoint": list(check.endpoints), "ppc_month": list(check.months)})
+
+
+def _dataset(values, draws, params, laplace, statistics, settings) -> xr.Dataset:
+    quant = _quantiles(values)
     ci = laplace.interval(LEVEL)
     natural = np.column_stack([params.natural(ci[:, 0]), params.natural(ci[:, 1])])
     names = params.names

@@ -17,6 +17,7 @@ from matplotlib.figure import Figure
 from ..plots import save_figure
 from .km import kaplan_meier
 from .problem import FitProblem
+from .trial import observed_statistic
 
 
 # ---- figures ----------------------------------------------------------------------------------
@@ -59,26 +60,71 @@ def plot_km_fit(problem: FitProblem, trial: xr.Dataset) -> Figure:
             ok = np.isfinite(months)
             sim = kaplan_meier(months[ok], events[ok]).survival_function_
             ax.step(sim.index, sim.iloc[:, 0], where="post", color=f"C{c}", lw=1.5, label=f"{arm} simulated")
-            for t in (t for t in curve_targets if t.endpoint == ep and t.arm == arm):
-                if t.kind == "ipd":
-                    kmf = kaplan_meier(t.data["time_months"], t.data["event"])
-                    sf, ci = kmf.survival_function_, kmf.confidence_interval_survival_function_
-                    ax.step(sf.index, sf.iloc[:, 0], where="post", color=f"C{c}", lw=1.0, ls="--",
-                            label=f"{arm} observed (reconstructed IPD)")
-                    ax.fill_between(ci.index, ci.iloc[:, 0], ci.iloc[:, 1], step="post", color=f"C{c}",
-                                    alpha=0.15, lw=0)
-                elif t.kind == "median":
-                    ax.errorbar([t.value], [0.5], xerr=[[t.value - t.ci[0]], [t.ci[1] - t.value]], fmt="o",
-                                color=f"C{c}", capsize=3, label=f"{arm} published median")
-                else:
-                    ax.errorbar([t.months], [t.value], yerr=[[t.value - t.ci[0]], [t.ci[1] - t.value]], fmt="s",
-                                color=f"C{c}", capsize=3, label=f"{arm} published {t.months:g}-month rate")
-        ax.set_title(ep.upper(), fontsize=9)
-        ax.set_xlabel("months")
-        ax.set_ylim(0, 1.02)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=6)
+            _draw_observed(ax, [t for t in curve_targets if t.endpoint == ep and t.arm == arm], arm, f"C{c}",
+                           band=True)
+        _km_axes(ax, ep.upper())
     return fig
+
+
+def plot_km_check(problem: FitProblem, result: xr.Dataset) -> Figure:
+    """Posterior predictive check of a trial fit (the KM form of a visual predictive check): per
+    endpoint and arm, the 95 % band of the KM curves of the predictive trials at the estimate
+    (sampling only: other cohorts of the design's size than the fit's), the wider band with
+    parameter uncertainty, their median curve, and the data (reconstructed IPD as a KM curve,
+    published medians and landmark rates with their CIs). An arm and endpoint without a target
+    is a prediction."""
+    curve_targets = [t for t in problem.targets if t.kind in ("ipd", "median", "landmark")]
+    endpoints = [str(e) for e in result["ppc_endpoint"].values]
+    fig = Figure(figsize=(5.4 * len(endpoints), 3.8), layout="constrained")
+    axes = fig.subplots(1, len(endpoints), squeeze=False).ravel()
+    months = result["ppc_month"].values
+    for ax, ep in zip(axes, endpoints):
+        fitted = []
+        for c, arm in enumerate(str(a) for a in result["arm"].values):
+            sel = {"ppc_endpoint": ep, "arm": arm}
+            wide = [result[f"ppc_survival_{q}"].sel(source="parameter_and_trial", **sel).values for q in ("lower", "upper")]
+            lo, mid, hi = (result[f"ppc_survival_{q}"].sel(source="trial_only", **sel).values
+                           for q in ("lower", "median", "upper"))
+            ax.fill_between(months, *wide, step="post", color=f"C{c}", alpha=0.10, lw=0)
+            ax.fill_between(months, lo, hi, step="post", color=f"C{c}", alpha=0.25, lw=0)
+            ax.step(months, mid, where="post", color=f"C{c}", lw=1.2, label=f"{arm} simulated (median, 95 % of trials)")
+            observed = [t for t in curve_targets if t.endpoint == ep and t.arm == arm]
+            _draw_observed(ax, observed, arm, f"C{c}", band=False)
+            fitted += [arm] if observed else []
+        predicted = [str(a) for a in result["arm"].values if str(a) not in fitted]
+        _km_axes(ax, f"{ep.upper()}: fitted {', '.join(fitted) or 'none'}"
+                     + (f"; predicted {', '.join(predicted)}" if predicted else ""))
+    fig.suptitle(f"{result.attrs.get('predictive_replicates')} trials at the estimate (dark band: 95 %) and "
+                 f"{result.attrs.get('predictive_draws')} from posterior draws (light band: with parameter "
+                 "uncertainty)", fontsize=8)
+    return fig
+
+
+def _draw_observed(ax, targets, arm: str, color: str, band: bool) -> None:
+    """The data of one arm's curve targets: reconstructed IPD as a dashed KM curve (with its 95 %
+    band if `band`), published medians at S = 0.5 and landmark rates, with their CIs."""
+    for t in targets:
+        if t.kind == "ipd":
+            kmf = kaplan_meier(t.data["time_months"], t.data["event"])
+            sf, ci = kmf.survival_function_, kmf.confidence_interval_survival_function_
+            ax.step(sf.index, sf.iloc[:, 0], where="post", color=color, lw=1.0, ls="--",
+                    label=f"{arm} observed (reconstructed IPD)")
+            if band:
+                ax.fill_between(ci.index, ci.iloc[:, 0], ci.iloc[:, 1], step="post", color=color, alpha=0.15, lw=0)
+        elif t.kind == "median":
+            ax.errorbar([t.value], [0.5], xerr=[[t.value - t.ci[0]], [t.ci[1] - t.value]], fmt="o",
+                        color=color, capsize=3, label=f"{arm} published median")
+        else:
+            ax.errorbar([t.months], [t.value], yerr=[[t.value - t.ci[0]], [t.ci[1] - t.value]], fmt="s",
+                        color=color, capsize=3, label=f"{arm} published {t.months:g}-month rate")
+
+
+def _km_axes(ax, title: str) -> None:
+    ax.set_title(title, fontsize=9)
+    ax.set_xlabel("months")
+    ax.set_ylim(0, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=6)
 
 
 def plot_profiles(profiles: xr.Dataset) -> Figure:
@@ -173,6 +219,45 @@ def parameter_table(result: xr.Dataset) -> list[str]:
             post = "held at its start (fit.hold)"
         rows.append(f"| {name} | {_fmt(est)} | {_fmt(lo)} | {_fmt(hi)} | {ci} | {post} |")
     return rows
+
+
+def target_table(targets: Sequence, simulated: Mapping[str, float], terms: Mapping[str, float],
+                 result: xr.Dataset) -> list[str]:
+    """Markdown section: each target's observed value, its value in the fit's own simulated trial
+    and its weighted -ln L; with the predictive check (`ppc_target`), also the 95 % interval of
+    the trials at the estimate (other cohorts, the design's size) and whether the observed value
+    lies inside it."""
+    check = "ppc_target_median" in result
+    lines = ["## Targets at the estimate", "",
+             "| target | kind | endpoint | arm / comparison | observed | simulated (fit's cohort) | "
+             + ("trials at the estimate: median (95 % interval) | observed inside | " if check else "")
+             + "weighted -ln L |",
+             "| --- | --- | --- | --- | --- | --- | " + ("--- | --- | " if check else "") + "--- |"]
+    inside = []
+    for t in targets:
+        observed = observed_statistic(t)
+        row = (f"| {t.id} | {t.kind} | {_target_label(t)} | {t.arm or t.comparison or 'all arms'} | "
+               f"{observed:.4g}" + (f" ({t.ci[0]:g}–{t.ci[1]:g})" if t.ci else "") + f" | {simulated[t.id]:.4g} | ")
+        if check:
+            m, lo, hi = (float(result[f"ppc_target_{q}"].sel(source="trial_only", target=t.id))
+                         for q in ("median", "lower", "upper"))
+            inside.append(lo <= observed <= hi)
+            row += f"{_fmt(m)} ({_fmt(lo)}–{_fmt(hi)}) | {'yes' if inside[-1] else '**no**'} | "
+        lines.append(row + f"{terms[t.id]:.4g} |")
+    lines += ["", "observed / simulated: the median (months) for median and ipd targets (KM of the "
+              "reconstructed IPD), the HR, the landmark survival, the ORR or the biomarker prevalence."]
+    if check:
+        a = result.attrs
+        lines += ["", f"Predictive check: {sum(inside)} of {len(inside)} observed values lie inside the 95 % "
+                  f"interval of the {a.get('predictive_replicates')} trials of {a.get('predictive_patients_per_arm')} "
+                  "patients per arm simulated at the estimate with other cohorts than the fit's (figure "
+                  "`predictive_check`). The fit's own cohort is the one its parameters were tuned on, so its "
+                  "column can look better than an independent trial would."]
+    return lines
+
+
+def _target_label(t) -> str:
+    return {"response": "ORR", "prevalence": t.biomarker}.get(t.kind, t.endpoint)
 
 
 def predictive_table(result: xr.Dataset) -> list[str]:

@@ -33,14 +33,15 @@ from .optimize import (cmaes, cmaes_dataset, multistart, multistart_dataset, pro
 from .parameters import ParameterSet
 from .predictive import PredictiveSettings, prediction_statistics, predictive_trials
 from .problem import FitProblem, load_problem
-from .report import (plot_convergence, plot_km_fit, plot_posterior, plot_profiles, plot_timecourse_fit,
-                     predictive_table, write_report)
+from .report import (plot_convergence, plot_km_check, plot_km_fit, plot_posterior, plot_profiles,
+                     plot_timecourse_fit, predictive_table, target_table, write_report)
 from .timecourse import timecourse_objective
-from .trial import (TrialObjective, observed_statistic, simulated_statistic, trial_simulator,
-                    trial_terms)
+from .trial import PredictiveCheck, TrialObjective, simulated_statistic, trial_simulator, trial_terms
 from .uncertainty import laplace_from_evaluations
 
 CHECKPOINTS = ("multistart.pkl", "cmaes.pkl", "predictive.pkl")
+#: grid of the predictive check's KM curves (months)
+PPC_STEP_MONTHS = 0.25
 _START_NAMES = {"start_value": "start_initial", "estimate": "start_estimate", "objective": "start_objective",
                 "iterations": "start_iterations", "evaluations": "start_evaluations",
                 "converged": "start_converged", "message": "start_message", "trace": "start_trace"}
@@ -233,23 +234,14 @@ def _fit_trial(problem, out, resume, progress, callback) -> xr.Dataset:
     result = xr.merge(parts, combine_attrs="drop_conflicts")
     full = simulate(likelihood.grouped(res.x), full=True)  # same patients, with every comparison and subgroup
     save_result(full, out / "trial_at_estimate.nc")
-    figs = [("fitted_vs_data", plot_km_fit(problem, full)), ("convergence", plot_convergence(result))]
-    extra = ["## Targets at the estimate", "",
-             "| target | kind | endpoint | arm / comparison | observed | simulated | weighted -ln L |",
-             "| --- | --- | --- | --- | --- | --- | --- |",
-             *(f"| {t.id} | {t.kind} | {_target_label(t)} | {t.arm or t.comparison or 'all arms'} | "
-               f"{observed_statistic(t):.4g}"
-               + (f" ({t.ci[0]:g}–{t.ci[1]:g})" if t.ci else "")
-               + f" | {simulated_statistic(trial, t):.4g} | {terms[t.id]:.4g} |" for t in problem.targets),
-             "", "observed / simulated: the median (months) for median and ipd targets (KM of the "
-             "reconstructed IPD), the HR, the landmark survival, the ORR or the biomarker prevalence.",
+    figs = [("fitted_vs_data", plot_km_fit(problem, full)),
+            *([("predictive_check", plot_km_check(problem, result))] if "ppc_survival" in result else []),
+            ("convergence", plot_convergence(result))]
+    extra = [*target_table(problem.targets, {t.id: simulated_statistic(trial, t) for t in problem.targets},
+                           terms, result),
              *predictive_table(result)]
     _write_outputs(problem, result, out, figs, extra)
     return result
-
-
-def _target_label(t) -> str:
-    return {"response": "ORR", "prevalence": t.biomarker}.get(t.kind, t.endpoint)
 
 
 def searched_parameters(params: ParameterSet, hold: tuple[str, ...], first: np.ndarray):
@@ -280,9 +272,12 @@ def _predictive(problem, simulate, likelihood, res, searched, expand, first, out
         return simulate(likelihood.grouped(expand(z)), full=True, patients_per_arm=n, trial_seed=seed,
                         data_cut_months=data_cut_months)
 
+    design = simulate.design
+    check = PredictiveCheck(tuple(problem.targets), tuple(design.arms),
+                            tuple(np.arange(0.0, design.data_cut_months + 1e-9, PPC_STEP_MONTHS).tolist()))
     ds = predictive_trials(simulate_at, searched, laplace, prediction_statistics(problem.predictions),
                            settings, checkpoint=out / "predictive.pkl",
-                           settings_key={"problem_hash": problem_hash(problem)}, progress=progress)
+                           settings_key={"problem_hash": problem_hash(problem)}, progress=progress, check=check)
     names = problem.parameters.names
     if searched.names == names:
         return ds

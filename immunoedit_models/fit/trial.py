@@ -44,7 +44,8 @@ from .problem import FitProblem, Target
 Simulate = Callable[[Mapping[str, Mapping[str, float]]], xr.Dataset]
 
 
-def _arm(trial: xr.Dataset, endpoint: str, arm: str) -> tuple[np.ndarray, np.ndarray]:
+def arm_outcomes(trial: xr.Dataset, endpoint: str, arm: str) -> tuple[np.ndarray, np.ndarray]:
+    """(months, event flags) of one arm's endpoint ('pfs' or 'os'), patients without a value dropped."""
     if arm not in trial["arm"].values:
         raise FitError(f"the simulated trial has no arm '{arm}' (arms: {list(map(str, trial['arm'].values))})")
     t = trial[f"{endpoint}_months"].sel(arm=arm).values
@@ -57,7 +58,7 @@ def simulated_median(trial: xr.Dataset, endpoint: str, arm: str) -> float:
     name = f"{endpoint}_median_months"
     if name in trial:
         return float(trial[name].sel(arm=arm))
-    return km_median(*_arm(trial, endpoint, arm))
+    return km_median(*arm_outcomes(trial, endpoint, arm))
 
 
 def simulated_hazard_ratio(trial: xr.Dataset, endpoint: str, comparison: str) -> float:
@@ -67,14 +68,14 @@ def simulated_hazard_ratio(trial: xr.Dataset, endpoint: str, comparison: str) ->
     experimental, sep, control = comparison.partition("_vs_")
     if not sep:
         raise FitError(f"comparison '{comparison}' must be written EXPERIMENTAL_vs_CONTROL")
-    return cox_hazard_ratio(*_arm(trial, endpoint, experimental), *_arm(trial, endpoint, control))[0]
+    return cox_hazard_ratio(*arm_outcomes(trial, endpoint, experimental), *arm_outcomes(trial, endpoint, control))[0]
 
 
 def simulated_landmark(trial: xr.Dataset, endpoint: str, arm: str, months: float) -> float:
     name = f"{endpoint}_landmark"
     if name in trial and "landmark_month" in trial.coords and months in trial["landmark_month"].values:
         return float(trial[name].sel(arm=arm, landmark_month=months))
-    return float(km_survival(*_arm(trial, endpoint, arm), [months])[0])
+    return float(km_survival(*arm_outcomes(trial, endpoint, arm), [months])[0])
 
 
 def simulated_orr(trial: xr.Dataset, arm: str) -> float:
@@ -127,7 +128,7 @@ def observed_statistic(target: Target) -> float:
 def target_nll(trial: xr.Dataset, target: Target) -> float:
     """The negative log-likelihood of one target given a simulated trial (unweighted)."""
     if target.kind == "ipd":
-        sim_t, sim_e = _arm(trial, target.endpoint, target.arm)
+        sim_t, sim_e = arm_outcomes(trial, target.endpoint, target.arm)
         if not np.any(sim_e > 0):
             return np.inf  # no simulated events: the observed curve is impossible under this point
         return ipd_nll(target.data["time_months"].to_numpy(float), target.data["event"].to_numpy(int),
@@ -143,6 +144,40 @@ def target_nll(trial: xr.Dataset, target: Target) -> float:
 def trial_terms(trial: xr.Dataset, targets) -> dict[str, float]:
     """target id -> weighted negative log-likelihood."""
     return {t.id: t.weight * target_nll(trial, t) for t in targets}
+
+
+@dataclass(frozen=True)
+class PredictiveCheck:
+    """What every predictive trial also yields, at the design's data cut-off, for the posterior
+    predictive check of a trial fit: each target's simulated statistic (`simulated_statistic`:
+    the KM median for an ipd target) and the KM survival of every arm and endpoint at `months`."""
+
+    targets: tuple[Target, ...]
+    arms: tuple[str, ...]
+    months: tuple[float, ...]           # KM grid (months)
+    endpoints: tuple[str, ...] = ("pfs", "os")
+
+    def read(self, trial: xr.Dataset) -> tuple[np.ndarray, np.ndarray]:
+        """(target statistics (n_target,), KM survival (n_endpoint, n_arm, n_month)); NaN for a
+        statistic the trial cannot give (e.g. a Cox fit that does not converge)."""
+        return (np.array([_or_nan(simulated_statistic, trial, t) for t in self.targets], dtype=float),
+                np.array([[km_survival(*arm_outcomes(trial, ep, arm), self.months) for arm in self.arms]
+                          for ep in self.endpoints], dtype=float).reshape(len(self.endpoints), len(self.arms), -1))
+
+    def observed(self) -> np.ndarray:
+        """(n_target,) the targets' observed values (`observed_statistic`)."""
+        return np.array([observed_statistic(t) for t in self.targets], dtype=float)
+
+    def key(self) -> tuple:
+        """What identifies the check in a checkpoint."""
+        return (tuple(t.id for t in self.targets), self.arms, self.months, self.endpoints)
+
+
+def _or_nan(f: Callable[..., float], *args) -> float:
+    try:
+        return float(f(*args))
+    except (ArithmeticError, ValueError):
+        return float("nan")
 
 
 @dataclass
