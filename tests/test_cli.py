@@ -56,3 +56,8 @@ def test_saved_result_round_trips_with_provenance(tmp_path):
     back = ie.load_result(path)
     np.testing.assert_array_equal(back["T"].values, ds["T"].values)
     assert back.attrs["spec_hash"] == ds.attrs["spec_hash"] and back["T"].attrs["units"] == "cell"
+    # compressed (zlib): the same values, the states stored compressed
+    packed = ie.load_result(ie.save_result(ds, tmp_path / "z.nc", compress=True))
+    xr.testing.assert_identical(packed, back)
+    with xr.open_dataset(tmp_path / "z.nc") as raw, xr.open_dataset(path) as plain:
+        assert raw["T"].encoding["zlib"] and not plain["T"].encoding["zlib"]

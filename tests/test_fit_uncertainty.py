@@ -182,22 +182,27 @@ def test_predictive_trials_combine_parameter_and_trial_uncertainty(tmp_path):
     # a stage killed after some trials resumes from its checkpoint to the same result
     small = PredictiveSettings(draws=6, replicates=4, seed=7)
     full = predictive_trials(simulate_at, params, lap, stats_, small)
+    ckpt = tmp_path / "predictive.pkl"
+    with pytest.raises(Killed):
+        predictive_trials(dying_after(5, simulate_at), params, lap, stats_, small, checkpoint=ckpt)
+    resumed = predictive_trials(simulate_at, params, lap, stats_, small, checkpoint=ckpt)
+    xr.testing.assert_identical(resumed, full)
+
+
+class Killed(Exception):
+    """A predictive stage killed part-way (`dying_after`)."""
+
+
+def dying_after(n: int, simulate_at):
+    """simulate_at that raises Killed on its (n + 1)-th call."""
     calls = []
 
-    class Killed(Exception):
-        pass
-
     def dying(x, seed, data_cut_months):
-        if len(calls) == 5:
+        if len(calls) == n:
             raise Killed
         calls.append(seed)
         return simulate_at(x, seed, data_cut_months)
-
-    ckpt = tmp_path / "predictive.pkl"
-    with pytest.raises(Killed):
-        predictive_trials(dying, params, lap, stats_, small, checkpoint=ckpt)
-    resumed = predictive_trials(simulate_at, params, lap, stats_, small, checkpoint=ckpt)
-    xr.testing.assert_identical(resumed, full)
+    return dying
 
 
 def _patient_trial(seed: int, scale: float) -> xr.Dataset:
@@ -258,19 +263,8 @@ def test_predictive_check_reads_targets_and_km_curves_of_every_trial(tmp_path):
     assert np.isnan(ds["ppc_survival"].sel(source="trial_only", draw=[3, 4]).values).all()
 
     # the check is part of the checkpoint: a stage killed after some trials resumes to the same result
-    calls = []
-
-    class Killed(Exception):
-        pass
-
-    def dying(x, seed, data_cut_months):
-        if len(calls) == 4:
-            raise Killed
-        calls.append(seed)
-        return simulate_at(x, seed, data_cut_months)
-
     ckpt = tmp_path / "predictive.pkl"
     with pytest.raises(Killed):
-        predictive_trials(dying, params, lap, stats_, settings, checkpoint=ckpt, check=check)
+        predictive_trials(dying_after(4, simulate_at), params, lap, stats_, settings, checkpoint=ckpt, check=check)
     xr.testing.assert_identical(predictive_trials(simulate_at, params, lap, stats_, settings, checkpoint=ckpt,
                                                   check=check), ds)

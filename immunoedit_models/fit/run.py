@@ -83,7 +83,7 @@ def _staged(path: Path, resume: bool, compute: Callable[[], xr.Dataset]) -> xr.D
     if resume and path.exists():
         return load_result(path)
     ds = compute()
-    save_result(ds, path)
+    save_result(ds, path, compress=True)
     return ds
 
 
@@ -311,7 +311,7 @@ def calibration_mapping(problem: FitProblem, result: xr.Dataset) -> dict[str, An
 
 
 def _write_outputs(problem, result, out: Path, figures, extra=()) -> None:
-    save_result(result, out / "fit.nc")
+    save_result(result, out / "fit.nc", compress=True)
     yaml = YAML()
     yaml.default_flow_style = False
     with open(out / "calibration.yaml", "w", encoding="utf-8") as f:

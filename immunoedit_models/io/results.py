@@ -60,15 +60,21 @@ def provenance(model, **settings: Any) -> dict[str, Any]:
     return attrs
 
 
-def save(ds: xr.Dataset, path: str | Path) -> Path:
-    """Write a result to netCDF (.nc) or zarr (.zarr); the format follows the suffix."""
+def save(ds: xr.Dataset, path: str | Path, compress: bool = False) -> Path:
+    """Write a result to netCDF (.nc) or zarr (.zarr); the format follows the suffix.
+
+    compress: zlib (level 4, byte shuffle) for the numeric variables of a netCDF file, for results
+    kept in the repository (e.g. a fit's KM curves: ~10x smaller); off by default, since it slows
+    the writing of large batches."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     clean = _netcdf_safe(ds)
     if path.suffix == ".zarr":
         clean.to_zarr(path, mode="w")
     else:
-        clean.to_netcdf(path)
+        encoding = {name: {"zlib": True, "complevel": 4, "shuffle": True} for name, var in clean.variables.items()
+                    if compress and var.dtype.kind in "fiub" and var.ndim}
+        clean.to_netcdf(path, encoding=encoding)
     return path
 
 
