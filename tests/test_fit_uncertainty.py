@@ -21,6 +21,7 @@ from immunoedit_models.fit.parameters import FreeParameter, ParameterSet
 from immunoedit_models.fit.predictive import (PredictiveSettings, prediction_statistics,
                                               predictive_trials)
 from immunoedit_models.fit.problem import Target
+from immunoedit_models.fit.report import target_table
 from immunoedit_models.fit.trial import PredictiveCheck
 from immunoedit_models.fit.uncertainty import (FLAT_PRECISION, Laplace, QuadraticSurface, default_window,
                                                draw_parameters, fit_quadratic, laplace_from_evaluations)
@@ -263,6 +264,13 @@ def test_predictive_check_reads_targets_and_km_curves_of_every_trial(tmp_path):
     assert np.isnan(ds["ppc_survival"].sel(source="trial_only", draw=[3, 4]).values).all()
 
     # the check is part of the checkpoint: a stage killed after some trials resumes to the same result
+    # no trials at all: the check has NaN intervals, and the report says so instead of "no"
+    empty = predictive_trials(simulate_at, params, lap, stats_, PredictiveSettings(draws=0, replicates=0), check=check)
+    assert empty["ppc_survival"].shape == (2, 0, 2, 2, 5) and np.isnan(empty["ppc_target_lower"]).all()
+    table = target_table(targets, {"os_b": 0.5, "pfs_a": 4.0}, {"os_b": 1.0, "pfs_a": 2.0}, empty)
+    assert "| 0.5 (0.4–0.6) | 0.5 | – (–––) | – | 1 |" in "\n".join(table)
+    assert "Predictive check: 0 of 0 observed values (2 target(s) without an interval)" in "\n".join(table)
+
     ckpt = tmp_path / "predictive.pkl"
     with pytest.raises(Killed):
         predictive_trials(dying_after(4, simulate_at), params, lap, stats_, settings, checkpoint=ckpt, check=check)

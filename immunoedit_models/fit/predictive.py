@@ -159,15 +159,12 @@ def predictive_trials(simulate_at: SimulateAt, params: ParameterSet, laplace: La
                 save_state(checkpoint, {"settings": key, "rows": rows})
             bar.advance(task)
     n_max = max(settings.draws, settings.replicates)
-    by_source = [np.stack([row[i] for row in rows]) for i in range(len(rows[0]))] if rows else []
-    placed = []
-    for stacked in by_source:
-        values = np.full((len(SOURCES), n_max) + stacked.shape[1:], np.nan)
-        for (source, m, _), value in zip(jobs, stacked):
-            values[SOURCES.index(source), m] = value
-        placed.append(values)
-    ds = _dataset(placed[0] if placed else np.full((len(SOURCES), n_max, len(statistics)), np.nan),
-                  draws, params, laplace, statistics, settings)
+    shapes = [(len(statistics),), *(check.shapes() if check else ())]
+    placed = [np.full((len(SOURCES), n_max) + shape, np.nan) for shape in shapes]   # (source, draw, ...)
+    for (source, m, _), row in zip(jobs, rows):
+        for values, part in zip(placed, row):
+            values[SOURCES.index(source), m] = part
+    ds = _dataset(placed[0], draws, params, laplace, statistics, settings)
     return ds.merge(_check_dataset(check, *placed[1:])) if check else ds
 
 

@@ -241,14 +241,19 @@ def target_table(targets: Sequence, simulated: Mapping[str, float], terms: Mappi
         if check:
             m, lo, hi = (float(result[f"ppc_target_{q}"].sel(source="trial_only", target=t.id))
                          for q in ("median", "lower", "upper"))
-            inside.append(lo <= observed <= hi)
-            row += f"{_fmt(m)} ({_fmt(lo)}–{_fmt(hi)}) | {'yes' if inside[-1] else '**no**'} | "
+            verdict = "–"                   # no interval: every trial lacked the statistic
+            if np.isfinite(lo) and np.isfinite(hi):
+                inside.append(lo <= observed <= hi)
+                verdict = "yes" if inside[-1] else "**no**"
+            row += f"{_fmt(m)} ({_fmt(lo)}–{_fmt(hi)}) | {verdict} | "
         lines.append(row + f"{terms[t.id]:.4g} |")
     lines += ["", "observed / simulated: the median (months) for median and ipd targets (KM of the "
               "reconstructed IPD), the HR, the landmark survival, the ORR or the biomarker prevalence."]
     if check:
         a = result.attrs
-        lines += ["", f"Predictive check: {sum(inside)} of {len(inside)} observed values lie inside the 95 % "
+        missing = len(targets) - len(inside)
+        lines += ["", f"Predictive check: {sum(inside)} of {len(inside)} observed values"
+                  + (f" ({missing} target(s) without an interval)" if missing else "") + " lie inside the 95 % "
                   f"interval of the {a.get('predictive_replicates')} trials of {a.get('predictive_patients_per_arm')} "
                   "patients per arm simulated at the estimate with other cohorts than the fit's (figure "
                   "`predictive_check`). The fit's own cohort is the one its parameters were tuned on, so its "

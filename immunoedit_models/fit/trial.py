@@ -162,7 +162,11 @@ class PredictiveCheck:
         statistic the trial cannot give (e.g. a Cox fit that does not converge)."""
         return (np.array([_or_nan(simulated_statistic, trial, t) for t in self.targets], dtype=float),
                 np.array([[km_survival(*arm_outcomes(trial, ep, arm), self.months) for arm in self.arms]
-                          for ep in self.endpoints], dtype=float).reshape(len(self.endpoints), len(self.arms), -1))
+                          for ep in self.endpoints], dtype=float))
+
+    def shapes(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """The shapes of `read`'s two arrays."""
+        return (len(self.targets),), (len(self.endpoints), len(self.arms), len(self.months))
 
     def observed(self) -> np.ndarray:
         """(n_target,) the targets' observed values (`observed_statistic`)."""
