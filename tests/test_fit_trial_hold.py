@@ -12,13 +12,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import re
+
 import numpy as np
 import pytest
+from rich.console import Console
 
 import immunoedit_models as ie
 from immunoedit_models.cli import _calibration
 from immunoedit_models.errors import FitError
 from immunoedit_models.fit import fit, load_problem
+from immunoedit_models.fit.command import summary
 from immunoedit_models.fit.trial import trial_terms
 from immunoedit_models.trials import run_trial
 
@@ -84,6 +88,14 @@ def test_held_parameters_stay_at_their_start_and_the_death_model_is_fitted(stage
     assert result.attrs["held"] == "r.median, r.sigma"
     report = (out / "report.md").read_text()
     assert report.count("held at its start (fit.hold)") == 2
+    # the command's summary says "held" where the Laplace posterior has no interval, and gives the
+    # predictive check's count as the report does
+    console = Console(record=True, width=200)
+    summary(result, console, 1.0)
+    text = console.export_text()
+    assert len(re.findall(r"│ r\.(median|sigma) +│ [0-9.]+ +│ held +│", text)) == 2
+    k, n = re.search(r"Predictive check: (\d+) of (\d+) observed values", report).groups()
+    assert f"predictive check: {k} of {n} targets inside the 95 % interval of 1 trials at the estimate" in text
 
 
 def test_staged_calibration_leaves_pfs_unchanged_and_reproduces_the_objective(staged):

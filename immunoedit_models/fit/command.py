@@ -39,8 +39,25 @@ def summary(result: xr.Dataset, console: Console, seconds: float) -> None:
         if "profiled" in result.coords and name in result["profiled"].values:  # NaN (open): never crossed
             lo, hi = float(s["ci_lower"]), float(s["ci_upper"])
             ci = (f"{lo:.4g}" if np.isfinite(lo) else "(open)") + " – " + (f"{hi:.4g}" if np.isfinite(hi) else "(open)")
-        elif laplace:
-            ci = f"{float(s['laplace_ci_lower']):.4g} – {float(s['laplace_ci_upper']):.4g}"
+        elif laplace:   # NaN: a held parameter (fit.hold), outside the posterior
+            lo, hi = float(s["laplace_ci_lower"]), float(s["laplace_ci_upper"])
+            ci = f"{lo:.4g} – {hi:.4g}" if np.isfinite(lo) and np.isfinite(hi) else "held"
         table.add_row(str(name), f"{float(s['estimate']):.4g}", ci,
                       f"[{float(s['bound_lower']):.3g}, {float(s['bound_upper']):.3g}]")
     console.print(table)
+    if "ppc_target_lower" in result:
+        console.print(predictive_check_line(result), highlight=False)
+
+
+def predictive_check_line(result: xr.Dataset) -> str:
+    """One line on the posterior predictive check: how many observed target values lie inside
+    the 95 % interval of the trials at the estimate, and which do not."""
+    at = result.sel(source="trial_only")
+    lo, hi, observed = (at["ppc_target_lower"].values, at["ppc_target_upper"].values,
+                        result["ppc_observed"].values)
+    has = np.isfinite(lo) & np.isfinite(hi)
+    inside = has & (lo <= observed) & (observed <= hi)
+    outside = [str(t) for t, h, i in zip(result["target"].values, has, inside) if h and not i]
+    return (f"predictive check: {int(inside.sum())} of {int(has.sum())} targets inside the 95 % interval of "
+            f"{result.attrs.get('predictive_replicates')} trials at the estimate"
+            + (f"; outside: {', '.join(outside)}" if outside else "") + " (report: predictive_check)")
