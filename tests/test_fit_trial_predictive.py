@@ -49,7 +49,7 @@ targets:
 predictions:
   - {{endpoint: os, arms: [COMBO], statistics: [median, landmark_12]}}
   - {{endpoint: os, comparisons: [COMBO_vs_CHEMO], statistics: [hazard_ratio], subgroups: [all, teff_high]}}
-  - {{endpoint: os, arms: [COMBO], statistics: [landmark_12], data_cut_months: 48}}
+  - {{endpoint: os, arms: [COMBO], statistics: [landmark_12, landmark_42], data_cut_months: 48}}
 fit: {{method: cmaes, seed: 3, max_iter: 4, popsize: 4, sigma0: 0.2,
        predictive: {{draws: 3, replicates: 2, patients_per_arm: 20, seed: 500}}}}
 """)
@@ -63,7 +63,7 @@ def test_predictive_stage_outputs(fitted, monkeypatch):
     problem, out, result = fitted
     assert list(result["statistic"].values) == ["os_median:COMBO", "os_landmark_12:COMBO",
                                                  "os_hr:COMBO_vs_CHEMO:all", "os_hr:COMBO_vs_CHEMO:teff_high",
-                                                 "os_landmark_12:COMBO@48mo"]
+                                                 "os_landmark_12:COMBO@48mo", "os_landmark_42:COMBO@48mo"]
     assert result["evaluation_x"].shape == (16, 3) and result["posterior_draw"].shape == (3, 3)
     for name in ("predictive.nc", "predictive.pkl", "fit.nc", "report.md", "predictive_check.png"):
         assert (out / name).stat().st_size > 0
@@ -116,6 +116,10 @@ def test_predicted_values_are_the_trials_own_statistics(fitted):
                       **{k: settings[k] for k in ("priors", "survival")})
     assert float(got.sel(statistic="os_landmark_12:COMBO@48mo")) == pytest.approx(
         float(later.os_landmark.sel(arm="COMBO", landmark_month=12.0)))
+    # a landmark the trial's summary does not report (12/24/36 months): the arm's KM, by hand
+    combo_later = later.sel(arm="COMBO")
+    assert float(got.sel(statistic="os_landmark_42:COMBO@48mo")) == pytest.approx(
+        product_limit(combo_later.os_months, combo_later.os_event, [42.0])[0], rel=1e-12)
 
 
 def test_resumed_fit_reuses_the_predictive_stage(fitted):

@@ -70,8 +70,9 @@ class Statistic:
         ep = self.endpoint
         if self.kind == "median":
             return float(trial[f"{ep}_median_months"].sel(arm=self.arm))
-        if self.kind == "landmark":
-            return float(trial[f"{ep}_landmark"].sel(arm=self.arm, landmark_month=self.months))
+        if self.kind == "landmark":     # the summary's landmark, else the arm's KM at `months`
+            from .trial import simulated_landmark    # (here: trial imports problem, which imports this module)
+            return simulated_landmark(trial, ep, self.arm, self.months)
         if self.subgroup == "all":
             return float(trial[f"hr_{ep}"].sel(comparison=self.comparison))
         return float(trial[f"hr_{ep}_subgroup"].sel(comparison=self.comparison, subgroup=self.subgroup))

@@ -15,6 +15,11 @@ Two kinds share one file format (see fitting/README.md for the full schema):
   (`published: {analysis, population, endpoint, arm, statistic}`). `fit.hold` lists free
   parameters held at their `start` while CMA-ES fits the others (a staged calibration: e.g. a
   new death model fitted on top of an earlier calibration of the tumour and immune populations).
+  `calibration:` names such an earlier calibration (a folder with a calibration.yaml, relative to
+  the problem's folder): its priors, fixed values and survival parameters are the base of every
+  simulated trial, and the problem's free parameters replace theirs. `cohort:` gives the fit's
+  arm size, its seed and, optionally, a data cut-off (`data_cut_months`) replacing the design's,
+  for targets read after a longer follow-up than the design's.
 
 Every problem found in a file is collected and raised once as a FitError with file:line.
 """
@@ -39,7 +44,7 @@ from .predictive import prediction_statistics
 KINDS = ("timecourse", "trial")
 PROBLEM_KEYS = ("name", "kind", "description", "model", "backend", "solver", "t0", "conditions",
                 "observables", "measurements", "parameters", "populations", "fit", "sources",
-                "trial", "cohort", "targets", "predictions")
+                "trial", "cohort", "targets", "predictions", "calibration")
 PARAM_KEYS = ("bounds", "scale", "start", "prior", "source", "role")
 POP_KEYS = ("distribution", "median", "sigma", "bounds", "source")
 CONDITION_KEYS = ("regimen", "parameters", "initial", "description")
@@ -47,6 +52,8 @@ OBSERVABLE_KEYS = ("output", "transformation", "noise", "sigma", "description")
 SOLVER_KEYS = ("rtol", "atol", "method", "max_steps")
 FIT_KEYS = ("method", "n_starts", "seed", "max_iter", "profiles", "profile_points", "posterior",
             "popsize", "sigma0", "use_priors", "predictive", "hold")
+COHORT_KEYS = ("patients_per_arm", "seed", "data_cut_months")
+CALIBRATION_KEYS = ("priors", "fixed", "survival")     # the run_trial keywords a calibration.yaml gives
 PREDICTIVE_KEYS = ("draws", "replicates", "patients_per_arm", "seed", "window")
 TARGET_KEYS = ("id", "kind", "endpoint", "arm", "comparison", "data", "published", "value", "ci",
                "n", "months", "hazard_bins_months", "smoothing_months", "weight", "source", "note", "biomarker")
@@ -148,6 +155,8 @@ class FitProblem:
     cohort: Mapping[str, Any] = field(default_factory=dict)
     targets: tuple[Target, ...] = ()
     predictions: tuple[Mapping[str, Any], ...] = ()
+    calibration: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # base: priors, fixed, survival
+    calibration_path: str | None = None     # as written in the problem, relative to its folder
     sources: tuple[str, ...] = ()
     source_text: str = ""
 
@@ -235,12 +244,52 @@ class _Reader:
                 r.issue(r.loc(doc, "predictions") if "predictions" in doc else loc, "predictions", str(exc),
                         "entries: {endpoint, arms: [...], statistics: [median, landmark_<months>]} or "
                         "{endpoint, comparisons: [...], statistics: [hazard_ratio], subgroups: [...]}")
-            return FitProblem(**common, trial=str(doc.get("trial", "")), cohort=r.plain(doc.get("cohort") or {}),
-                              targets=self.targets(doc), predictions=predictions)
+            base, base_path = self.calibration(doc)
+            return FitProblem(**common, trial=str(doc.get("trial", "")), cohort=self.cohort(doc),
+                              targets=self.targets(doc), predictions=predictions, calibration=base,
+                              calibration_path=base_path)
+        if "calibration" in doc:
+            r.issue(r.loc(doc, "calibration"), "calibration", "only a trial problem builds on a calibration",
+                    "remove 'calibration:' or make the problem 'kind: trial'")
         observables = self.observables(doc, roles)
         conditions = self.conditions(doc)
         return FitProblem(**common, t0=float(r.number(doc, "t0", loc, "problem", 0.0)), conditions=conditions,
                           observables=observables, measurements=self.measurements(doc, observables, conditions))
+
+    def cohort(self, doc) -> dict[str, Any]:
+        """The fit's trial settings: patients_per_arm, seed, data_cut_months (all optional)."""
+        body = doc.get("cohort") or {}
+        if not isinstance(body, Mapping):
+            self.r.issue(self.r.loc(doc, "cohort"), "cohort", "must be a mapping of " + ", ".join(COHORT_KEYS))
+            return {}
+        self.r.check_keys(body, COHORT_KEYS, "cohort")
+        loc = self.r.loc(doc, "cohort")
+        out = self.r.plain(body)
+        if "data_cut_months" in body:
+            cut = self.r.number(body, "data_cut_months", loc, "cohort")
+            if cut <= 0:
+                self.r.issue(self.r.loc(body, "data_cut_months"), "cohort", f"data_cut_months must be > 0, got {cut}")
+            out["data_cut_months"] = cut
+        return out
+
+    def calibration(self, doc) -> tuple[dict[str, dict], str | None]:
+        """The base calibration's run_trial keywords (priors, fixed, survival) and its file."""
+        if doc.get("calibration") is None:
+            return {}, None
+        loc = self.r.loc(doc, "calibration")
+        path = self.folder / str(doc["calibration"])
+        path = path / "calibration.yaml" if path.is_dir() else path
+        if not path.is_file():
+            self.r.issue(loc, "calibration", f"no calibration at {path}",
+                         "give a folder holding a calibration.yaml, as `immunoedit fit PROBLEM --out FOLDER` writes")
+            return {}, None
+        issues: list[Issue] = []
+        data = read_yaml(path, issues)
+        if issues or not isinstance(data, Mapping):
+            self.r.issue(loc, "calibration", f"{path} is not a calibration.yaml (a mapping of "
+                         f"{', '.join(CALIBRATION_KEYS)})")
+            return {}, None
+        return {k: dict(self.r.plain(data[k])) for k in CALIBRATION_KEYS if data.get(k)}, str(doc["calibration"])
 
     def solver(self, doc) -> Solver:
         body = doc.get("solver") or {}

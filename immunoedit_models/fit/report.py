@@ -297,6 +297,8 @@ def write_report(problem: FitProblem, result: xr.Dataset, out: str | Path,
     lines = [f"# Fit: {problem.name}", "", *([problem.description, ""] if problem.description else []),
              f"- kind: {problem.kind}; model: `{problem.model}`; method: {result.attrs.get('method')}; "
              f"seed: {result.attrs.get('seed')}",
+             *([f"- built on the calibration `{problem.calibration_path}` (its values are held; the "
+                f"parameters below replace theirs)"] if problem.calibration_path else []),
              f"- best objective (negative log-likelihood): {float(result['objective']):.6g}",
              f"- created: {result.attrs.get('created', '')}; spec hash: {result.attrs.get('spec_hash', '')}",
              "", "## Parameters", "", *parameter_table(result), "", *extra]

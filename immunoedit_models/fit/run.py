@@ -48,8 +48,10 @@ _START_NAMES = {"start_value": "start_initial", "estimate": "start_estimate", "o
 
 
 def problem_hash(problem: FitProblem) -> str:
-    """sha256 of the problem file and its data (measurements, IPD)."""
+    """sha256 of the problem file and its data (measurements, IPD, the base calibration)."""
     h = hashlib.sha256(problem.source_text.encode())
+    if problem.calibration:
+        h.update(repr(sorted(problem.calibration.items())).encode())
     if problem.measurements is not None:
         h.update(problem.measurements.to_csv().encode())
     for t in problem.targets:
@@ -293,11 +295,15 @@ def calibration_mapping(problem: FitProblem, result: xr.Dataset) -> dict[str, An
     """The estimates as the keywords of `run_trial` / `immunoedit trial --calibration`: `priors`
     (population parameters: {name: {distribution: lognormal, median, sigma}}), `fixed` (model
     parameters shared by all patients), `survival` (death-model parameters), plus `noise` and
-    provenance (problem, problem_hash, objective)."""
+    provenance (problem, problem_hash, objective). Over a base calibration (`calibration:` of the
+    problem), the base's values are included and the estimates replace theirs, so the file is a
+    whole calibration on its own (`based_on` names the base)."""
     est = {str(k): float(v) for k, v in zip(result["parameter"].values, result["estimate"].values)}
+    base = problem.calibration
     out: dict[str, Any] = {"problem": problem.name, "problem_hash": result.attrs["problem_hash"],
-                           "objective": float(result["objective"]), "priors": {}, "fixed": {}, "survival": {},
-                           "noise": {}}
+                           "objective": float(result["objective"]), "based_on": problem.calibration_path,
+                           "priors": dict(base.get("priors", {})), "fixed": dict(base.get("fixed", {})),
+                           "survival": dict(base.get("survival", {})), "noise": {}}
     for pop in problem.parameters.populations:
         out["priors"][pop.name] = {"distribution": "lognormal", "median": est[pop.median.name],
                                    "sigma": est[pop.sigma.name],
@@ -307,7 +313,7 @@ def calibration_mapping(problem: FitProblem, result: xr.Dataset) -> dict[str, An
         role = problem.roles.get(name, "model")
         if role in group:
             out[group[role]][name] = value
-    return {k: v for k, v in out.items() if v != {}}
+    return {k: v for k, v in out.items() if v not in ({}, None)}
 
 
 def _write_outputs(problem, result, out: Path, figures, extra=()) -> None:

@@ -228,6 +228,8 @@ def trial_simulator(problem: FitProblem) -> Simulate:
 
     model = compile_model(problem.model_path(), backend=problem.backend)
     design = load_trial(problem.trial_path())
+    if problem.cohort.get("data_cut_months") is not None:      # the fit's follow-up, not the design's
+        design = replace(design, data_cut_months=float(problem.cohort["data_cut_months"]))
     lean = objective_design(design, problem.targets)
     n = problem.cohort.get("patients_per_arm")
     seed = int(problem.cohort.get("seed", problem.fit.seed))
@@ -249,14 +251,17 @@ def trial_simulator(problem: FitProblem) -> Simulate:
 
 
 def run_trial_settings(problem: FitProblem, groups: Mapping[str, Mapping[str, float]]) -> dict[str, dict | None]:
-    """`run_trial` keywords (priors, fixed, survival) of grouped natural values: populations become
-    lognormal priors truncated to the population's bounds."""
+    """`run_trial` keywords (priors, fixed, survival) of grouped natural values over the problem's
+    base calibration (if any): populations become lognormal priors truncated to the population's
+    bounds; a fitted value replaces the base's."""
     truncation = {pop.name: pop.bounds for pop in problem.parameters.populations if pop.bounds}
     priors = {name: {"distribution": "lognormal", "median": v["median"], "sigma": v["sigma"],
                      **({"bounds": list(truncation[name])} if name in truncation else {})}
               for name, v in groups["population"].items()}
-    return {"priors": priors or None, "fixed": dict(groups["model"]) or None,
-            "survival": dict(groups["survival"]) or None}
+    base = problem.calibration
+    merged = {"priors": {**base.get("priors", {}), **priors}, "fixed": {**base.get("fixed", {}), **groups["model"]},
+              "survival": {**base.get("survival", {}), **groups["survival"]}}
+    return {key: dict(value) or None for key, value in merged.items()}
 
 
 def objective_design(design, targets) -> object:
