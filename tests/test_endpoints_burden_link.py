@@ -135,12 +135,12 @@ def test_death_model_settings_are_checked_and_read_from_designs():
         death_day(np.full(3, np.inf), np.full(3, 84.0), SurvivalParameters(post_progression_burden_exponent=1.0),
                   np.random.default_rng(0))
     assert load_trial("impower150").survival.burden_linked                      # the linked death model
-    # RELATIVITY-047 carries IMpower150's calibrated link (no melanoma OS data to fit it to)
-    calibration = YAML(typ="safe").load((FITTING / "impower150" / "calibration.yaml").read_text(encoding="utf-8"))
-    transported = load_trial("relativity047").survival
-    assert transported.burden_linked
-    assert transported.post_progression_hazard_per_month == calibration["survival"]["post_progression_hazard_per_month"]
-    assert transported.post_progression_burden_exponent == calibration["survival"]["post_progression_burden_exponent"]
+    # RELATIVITY-047 carries the melanoma link anchored on CheckMate 067's nivolumab OS
+    calibration = YAML(typ="safe").load((FITTING / "checkmate067_os" / "calibration.yaml").read_text(encoding="utf-8"))
+    melanoma = load_trial("relativity047").survival
+    assert melanoma.burden_linked
+    assert melanoma.post_progression_hazard_per_month == calibration["survival"]["post_progression_hazard_per_month"]
+    assert melanoma.post_progression_burden_exponent == calibration["survival"]["post_progression_burden_exponent"]
     assert not load_trial("high_dose_il2").survival.burden_linked              # still exponential
     roles = load_problem(FITTING / "impower150").roles
     assert roles["post_progression_burden_exponent"] == roles["post_progression_hazard_per_month"] == "survival"
