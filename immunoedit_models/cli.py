@@ -244,13 +244,15 @@ def _calibration(folder: Path) -> dict:
 
 
 def _print_trial(ds, seconds: float) -> None:
+    from .trials.report import number_text
+
     table = Table(title=f"{ds.attrs.get('trial')}: {ds.sizes['patient']} patients per arm, "
                         f"seed {ds.attrs.get('seed')}, {seconds:.1f} s")
     for col in ("arm", "median PFS (mo)", "median OS (mo)", "ORR"):
         table.add_column(col)
     for arm in ds.arm.values:
         s = ds.sel(arm=arm)
-        table.add_row(str(arm), f"{float(s.pfs_median_months):.1f}", f"{float(s.os_median_months):.1f}",
+        table.add_row(str(arm), number_text(s.pfs_median_months), number_text(s.os_median_months),
                       f"{float(s.orr):.1%}")
     console.print(table)
     for c in (ds["comparison"].values if "comparison" in ds.coords else ()):

@@ -5,6 +5,7 @@ induction cycles), the in-kernel progression day against the Python RECIST reado
 re-analysis of the exported event times, and reruns with the same seed.
 """
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -120,6 +121,17 @@ def test_cli_trial_writes_results_and_report(tmp_path):
     ds = ie.load_result(out)
     assert ds.sizes["patient"] == 40 and set(ds.arm.values) == {"COMBO", "CHEMO"}
     assert (report / "report.md").is_file()
+    for arm in ds.arm.values:       # the printed medians are the saved ones, NR where not reached
+        pfs, os_ = (float(ds[f"{e}_median_months"].sel(arm=arm)) for e in ("pfs", "os"))
+        shown = ["NR" if np.isinf(v) else f"{v:.1f}" for v in (pfs, os_)]
+        assert re.search(rf"{arm}\s*│\s*{re.escape(shown[0])}\s*│\s*{re.escape(shown[1])}\s*│", result.output), arm
+
+
+def test_medians_not_reached_print_as_nr():
+    from immunoedit_models.trials.report import number_text
+
+    assert [number_text(np.inf), number_text(np.nan), number_text(12.345), number_text(0.5, "{:.0%}")] == [
+        "NR", "NA", "12.3", "50%"]
 
 
 def test_single_arm_trial_runs_and_reports(tmp_path, model):

@@ -134,14 +134,15 @@ def _ci(s, name, index, fmt) -> str:
     if name not in s:
         return ""
     value = s[name].values[index]
-    text = _num(value, fmt)
+    text = number_text(value, fmt)
     lower, upper = f"{name}_lower", f"{name}_upper"
     if lower in s and upper in s:
-        text += f" ({_num(s[lower].values[index], fmt)} to {_num(s[upper].values[index], fmt)})"
+        text += f" ({number_text(s[lower].values[index], fmt)} to {number_text(s[upper].values[index], fmt)})"
     return text
 
 
-def _num(value, fmt) -> str:
+def number_text(value, fmt: str = "{:.1f}") -> str:
+    """A statistic as the papers print it: NR (not reached) for an infinite median, NA for none."""
     value = float(value)
     if np.isnan(value):
         return "NA"
