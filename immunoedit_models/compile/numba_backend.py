@@ -527,39 +527,39 @@ def _map_params(kernel_address, params, n_out):
     return out
 
 
-_MAP_OUTPUTS_SIG = float64[:, :, ::1](int64, float64[::1], float64[:, :, ::1], float64[:, ::1], int64)
+_MAP_OUTPUTS_SIG = void(int64, float64[::1], float64[:, :, ::1], float64[:, ::1], float64[:, :, ::1])
 
 
 @njit(_MAP_OUTPUTS_SIG, cache=True)
-def _map_outputs_serial(kernel_address, t_out, y, params, n_out):
+def _map_outputs_serial(kernel_address, t_out, y, params, out):
     """out[b, i] = kernel(t_out[i], y[b, i], params[b]) for the outputs kernel; out (B, n_t, n_out)."""
     kernel = _as_outputs(kernel_address)
-    out = np.empty((y.shape[0], y.shape[1], n_out))
     for b in range(y.shape[0]):
         for i in range(y.shape[1]):
             kernel(t_out[i], y[b, i], params[b], out[b, i])
-    return out
 
 
 @njit(cache=True, parallel=True)     # compiled on first use (`compiled`)
-def _map_outputs_parallel(kernel_address, t_out, y, params, n_out):
+def _map_outputs_parallel(kernel_address, t_out, y, params, out):
     """`_map_outputs_serial` on all cores, one (trajectory, time) pair per iteration."""
     kernel = _as_outputs(kernel_address)
     n_t = y.shape[1]
-    out = np.empty((y.shape[0], n_t, n_out))
     for j in prange(y.shape[0] * n_t):
         b = j // n_t
         kernel(t_out[j - b * n_t], y[b, j - b * n_t], params[b], out[b, j - b * n_t])
-    return out
 
 
 def _map_outputs(kernel_address, t_out, y, params, n_out):
     """Outputs of every trajectory at every time (B, n_t, n_out): serial for a few trajectories
     (a parallel launch costs more than their outputs), on all cores for batches (outputs are ~10 %
-    of a batch's time on one core at 366 outputs)."""
+    of a batch's time on one core at 366 outputs). The result is allocated by numpy, as
+    `solve_batch`'s: numba's own allocation of a 10,000 x 366 x 8 result faulted it in 4 KiB pages
+    as the threads wrote it, 0.16 s of the parallel map against 0.05 s now."""
+    out = np.empty((y.shape[0], y.shape[1], n_out))
     run = (compiled(_map_outputs_parallel, _MAP_OUTPUTS_SIG) if y.shape[0] >= 64
            else _map_outputs_serial)
-    return run(kernel_address, t_out, y, params, n_out)
+    run(kernel_address, t_out, y, params, out)
+    return out
 
 
 # ---- first use after installing -----------------------------------------------------------------
