@@ -5,9 +5,10 @@ current problem.yaml (same problem hash), holds every free parameter inside its 
 drives `run_trial`; the calibrated parameter set scores a lower objective (the problem's own
 likelihood terms) than the uncalibrated composed model on the same virtual cohort (common random
 numbers: same seed, same arm size), and the saved CMA-ES trace (fit.nc) ends below its first
-generation. A calibration built on another (`calibration:` of the problem) carries the base's values
-unchanged, and is compared with the base at the problem's start values. Reference values: the published targets in each problem's published.csv (the terms),
-the problem's bounds, and the uncalibrated model's objective.
+generation. A calibration built on another (`calibration:` of the problem) carries the base's
+values unchanged, and is compared with the base at the problem's start values. Reference values:
+the published targets in each problem's published.csv (the terms), the problem's bounds, and the
+uncalibrated model's objective.
 """
 
 from __future__ import annotations
