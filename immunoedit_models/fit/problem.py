@@ -26,7 +26,7 @@ Every problem found in a file is collected and raised once as a FitError with fi
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -37,6 +37,7 @@ from ..errors import FitError, Issue
 from ..spec.expressions import suggest
 from ..spec.loader import SpecReader, read_yaml
 from ..spec.schema import Location
+from ..trials.endpoints import SurvivalParameters
 from .likelihoods import NOISE_MODELS, TRANSFORMATIONS
 from .parameters import PRIOR_ARGS, SCALES, FreeParameter, ParameterSet, PopulationParameter
 from .predictive import prediction_statistics
@@ -60,9 +61,7 @@ TARGET_KEYS = ("id", "kind", "endpoint", "arm", "comparison", "data", "published
 TARGET_KINDS = ("ipd", "median", "hazard_ratio", "landmark", "response", "prevalence")
 MEASUREMENT_COLUMNS = ("observableId", "simulationConditionId", "time", "measurement")
 ROLES = ("model", "survival", "noise")
-SURVIVAL_PARAMETERS = ("lethal_tumour_cells", "background_hazard_per_month",
-                       "post_progression_hazard_per_month", "post_progression_burden_exponent",
-                       "post_progression_reference_cells")
+SURVIVAL_PARAMETERS = tuple(f.name for f in fields(SurvivalParameters))
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -36,9 +36,7 @@ PHASE_KEYS = ("name", "start_day", "cycle_days", "cycles", "doses")
 DOSE_KEYS = ("drug", "amount", "day", "duration")
 SCAN_KEYS = ("from_week", "every_weeks", "until_week")
 RECIST_KEYS = ("pd_rel", "pd_abs_mm", "pr_rel", "cr_mm", "confirm_days", "sd_min_days")
-SURVIVAL_KEYS = ("lethal_tumour_cells", "background_hazard_per_month",
-                 "post_progression_hazard_per_month", "post_progression_burden_exponent",
-                 "post_progression_reference_cells")
+SURVIVAL_KEYS = tuple(f.name for f in fields(SurvivalParameters))
 SOLVER_KEYS = ("rtol", "atol", "output_every_days", "max_steps")
 UNTIL_PROGRESSION = "until_progression"
 

@@ -75,6 +75,15 @@ class SurvivalParameters:
         any value gives the same model with h_pp rescaled; in the IMpower150 fit ln h_pp and beta
         still correlate at -0.99, as the BCP OS data pin the hazard near 1e11 cells, where most
         post-progression deaths happen). Unused when the exponent is 0.
+    post_progression_frailty_sd: sigma of a lognormal frailty Z = exp(sigma u), u ~ N(0, 1) per
+        patient, multiplying the post-progression hazard (dimensionless). Default 0: every
+        patient has the same hazard. A frailty carries the heterogeneity of survival after
+        progression that the tumour model does not (subsequent therapies, sites of progression,
+        performance status), and makes the OS curve flatten as the frail die first (Aalen OO,
+        Borgan O, Gjessing HK. Survival and Event History Analysis, Springer 2008, ch. 6;
+        lognormal frailty: McGilchrist CA, Aisbett CW. Biometrics 1991;47:461-6). Z has median
+        1, so post_progression_hazard_per_month stays the median patient's hazard. A
+        calibration parameter.
     """
 
     lethal_tumour_cells: float = 1e12
@@ -82,10 +91,11 @@ class SurvivalParameters:
     post_progression_hazard_per_month: float | np.ndarray = np.log(2.0) / 7.9
     post_progression_burden_exponent: float | np.ndarray = 0.0
     post_progression_reference_cells: float = 1e10
+    post_progression_frailty_sd: float | np.ndarray = 0.0
 
     def __post_init__(self):
-        for name in ("lethal_tumour_cells", "background_hazard_per_month",
-                     "post_progression_hazard_per_month", "post_progression_burden_exponent"):
+        for name in ("lethal_tumour_cells", "background_hazard_per_month", "post_progression_hazard_per_month",
+                     "post_progression_burden_exponent", "post_progression_frailty_sd"):
             value = np.asarray(getattr(self, name), dtype=float)
             if not np.all(value >= 0):
                 raise ValueError(f"SurvivalParameters.{name} must be >= 0 (got {getattr(self, name)})")
@@ -97,6 +107,11 @@ class SurvivalParameters:
     def burden_linked(self) -> bool:
         """Whether the post-progression hazard follows the tumour burden (an exponent != 0)."""
         return bool(np.any(np.asarray(self.post_progression_burden_exponent) != 0))
+
+    @property
+    def frail(self) -> bool:
+        """Whether patients differ in their post-progression hazard (a frailty sd != 0)."""
+        return bool(np.any(np.asarray(self.post_progression_frailty_sd) != 0))
 
 
 @dataclass(frozen=True)
@@ -213,7 +228,10 @@ def death_day(burden_day: np.ndarray, pd_day: np.ndarray, survival: SurvivalPara
 
     burden_day: tumour-burden death day (inf if none); pd_day: day of the visit showing PD (NaN if
     none). Draws two unit exponentials per patient from `rng` (background, then post-progression),
-    so the draws do not depend on the parameters and a fit sees smooth changes. With a burden
+    so the draws do not depend on the parameters and a fit sees smooth changes. A frailty
+    (survival.frail) divides the post-progression draw by Z = exp(sigma u): H(t) Z >= e is
+    H(t) >= e / Z. Its normals u come from a jumped copy of `rng`'s bit generator, so `rng` and
+    every draw after this call are the same with a frailty or without. With a burden
     exponent (survival.burden_linked), the post-progression hazard follows tumour_cells
     (..., n_day) on `day` (n_day,) (`burden_linked_event_day`); without, it is constant and the
     post-progression death day is pd_day + draw / hazard.
@@ -221,6 +239,9 @@ def death_day(burden_day: np.ndarray, pd_day: np.ndarray, survival: SurvivalPara
     shape = np.shape(burden_day)
     e_background = rng.exponential(size=shape)
     e_post = rng.exponential(size=shape)
+    if survival.frail:
+        u = np.random.Generator(rng.bit_generator.jumped()).standard_normal(size=shape)
+        e_post = e_post * np.exp(-np.asarray(survival.post_progression_frailty_sd, dtype=float) * u)
     pd_start = np.where(np.isfinite(pd_day), pd_day, np.inf)
     with np.errstate(divide="ignore"):
         background = e_background * DAYS_PER_MONTH / np.asarray(survival.background_hazard_per_month)
