@@ -141,6 +141,8 @@ def test_death_model_settings_are_checked_and_read_from_designs():
     assert melanoma.burden_linked
     assert melanoma.post_progression_hazard_per_month == calibration["survival"]["post_progression_hazard_per_month"]
     assert melanoma.post_progression_burden_exponent == calibration["survival"]["post_progression_burden_exponent"]
+    assert melanoma.post_progression_frailty_sd == calibration["survival"]["post_progression_frailty_sd"] > 0
     assert not load_trial("high_dose_il2").survival.burden_linked              # still exponential
     roles = load_problem(FITTING / "impower150").roles
     assert roles["post_progression_burden_exponent"] == roles["post_progression_hazard_per_month"] == "survival"
+    assert load_problem(FITTING / "checkmate067_os").roles["post_progression_frailty_sd"] == "survival"
