@@ -73,13 +73,16 @@ def switch_model() -> SymbolicModel:
         outputs={"ratio": "x/(y + 1)"})
 
 
-def scan_inputs(model, until_progression=True, duration=0.0):
+def scan_inputs(model, until_progression=True, duration=0.0, beyond=False):
+    """beyond: the doses go on after progression until its confirmation (iRECIST, 5 mm)."""
     P = np.column_stack([SCAN_S0, 0.01 * SCAN_S0, 2e-4 * SCAN_S0])   # S0, shrink, curvature
     regimen = Regimen.repeated("drug", 10.0, every=21, count=20, duration=duration,
-                               until_progression=until_progression)
+                               until_progression=until_progression and not beyond,
+                               until_confirmed_progression=beyond)
     ev = event_arrays([regimen] * len(P), model.kernels.dose_factors(P), ["drug"], {"drug": 1})
     return (model.kernels.initial(P), P, 0.0, SCAN_TIMES, ev.time, ev.state, ev.kind, ev.value,
-            1e-9, 1e-12), dict(scan_t=SCANS, burden_index=0, ev_guard=ev.guard)
+            1e-9, 1e-12), dict(scan_t=SCANS, burden_index=0, ev_guard=ev.guard, cpd_abs=5.0,
+                               ev_guard_c=ev.guard_confirmed)
 
 
 def pk_regimen() -> Regimen:
@@ -121,7 +124,7 @@ def cuda_cases() -> dict[str, np.ndarray]:
 
     scan = ie.compile_model(SPECS / "scan_model.yaml", backend="cuda")
     for key, kw in (("scan", {}), ("scan_free", {"until_progression": False}),
-                    ("scan_infusion", {"duration": 2.0})):
+                    ("scan_infusion", {"duration": 2.0}), ("scan_beyond", {"beyond": True})):
         args, scan_kw = scan_inputs(scan, **kw)
         for name, value in zip(("Y", "status", "n_acc", "n_rej", "values", "pd_time"),
                                scan.kernels.solve_scanned(*args, **scan_kw)):
@@ -235,12 +238,14 @@ def test_scans_progression_and_guarded_doses(cuda):
     np.testing.assert_allclose(cuda["scan_Y"][:, -1, 1], [60.0, 80.0, 60.0], rtol=1e-9)
     np.testing.assert_allclose(cuda["scan_free_Y"][:, -1, 1], 120.0, rtol=1e-9)   # days 0..231
     np.testing.assert_allclose(cuda["scan_infusion_Y"][:, -1, 1], [60.0, 80.0, 60.0], rtol=1e-9)
+    # beyond progression: confirmed 5 mm above the PD scan on day 168 (S0 50, 20) or 210 (S0 5)
+    np.testing.assert_allclose(cuda["scan_beyond_Y"][:, -1, 1], [80.0, 100.0, 80.0], rtol=1e-9)
 
 
 def test_scans_match_cpu_solve_scanned(cuda):
     cpu = ie.compile_model(SPECS / "scan_model.yaml", backend="numba")
     for key, kw in (("scan", {}), ("scan_free", {"until_progression": False}),
-                    ("scan_infusion", {"duration": 2.0})):
+                    ("scan_infusion", {"duration": 2.0}), ("scan_beyond", {"beyond": True})):
         args, scan_kw = scan_inputs(cpu, **kw)
         Y, status, n_acc, _, values, pd_time = cpu.kernels.solve_scanned(*args, **scan_kw)
         np.testing.assert_array_equal(cuda[f"{key}_pd_time"], pd_time)

@@ -1,4 +1,5 @@
-"""In-kernel scans and treatment until progression (numba backend), against hand-worked cases.
+"""In-kernel scans and treatment until progression, or beyond it until its confirmation (numba
+backend), against hand-worked cases.
 
 The test model's sum of diameters is S(t) = S0 (1 - 0.01 t + 1e-4 t^2) (mm; S0 = 50 by default):
 it shrinks to a nadir at day 50 and regrows. The drug only accumulates in D, so D at the end
@@ -11,6 +12,7 @@ import pytest
 import immunoedit_models as ie
 from immunoedit_models.errors import SimulationError
 from immunoedit_models.simulate.regimen import Regimen, event_arrays
+from immunoedit_models.trials.recist import confirmation_day
 
 SCANS = np.array([0.0, 42.0, 84.0, 126.0, 168.0, 210.0])
 TIMES = np.array([0.0, 100.0, 250.0])
@@ -72,6 +74,46 @@ def test_infusions_stop_whole(model):
     Y, _, _, _, _, pd_time = run(model, 50.0, duration=2.0)
     assert pd_time[0] == 126.0
     assert Y[0, -1, 1] == pytest.approx(60.0, rel=1e-9)
+
+
+def beyond(model, s0: float, cpd_abs: float, pd_doses: float = 0.0):
+    """Doses of 1 mg every 21 days given beyond progression, plus (pd_doses > 0) doses of
+    pd_doses mg on the same days given until progression; returns (Y, scans, pd_time)."""
+    reg = Regimen.repeated("drug", 1.0, every=21, count=20, until_confirmed_progression=True)
+    if pd_doses:
+        reg = reg + Regimen.repeated("drug", pd_doses, every=21, count=20, until_progression=True)
+    P = np.array([[s0, 0.01 * s0, 2e-4 * s0]])
+    ev = event_arrays([reg], model.kernels.dose_factors(P), ["drug"], {"drug": 1})
+    Y, _, _, _, scans, pd_time = model.kernels.solve_scanned(
+        model.kernels.initial(P), P, 0.0, TIMES, ev.time, ev.state, ev.kind, ev.value, 1e-9, 1e-12,
+        scan_t=SCANS, burden_index=0, ev_guard=ev.guard, cpd_abs=cpd_abs, ev_guard_c=ev.guard_confirmed)
+    return Y, scans, pd_time
+
+
+@pytest.mark.parametrize("s0, cpd_abs, confirmed", [
+    (50.0, 5.0, 168.0),       # PD day 126 at 66.38 mm; day 168 107.12 mm, +40.7 >= 5: confirmed
+    (50.0, 50.0, 210.0),      # +40.7 < 50 at day 168; day 210 165.5 mm, +99.1: confirmed
+    (5.0, 5.0, 210.0),        # PD day 168 at 10.71 mm; day 210 16.55 mm, +5.84 mm
+    (50.0, 1e3, np.inf),      # never confirmed within the scans
+])
+def test_treatment_beyond_progression_stops_at_confirmation(model, s0, cpd_abs, confirmed):
+    Y, scans, pd_time = beyond(model, s0, cpd_abs)
+    given = np.arange(0.0, 250.0, 21.0)                      # doses within the 250 days
+    assert Y[0, -1, 1] == pytest.approx(float(np.sum(given < confirmed)))
+    assert confirmation_day(scans, SCANS, pd_time, cpd_abs)[0] == confirmed     # the readout agrees
+
+
+def test_progression_and_confirmation_guards_act_together(model):
+    # 10 mg doses stop at PD (day 126: days 0..105, 60 mg), 1 mg doses at its confirmation
+    # (day 168: days 0..147, 8 mg)
+    Y, _, pd_time = beyond(model, 50.0, 5.0, pd_doses=10.0)
+    assert pd_time[0] == 126.0
+    assert Y[0, -1, 1] == pytest.approx(68.0)
+
+
+def test_a_dose_has_one_stopping_rule():
+    with pytest.raises(SimulationError, match="set until_progression or until_confirmed_progression, not both"):
+        ie.Dose("drug", 0.0, 1.0, until_progression=True, until_confirmed_progression=True)
 
 
 def test_batch_and_single_trajectory_agree(model):

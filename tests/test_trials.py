@@ -18,6 +18,7 @@ from immunoedit_models.cli import app
 from immunoedit_models.errors import SimulationError, SpecError
 from immunoedit_models.trials import load_trial, run_trial
 from immunoedit_models.trials.design import DAYS_PER_MONTH
+from immunoedit_models.trials.recist import confirmation_day
 
 DESIGN = "tests/specs/trial_small.yaml"
 
@@ -96,6 +97,28 @@ def test_subgroup_counts(trial):
         assert int(n.sel(subgroup="not_" + g)) == 2 * trial.sizes["patient"] - int(trial[g].sum())
 
 
+def test_treatment_beyond_progression_until_confirmation(tmp_path, model, trial):
+    text = open(DESIGN).read().replace("  COMBO:\n", "  COMBO:\n    treat_beyond_progression: [antibody]\n")
+    (tmp_path / "beyond.yaml").write_text(text)
+    (tmp_path / "trial_model.yaml").symlink_to(Path("tests/specs/trial_model.yaml").resolve())
+    beyond = run_trial(load_trial(tmp_path / "beyond.yaml"), model=model, seed=3)
+    combo = beyond.sel(arm="COMBO")
+    pd_day, cpd_day = combo.progression_day_kernel.values, combo.confirmed_progression_day.values
+    day, drug = combo.dose_day.values, combo.dose_drug.values
+    ab_after = np.nansum((drug == "antibody") & (day >= pd_day[:, None]), axis=-1)
+    assert (ab_after > 0).sum() > 20                                  # the test is not vacuous
+    assert np.all(np.where(drug == "antibody", day, -np.inf) < cpd_day[:, None])   # none from iCPD on
+    assert np.all(np.where(drug == "chemo", day, -np.inf) < pd_day[:, None])       # chemo stops at PD
+    # the confirmation day, recomputed from the observed scans, where they reach it
+    seen = confirmation_day(combo.sld_mm.values, combo.scan_day.values, pd_day, 5.0)
+    np.testing.assert_array_equal(seen[np.isfinite(seen)], cpd_day[np.isfinite(seen)])
+    assert np.all(cpd_day[np.isfinite(pd_day)] > pd_day[np.isfinite(pd_day)])
+    # doses after progression change neither progression nor response: same seed, same PFS and ORR
+    for name in ("pfs_months", "pfs_event", "best_response"):
+        np.testing.assert_array_equal(beyond[name].values, trial[name].values)
+    assert not np.array_equal(beyond.os_months.values, trial.os_months.values)
+
+
 def test_bad_designs_are_reported(tmp_path, model):
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: bad\nmodel: trial_model\ndata_cut_months: 12\n"
@@ -110,6 +133,12 @@ def test_bad_designs_are_reported(tmp_path, model):
     unknown.write_text(open(DESIGN).read().replace("drug: antibody", "drug: antibodie"))
     with pytest.raises(SimulationError, match=r"doses \['antibodie'\], which model 'trial_model' does not declare"):
         run_trial(load_trial(unknown), model=model, patients_per_arm=5)
+    beyond = tmp_path / "beyond.yaml"
+    beyond.write_text(open(DESIGN).read().replace("  COMBO:\n", "  COMBO:\n    treat_beyond_progression: [antibodie]\n"))
+    with pytest.raises(SpecError) as err:
+        load_trial(beyond)
+    assert str(err.value).endswith(f"{beyond}:22: arm 'COMBO': treats 'antibodie' beyond progression but gives no "
+                                   "'antibodie' (did you mean 'antibody'?)")
 
 
 def test_cli_trial_writes_results_and_report(tmp_path):

@@ -320,8 +320,8 @@ class CudaKernels:
                       ev_kind: Any, ev_value: Any, rtol: float, atol: float,
                       method: str = "rodas5p", max_steps: int = 100_000, h0: float = 0.0,
                       scan_t: Any = (), burden_index: int = 0, pd_rel: float = 0.2,
-                      pd_abs: float = 5.0, ev_guard: Any = None,
-                      timings: dict[str, float] | None = None
+                      pd_abs: float = 5.0, ev_guard: Any = None, cpd_abs: float = 5.0,
+                      ev_guard_c: Any = None, timings: dict[str, float] | None = None
                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray,
                                  np.ndarray]:
         """`solve` with in-kernel scans and progression (as `NumbaKernels.solve_scanned`).
@@ -333,7 +333,7 @@ class CudaKernels:
         """
         y0, params, t, scans, ev = check_solve_inputs(
             self, Y0, P, t0, t_out, ev_t, ev_state, ev_kind, ev_value, rtol, atol, method,
-            max_steps, scan_t, burden_index, ev_guard)
+            max_steps, scan_t, burden_index, ev_guard, ev_guard_c)
         if t.size == 0:
             raise SimulationError("t_out must hold at least one output time")
         cuda = _cuda()
@@ -348,9 +348,9 @@ class CudaKernels:
         d_t = cuda.to_device(t)
         d_scan = cuda.to_device(scans if n_scan else np.zeros(1))
         row_bytes = (np.dtype(dtype).itemsize * (n_out * n + n + self.n_params)
-                     + 8 * (5 * ev[0].shape[1] + scan_value.shape[1] + 4))
-        opts = (n_scan, int(burden_index), float(pd_rel), float(pd_abs), float(rtol),
-                float(atol), METHODS[method], int(max_steps), float(h0))
+                     + 8 * (len(ev) * ev[0].shape[1] + scan_value.shape[1] + 4))
+        opts = (n_scan, int(burden_index), float(pd_rel), float(pd_abs), float(cpd_abs),
+                float(rtol), float(atol), METHODS[method], int(max_steps), float(h0))
         for s in _chunks(n_traj, row_bytes, self.max_chunk):
             m = s.stop - s.start
             start = time.perf_counter()

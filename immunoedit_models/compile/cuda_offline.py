@@ -67,10 +67,10 @@ def kernel_signatures(precision: str) -> dict[str, tuple[Any, ...]]:
         return numba.typeof(np.zeros((1,) * ndim, dtype))
 
     x, f8, i8 = PRECISIONS[precision], numba.float64, numba.int64
-    events = (arr(2), arr(2, np.int64), arr(2, np.int64), arr(2), arr(2))
+    events = (arr(2), arr(2, np.int64), arr(2, np.int64), arr(2), arr(2), arr(2))
     return {
         "solve_kernel": (arr(2, x), arr(2, x), f8, arr(1), *events, arr(1), i8, i8, f8, f8, f8,
-                         f8, i8, i8, f8, arr(3, x), arr(1, np.int64), arr(1, np.int64),
+                         f8, f8, i8, i8, f8, arr(3, x), arr(1, np.int64), arr(1, np.int64),
                          arr(1, np.int64), arr(2), arr(1)),
         "initial_kernel": (arr(2), arr(2)),
         "dose_factors_kernel": (arr(2), arr(2)),

@@ -20,7 +20,7 @@ they read these globals of the generated module:
 
 Semantics are those of `numba_solvers._integrate`, statement for statement: segments cut at
 dose and scan times, scans read before the doses at their time, the RECIST progression rule and
-`ev_guard`, the step size carried across doses, status codes, NaN after a failure. Differences
+`ev_guard`, its iRECIST confirmation and `ev_guard_c`, the step size carried across doses, status codes, NaN after a failure. Differences
 are of form only: work arrays are `cuda.local` arrays, rows of 2-d arrays are addressed by index
 (no views of local arrays), Tsit5 keeps its error vector in stage row 7, and the time and step
 size stay float64 in float32 kernels (a float32 day number near 1,000 resolves only ~1e-4 day).
@@ -294,12 +294,14 @@ def _tsit5_dense_row(theta, h, y, k, y_out, b, r):
 
 
 # ---- events, scans, control -------------------------------------------------------------------
-def _apply_events(t, ie, b, ev_t, ev_state, ev_kind, ev_value, ev_guard, pd_time, y, u_in):
+def _apply_events(t, ie, b, ev_t, ev_state, ev_kind, ev_value, ev_guard, ev_guard_c, pd_time,
+                  cpd_time, y, u_in):
     """Apply every event of trajectory b from index ie with time <= t, skipping those guarded by
-    a progression at pd_time (ev_guard >= pd_time); returns the next index."""
+    a progression at pd_time (ev_guard >= pd_time) or a confirmed one at cpd_time (ev_guard_c >=
+    cpd_time); returns the next index."""
     n_ev = ev_t.shape[1]
     while ie < n_ev and ev_t[b, ie] <= t:
-        if ev_guard[b, ie] >= pd_time:
+        if ev_guard[b, ie] >= pd_time or ev_guard_c[b, ie] >= cpd_time:
             pass
         elif ev_kind[b, ie] == EVENT_BOLUS:
             y[ev_state[b, ie]] += ev_value[b, ie]
@@ -309,15 +311,21 @@ def _apply_events(t, ie, b, ev_t, ev_state, ev_kind, ev_value, ev_guard, pd_time
     return ie
 
 
-def _scan(t, y, p, out_buf, burden_index, b, s, scan_value, nadir, pd_time, pd_rel, pd_abs):
-    """Record scan s of trajectory b at time t; returns the updated (nadir, pd_time)."""
+def _scan(t, y, p, out_buf, burden_index, b, s, scan_value, nadir, pd_time, pd_value, cpd_time,
+          pd_rel, pd_abs, cpd_abs):
+    """Record scan s of trajectory b at time t; returns the updated (nadir, pd_time, pd_value,
+    cpd_time) (rules: numba_solvers.progression and confirmed_progression)."""
     outputs(t, y, p, out_buf)
     value = float(out_buf[burden_index])
     scan_value[b, s] = value
-    if s > 0 and pd_time == math.inf and value >= (1.0 + pd_rel) * nadir \
-            and value - nadir >= pd_abs:
-        pd_time = t
-    return _fmin(nadir, value), pd_time
+    if s > 0:
+        if pd_time == math.inf:
+            if value >= (1.0 + pd_rel) * nadir and value - nadir >= pd_abs:
+                pd_time = t
+                pd_value = value
+        elif cpd_time == math.inf and value - pd_value >= cpd_abs:
+            cpd_time = t
+    return _fmin(nadir, value), pd_time, pd_value, cpd_time
 
 
 def _attempt(rodas, t, h, y, p, u_in, f0, jmat, dtg, scale, w, piv, k, ytmp, ftmp, y_new, rtol,
@@ -362,8 +370,9 @@ def _reject_factor(err, last_rejected, err_prev, h_prev, h):
 
 
 # ---- kernels ------------------------------------------------------------------------------------
-def solve_kernel(y0, p, t0, t_out, ev_t, ev_state, ev_kind, ev_value, ev_guard, scan_t, n_scan,
-                 burden_index, pd_rel, pd_abs, rtol, atol, method, max_steps, h0,
+def solve_kernel(y0, p, t0, t_out, ev_t, ev_state, ev_kind, ev_value, ev_guard, ev_guard_c,
+                 scan_t, n_scan, burden_index, pd_rel, pd_abs, cpd_abs, rtol, atol, method,
+                 max_steps, h0,
                  y_out, status_out, n_acc_out, n_rej_out, scan_value, pd_time_out):
     """Integrate trajectory b = thread index (see numba_solvers._integrate).
 
@@ -412,13 +421,16 @@ def solve_kernel(y0, p, t0, t_out, ev_t, ev_state, ev_kind, ev_value, ev_guard, 
     i_scan = 0
     nadir = math.inf
     pd_time = math.inf
+    pd_value = math.inf
+    cpd_time = math.inf
     while status == STATUS_OK:
         while i_scan < n_scan and scan_t[i_scan] <= t:
-            nadir, pd_time = _scan(t, y, pb, out_buf, burden_index, b, i_scan, scan_value,
-                                   nadir, pd_time, pd_rel, pd_abs)
+            nadir, pd_time, pd_value, cpd_time = _scan(
+                t, y, pb, out_buf, burden_index, b, i_scan, scan_value, nadir, pd_time, pd_value,
+                cpd_time, pd_rel, pd_abs, cpd_abs)
             i_scan += 1
-        ie = _apply_events(t, ie, b, ev_t, ev_state, ev_kind, ev_value, ev_guard, pd_time, y,
-                           u_in)
+        ie = _apply_events(t, ie, b, ev_t, ev_state, ev_kind, ev_value, ev_guard, ev_guard_c,
+                           pd_time, cpd_time, y, u_in)
         if not _all_finite(y):
             status = STATUS_NON_FINITE
             break

@@ -684,11 +684,13 @@ def _event_rows(x: Any, shape: tuple[int, int], dtype: type) -> np.ndarray:
 
 def check_solve_inputs(kernels: Any, Y0: Any, P: Any, t0: float, t_out: Any, ev_t: Any,
                        ev_state: Any, ev_kind: Any, ev_value: Any, rtol: float, atol: float,
-                       method: str, max_steps: int, scan_t: Any, burden_index: int, ev_guard: Any
+                       method: str, max_steps: int, scan_t: Any, burden_index: int, ev_guard: Any,
+                       ev_guard_c: Any = None
                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[np.ndarray]]:
     """Validated C arrays for a `solve_scanned` call of any backend's kernels (with n_states,
     n_params, output_names): y0 (B, n), params (B, n_par), t_out (n_out,), scan_t (n_scan,) and
-    [ev_t, ev_state, ev_kind, ev_value, ev_guard] (B, n_ev); SimulationError on bad input."""
+    [ev_t, ev_state, ev_kind, ev_value, ev_guard, ev_guard_c] (B, n_ev); SimulationError on bad
+    input."""
     if method not in METHODS:
         raise SimulationError(f"unknown method {method!r}; choose one of {sorted(METHODS)}")
     y0 = _rows(Y0, kernels.n_states, "Y0")
@@ -711,10 +713,10 @@ def check_solve_inputs(kernels: Any, Y0: Any, P: Any, t0: float, t_out: Any, ev_
     if not (rtol > 0 and atol > 0 and max_steps >= 1):
         raise SimulationError("rtol and atol must be > 0 and max_steps >= 1")
     shape = (n_traj, np.shape(ev_t)[-1])
-    guard = _no_guard(shape) if ev_guard is None else ev_guard
+    guards = [_no_guard(shape) if g is None else g for g in (ev_guard, ev_guard_c)]
     ev = [_event_rows(a, shape, dt) for a, dt in
           ((ev_t, np.float64), (ev_state, np.int64), (ev_kind, np.int64),
-           (ev_value, np.float64), (guard, np.float64))]
+           (ev_value, np.float64), *((g, np.float64) for g in guards))]
     problem = _input_problem(t, float(t0), scans, *ev[:4], kernels.n_states)
     if problem >= 0:
         message = (_INPUT_PROBLEMS + _EVENT_PROBLEMS)[problem]
@@ -846,25 +848,27 @@ class NumbaKernels:
                       ev_kind: Any, ev_value: Any, rtol: float, atol: float,
                       method: str = "rodas5p", max_steps: int = 100_000, h0: float = 0.0,
                       scan_t: Any = (), burden_index: int = 0, pd_rel: float = 0.2,
-                      pd_abs: float = 5.0, ev_guard: Any = None
+                      pd_abs: float = 5.0, ev_guard: Any = None, cpd_abs: float = 5.0,
+                      ev_guard_c: Any = None
                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray,
                                  np.ndarray]:
         """`solve` with scans read and progression decided inside the kernel, per trajectory.
 
         scan_t (n_scan,) sorted, >= t0 (may be empty); burden_index: the output the scans read;
         pd_rel, pd_abs: the progression rule; ev_guard broadcastable to (B, n_ev): events with
-        ev_guard >= the progression time are skipped (None: every event is applied). See the
-        `numba_solvers` docstring. Returns Y, status, accepted, rejected (as `solve`), scan
+        ev_guard >= the progression time are skipped (None: every event is applied); cpd_abs,
+        ev_guard_c: the same for the confirmed progression (treatment beyond progression). See
+        the `numba_solvers` docstring. Returns Y, status, accepted, rejected (as `solve`), scan
         values (B, n_scan) and progression times (B,) (+inf: no progression).
         """
         y0, params, t, scans, ev = check_solve_inputs(
             self, Y0, P, t0, t_out, ev_t, ev_state, ev_kind, ev_value, rtol, atol, method,
-            max_steps, scan_t, burden_index, ev_guard)
+            max_steps, scan_t, burden_index, ev_guard, ev_guard_c)
         params = _map_params(self._param_addresses[2], params, self.n_kernel_params)
         n_traj = y0.shape[0]
         n_outputs = len(self.output_names)
-        opts = (scans, n_outputs, int(burden_index), float(pd_rel), float(pd_abs), float(rtol),
-                float(atol), METHODS[method], int(max_steps), float(h0))
+        opts = (scans, n_outputs, int(burden_index), float(pd_rel), float(pd_abs), float(cpd_abs),
+                float(rtol), float(atol), METHODS[method], int(max_steps), float(h0))
         if n_traj == 1:
             y, status, n_acc, n_rej, scan_value, pd_time = single_entry()(
                 self.addresses, self.blocks, y0[0], params[0], float(t0), t, *(a[0] for a in ev),

@@ -44,8 +44,12 @@ sum of lesion diameters in mm). The first scan is the baseline; the nadir is the
 at earlier scans, baseline included. Progression (RECIST 1.1, `progression`) is the first scan
 with value >= (1 + pd_rel) * nadir and value - nadir >= pd_abs; from then on every event with
 `ev_guard >= pd_time` is skipped (ev_guard: the start time of the dose an event belongs to for
-treatment given until progression, -inf for events always applied). Integration goes on after
-progression, untreated by those drugs.
+treatment given until progression, -inf for events always applied). Treatment beyond progression
+has its own guard: the progression is confirmed (iRECIST, `confirmed_progression`) at the first
+later scan whose value exceeds the value at progression by cpd_abs or more, and from then on
+every event with `ev_guard_c >= cpd_time` is skipped (ev_guard_c: the dose's start time for
+treatment given until confirmed progression, else -inf). Integration goes on after progression,
+untreated by those drugs.
 """
 
 from __future__ import annotations
@@ -476,11 +480,13 @@ def _tsit5_dense(theta, h, y, k, out):
 
 # ---- one trajectory ---------------------------------------------------------------------------
 @njit(cache=True, error_model="numpy", fastmath=_FASTMATH)
-def _apply_events(t, ie, ev_t, ev_state, ev_kind, ev_value, ev_guard, pd_time, y, u_in):
+def _apply_events(t, ie, ev_t, ev_state, ev_kind, ev_value, ev_guard, ev_guard_c, pd_time,
+                  cpd_time, y, u_in):
     """Apply every event from index ie with time <= t to y / u_in, skipping those guarded by a
-    progression at pd_time (ev_guard >= pd_time); returns the next index."""
+    progression at pd_time (ev_guard >= pd_time) or by a confirmed progression at cpd_time
+    (ev_guard_c >= cpd_time); returns the next index."""
     while ie < ev_t.size and ev_t[ie] <= t:
-        if ev_guard[ie] >= pd_time:
+        if ev_guard[ie] >= pd_time or ev_guard_c[ie] >= cpd_time:
             pass
         elif ev_kind[ie] == EVENT_BOLUS:
             y[ev_state[ie]] += ev_value[ie]
@@ -499,19 +505,37 @@ def progression(sld, nadir, pd_rel=0.2, pd_abs=5.0):
     return (sld >= (1.0 + pd_rel) * nadir) & (sld - nadir >= pd_abs)
 
 
+def confirmed_progression(sld, sld_at_pd, cpd_abs=5.0):
+    """iRECIST confirmation of a progression (Seymour L et al. iRECIST. Lancet Oncol
+    2017;18:e143-e152): at an assessment after the unconfirmed progression (iUPD), the sum of
+    target diameters has grown by at least cpd_abs mm (iRECIST: 5 mm) over its value at iUPD.
+
+    Shared by the kernels and the trial readout, like `progression`. NaN gives False.
+    """
+    return sld - sld_at_pd >= cpd_abs
+
+
 _progression = njit(cache=True, error_model="numpy", fastmath=_FASTMATH, inline="always")(progression)
+_confirmed = njit(cache=True, error_model="numpy", fastmath=_FASTMATH, inline="always")(confirmed_progression)
 
 
 @njit(cache=True, error_model="numpy", fastmath=_FASTMATH)
-def _scan(outputs, t, y, p, out_buf, burden_index, s, scan_value, nadir, pd_time, pd_rel, pd_abs):
-    """Record scan s at time t; returns the updated (nadir, pd_time) by the rule of the module
-    docstring (progression needs both the relative and the absolute increase over the nadir)."""
+def _scan(outputs, t, y, p, out_buf, burden_index, s, scan_value, nadir, pd_time, pd_value,
+          cpd_time, pd_rel, pd_abs, cpd_abs):
+    """Record scan s at time t; returns the updated (nadir, pd_time, pd_value, cpd_time) by the
+    rules of the module docstring (progression needs both the relative and the absolute increase
+    over the nadir; its confirmation a later scan cpd_abs above pd_value, the value at it)."""
     outputs(t, y, p, out_buf)
     value = out_buf[burden_index]
     scan_value[s] = value
-    if s > 0 and pd_time == np.inf and _progression(value, nadir, pd_rel, pd_abs):
-        pd_time = t
-    return min(nadir, value), pd_time
+    if s > 0:
+        if pd_time == np.inf:
+            if _progression(value, nadir, pd_rel, pd_abs):
+                pd_time = t
+                pd_value = value
+        elif cpd_time == np.inf and _confirmed(value, pd_value, cpd_abs):
+            cpd_time = t
+    return min(nadir, value), pd_time, pd_value, cpd_time
 
 
 @njit(cache=True, error_model="numpy", fastmath=_FASTMATH, inline="always")
@@ -602,9 +626,9 @@ def _workspace(n, n_outputs):
 
 @njit(cache=True, error_model="numpy", fastmath=_FASTMATH, _nrt=False)
 def _integrate(rhs, jac, tgrad, lu_factor, lu_solve, outputs, blocks, y0, p, t0, t_out, ev_t,
-               ev_state, ev_kind, ev_value, ev_guard, scan_t, burden_index, pd_rel,
-               pd_abs, rtol, atol, method, max_steps, h0, y_out, scan_value, vectors, matrices,
-               piv, k, out_buf):
+               ev_state, ev_kind, ev_value, ev_guard, ev_guard_c, scan_t, burden_index, pd_rel,
+               pd_abs, cpd_abs, rtol, atol, method, max_steps, h0, y_out, scan_value, vectors,
+               matrices, piv, k, out_buf):
     """Integrate one trajectory, writing y_out (n_out, n) and scan_value (n_scan,); returns
     (status, n_accepted, n_rejected, pd_time) with pd_time = +inf without progression.
     blocks: the block-lower-triangular structure of the Jacobian (see `_invert_blocks`).
@@ -652,12 +676,16 @@ def _integrate(rhs, jac, tgrad, lu_factor, lu_solve, outputs, blocks, y0, p, t0,
     i_scan = 0
     nadir = np.inf
     pd_time = np.inf
+    pd_value = np.inf
+    cpd_time = np.inf
     while status == STATUS_OK:
         while i_scan < n_scan and scan_t[i_scan] <= t:
-            nadir, pd_time = _scan(outputs, t, y, p, out_buf, burden_index, i_scan, scan_value,
-                                   nadir, pd_time, pd_rel, pd_abs)
+            nadir, pd_time, pd_value, cpd_time = _scan(
+                outputs, t, y, p, out_buf, burden_index, i_scan, scan_value, nadir, pd_time,
+                pd_value, cpd_time, pd_rel, pd_abs, cpd_abs)
             i_scan += 1
-        ie = _apply_events(t, ie, ev_t, ev_state, ev_kind, ev_value, ev_guard, pd_time, y, u_in)
+        ie = _apply_events(t, ie, ev_t, ev_state, ev_kind, ev_value, ev_guard, ev_guard_c,
+                           pd_time, cpd_time, y, u_in)
         if not _all_finite(y):
             status = STATUS_NON_FINITE
             break
@@ -796,24 +824,26 @@ KERNEL_SIGS = (RHS_SIG, JAC_SIG, TGRAD_SIG, LU_FACTOR_SIG, LU_SOLVE_SIG, OUTPUT_
 _SOLVE_BATCH_SIG = types.Tuple((int64[::1], int64[::1], int64[::1], float64[:, ::1], float64[::1]))(
     int64[::1], int64[::1], float64[:, ::1], float64[:, ::1], float64,
     float64[::1], float64[:, ::1], int64[:, ::1], int64[:, ::1], float64[:, ::1], float64[:, ::1],
-    float64[::1], int64, int64, float64, float64, float64, float64, int64, int64, float64,
-    float64[:, :, ::1])
+    float64[:, ::1], float64[::1], int64, int64, float64, float64, float64, float64, float64,
+    int64, int64, float64, float64[:, :, ::1])
 
 _SOLVE_SINGLE_SIG = types.Tuple((float64[:, ::1], int64, int64, int64, float64[::1], float64))(
     int64[::1], int64[::1], float64[::1], float64[::1], float64,
     float64[::1], float64[::1], int64[::1], int64[::1], float64[::1], float64[::1], float64[::1],
-    int64, int64, float64, float64, float64, float64, int64, int64, float64)
+    float64[::1], int64, int64, float64, float64, float64, float64, float64, int64, int64,
+    float64)
 
 
 @njit(cache=True, parallel=True, error_model="numpy", fastmath=_FASTMATH)
 def solve_batch(kernels, blocks, y0, p, t0, t_out, ev_t, ev_state, ev_kind, ev_value, ev_guard,
-                scan_t, n_outputs, burden_index, pd_rel, pd_abs, rtol, atol, method, max_steps, h0,
-                y_all):
+                ev_guard_c, scan_t, n_outputs, burden_index, pd_rel, pd_abs, cpd_abs, rtol, atol,
+                method, max_steps, h0, y_all):
     """Integrate B trajectories in parallel, each with its own adaptive step, into y_all.
 
     kernels (6,): the model's kernel addresses in the order of `KERNELS` (`kernel_address`);
     y0 (B, n), p (B, n_par); t_out (n_out,) sorted, >= t0; ev_* (B, n_ev) sorted per row,
-    padded with ev_t = +inf; ev_guard (B, n_ev) (see the module docstring; -inf: always apply);
+    padded with ev_t = +inf; ev_guard, ev_guard_c (B, n_ev) (see the module docstring; -inf:
+    always apply); pd_rel, pd_abs, cpd_abs: the progression and confirmation rules;
     scan_t (n_scan,) sorted, >= t0 (may be empty); n_outputs: the number of values of the
     outputs kernel, burden_index the one scans read; blocks: the Jacobian's block-lower-
     triangular structure (block starts, then n; `[0, n]` always works), for the dense fallback
@@ -841,16 +871,16 @@ def solve_batch(kernels, blocks, y0, p, t0, t_out, ev_t, ev_state, ev_kind, ev_v
         vectors, matrices, piv, k, out_buf = _workspace(y0.shape[1], n_outputs)
         status[b], n_acc[b], n_rej[b], pd_time[b] = _integrate(
             rhs, jac, tgrad, lu_factor, lu_solve, outputs, blocks, y0[b], p[b], t0, t_out,
-            ev_t[b], ev_state[b], ev_kind[b], ev_value[b], ev_guard[b], scan_t, burden_index,
-            pd_rel, pd_abs, rtol, atol, method, max_steps, h0, y_all[b], scan_all[b], vectors,
-            matrices, piv, k, out_buf)
+            ev_t[b], ev_state[b], ev_kind[b], ev_value[b], ev_guard[b], ev_guard_c[b], scan_t,
+            burden_index, pd_rel, pd_abs, cpd_abs, rtol, atol, method, max_steps, h0, y_all[b],
+            scan_all[b], vectors, matrices, piv, k, out_buf)
     return status, n_acc, n_rej, scan_all, pd_time
 
 
 @njit(cache=True, error_model="numpy", fastmath=_FASTMATH)
 def solve_single(kernels, blocks, y0, p, t0, t_out, ev_t, ev_state, ev_kind, ev_value, ev_guard,
-                 scan_t, n_outputs, burden_index, pd_rel, pd_abs, rtol, atol, method, max_steps,
-                 h0):
+                 ev_guard_c, scan_t, n_outputs, burden_index, pd_rel, pd_abs, cpd_abs, rtol, atol,
+                 method, max_steps, h0):
     """One trajectory on the calling thread: y0 (n,), p (n_par,), ev_* (n_ev,).
 
     Returns Y (n_out, n), status, accepted steps, rejected steps, scan values (n_scan,),
@@ -862,8 +892,9 @@ def solve_single(kernels, blocks, y0, p, t0, t_out, ev_t, ev_state, ev_kind, ev_
     status, n_acc, n_rej, pd_time = _integrate(
         _as_rhs(kernels[0]), _as_jac(kernels[1]), _as_rhs(kernels[2]), _as_lu_factor(kernels[3]),
         _as_lu_solve(kernels[4]), _as_outputs(kernels[5]), blocks, y0, p, t0, t_out, ev_t,
-        ev_state, ev_kind, ev_value, ev_guard, scan_t, burden_index, pd_rel, pd_abs,
-        rtol, atol, method, max_steps, h0, y_all, scan_value, vectors, matrices, piv, k, out_buf)
+        ev_state, ev_kind, ev_value, ev_guard, ev_guard_c, scan_t, burden_index, pd_rel, pd_abs,
+        cpd_abs, rtol, atol, method, max_steps, h0, y_all, scan_value, vectors, matrices, piv, k,
+        out_buf)
     return y_all, status, n_acc, n_rej, scan_value, pd_time
 
 

@@ -198,7 +198,7 @@ def _single_run_events(model: CompiledModel, regimen: Regimen, params_bytes: byt
     repeats the regimen and parameters, and building events costs as much as the xarray result.
     The cached arrays are read-only."""
     ev = _events(model, [regimen], np.frombuffer(params_bytes).reshape(1, -1))
-    for a in (ev.time, ev.state, ev.kind, ev.value, ev.guard):
+    for a in (ev.time, ev.state, ev.kind, ev.value, ev.guard, ev.guard_confirmed):
         a.flags.writeable = False
     return ev
 

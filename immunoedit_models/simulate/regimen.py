@@ -26,6 +26,9 @@ class Dose:
     (e.g. "Dose" or "dose_per_kg*weight") evaluated with each trajectory's parameters.
     until_progression: the dose is not given once a scan has shown progression (on or before
     its day); only meaningful in runs with scans (trials).
+    until_confirmed_progression: the dose is given beyond progression and stops once a later
+    scan has confirmed it (iRECIST; `numba_solvers.confirmed_progression`): treatment beyond
+    progression. At most one of the two is set.
     """
 
     drug: str
@@ -33,6 +36,17 @@ class Dose:
     amount: float | str
     duration: float = 0.0
     until_progression: bool = False
+    until_confirmed_progression: bool = False
+
+    def __post_init__(self):
+        if self.until_progression and self.until_confirmed_progression:
+            raise SimulationError(f"dose of '{self.drug}' on day {self.time:g}: set until_progression or "
+                                  "until_confirmed_progression, not both")
+
+    @property
+    def stoppable(self) -> bool:
+        """Whether a scan can stop this dose (progression, or its confirmation)."""
+        return self.until_progression or self.until_confirmed_progression
 
 
 @dataclass(frozen=True)
@@ -50,13 +64,14 @@ class Regimen:
     @classmethod
     def repeated(cls, drug: str, amount: float | str, every: float | None = None, count: int = 1,
                  start: float = 0.0, duration: float = 0.0, name: str | None = None,
-                 until_progression: bool = False) -> "Regimen":
-        """`count` doses of `amount` every `every` days from day `start` (infusion over `duration`)."""
+                 until_progression: bool = False, until_confirmed_progression: bool = False) -> "Regimen":
+        """`count` doses of `amount` every `every` days from day `start` (infusion over `duration`),
+        stopped by progression or by its confirmation in runs with scans (see `Dose`)."""
         if count > 1 and not (every and every > 0):
             raise SimulationError(f"{count} doses of '{drug}' need every > 0 (the dosing interval in days)")
         amount = amount if isinstance(amount, str) else float(amount)
-        doses = tuple(Dose(drug, start + k * (every or 0.0), amount, duration, until_progression)
-                      for k in range(count))
+        doses = tuple(Dose(drug, start + k * (every or 0.0), amount, duration, until_progression,
+                           until_confirmed_progression) for k in range(count))
         return cls(doses, name or f"{drug} {amount} x{count}")
 
     @classmethod
@@ -86,6 +101,8 @@ class EventArrays:
 
     guard: the start day of the dose an event belongs to if that dose is given only until
     progression, else -inf (the kernels skip events with guard >= the progression day).
+    guard_confirmed: the same for doses given until confirmed progression (treatment beyond
+    progression; skipped from the confirmation day on).
     """
 
     time: np.ndarray
@@ -93,6 +110,7 @@ class EventArrays:
     kind: np.ndarray
     value: np.ndarray
     guard: np.ndarray
+    guard_confirmed: np.ndarray
 
 
 def event_arrays(regimens: Sequence[Regimen], dose_factors: np.ndarray, drug_names: Sequence[str],
@@ -113,22 +131,23 @@ def event_arrays(regimens: Sequence[Regimen], dose_factors: np.ndarray, drug_nam
     n_traj = len(regimens)
     out = EventArrays(np.full((n_traj, width), np.inf), np.zeros((n_traj, width), np.int64),
                       np.zeros((n_traj, width), np.int64), np.zeros((n_traj, width)),
-                      np.full((n_traj, width), -np.inf))
-    for idx, (times, states, kinds, values, guards) in built:
+                      np.full((n_traj, width), -np.inf), np.full((n_traj, width), -np.inf))
+    for idx, (times, states, kinds, values, guards, confirmed) in built:
         m = len(times)
         out.time[idx, :m] = times
         out.state[idx, :m] = states
         out.kind[idx, :m] = kinds
         out.value[idx, :m] = values
         out.guard[idx, :m] = guards
+        out.guard_confirmed[idx, :m] = confirmed
     return out
 
 
 def _schedule(regimen: Regimen, idx: np.ndarray, factors: np.ndarray, drug_names: list[str],
               dose_states: Mapping[str, int], amount_of: Callable[[str], np.ndarray] | None):
     """One regimen's events, time-sorted: times (m,), states (m,), kinds (m,), values
-    (len(idx), m), guards (m,)."""
-    rows: list[tuple[float, int, int, np.ndarray, float]] = []
+    (len(idx), m), guards (m,), confirmed-progression guards (m,)."""
+    rows: list[tuple[float, int, int, np.ndarray, float, float]] = []
     for dose in regimen.doses:
         if dose.drug not in drug_names:
             known = ", ".join(drug_names) or "none"
@@ -137,13 +156,15 @@ def _schedule(regimen: Regimen, idx: np.ndarray, factors: np.ndarray, drug_names
         given = amount_of(dose.amount)[idx] if isinstance(dose.amount, str) else float(dose.amount)
         amount = given * factors[idx, drug_names.index(dose.drug)]
         state = dose_states[dose.drug]
-        guard = dose.time if dose.until_progression else -np.inf
+        guards = (dose.time if dose.until_progression else -np.inf,
+                  dose.time if dose.until_confirmed_progression else -np.inf)
         if dose.duration > 0:
-            rows.append((dose.time, state, INFUSION_RATE, amount / dose.duration, guard))
-            rows.append((dose.time + dose.duration, state, INFUSION_RATE, -amount / dose.duration, guard))
+            rows.append((dose.time, state, INFUSION_RATE, amount / dose.duration, *guards))
+            rows.append((dose.time + dose.duration, state, INFUSION_RATE, -amount / dose.duration, *guards))
         else:
-            rows.append((dose.time, state, BOLUS, amount, guard))
+            rows.append((dose.time, state, BOLUS, amount, *guards))
     rows.sort(key=lambda row: row[0])
     values = np.stack([row[3] for row in rows], axis=1) if rows else np.zeros((len(idx), 0))
     return (np.array([row[0] for row in rows], dtype=float), np.array([row[1] for row in rows], dtype=np.int64),
-            np.array([row[2] for row in rows], dtype=np.int64), values, np.array([row[4] for row in rows]))
+            np.array([row[2] for row in rows], dtype=np.int64), values, np.array([row[4] for row in rows]),
+            np.array([row[5] for row in rows]))

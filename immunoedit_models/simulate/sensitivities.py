@@ -88,7 +88,7 @@ class ForwardSensitivities:
         if self.t0 > self.times[0]:
             raise SimulationError(f"t0 = {self.t0} is after the first output time {self.times[0]}")
         self.regimen = regimen_list(model, regimen, 1)[0]
-        if any(d.until_progression for d in self.regimen.doses):
+        if any(d.stoppable for d in self.regimen.doses):
             raise SimulationError(f"regimen '{self.regimen.name}' gives doses until progression, which is "
                                   "not a differentiable function of the parameters; use a fixed schedule")
         self.initial = {model.states.index(s): (np.log(v) if s in model.symbolic.log_states else float(v))

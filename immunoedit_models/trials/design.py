@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -35,7 +35,7 @@ ARM_KEYS = ("description", "phases", "treat_beyond_progression")
 PHASE_KEYS = ("name", "start_day", "cycle_days", "cycles", "doses")
 DOSE_KEYS = ("drug", "amount", "day", "duration")
 SCAN_KEYS = ("from_week", "every_weeks", "until_week")
-RECIST_KEYS = ("pd_rel", "pd_abs_mm", "pr_rel", "cr_mm", "confirm_days", "sd_min_days")
+RECIST_KEYS = ("pd_rel", "pd_abs_mm", "pr_rel", "cr_mm", "confirm_days", "sd_min_days", "cpd_abs_mm")
 SURVIVAL_KEYS = tuple(f.name for f in fields(SurvivalParameters))
 SOLVER_KEYS = ("rtol", "atol", "output_every_days", "max_steps")
 UNTIL_PROGRESSION = "until_progression"
@@ -66,16 +66,23 @@ class Phase:
 
 @dataclass(frozen=True)
 class Arm:
+    """A trial arm: its dosing phases, and the drugs it gives beyond progression.
+
+    treat_beyond_progression: drugs whose doses go on after RECIST progression until a later
+    scan confirms it (iRECIST; the design's `recist: cpd_abs_mm`), the usual protocol reading of
+    "until loss of clinical benefit"; every other dose stops at progression.
+    """
+
     name: str
     phases: tuple[Phase, ...]
     description: str = ""
-    treat_beyond_progression: bool = False
+    treat_beyond_progression: tuple[str, ...] = ()
 
     def regimens(self, horizon_days: float) -> dict[tuple[int, ...], Regimen]:
         """One Regimen per combination of phase cycle counts, keyed by those counts.
 
-        Phases without a count run until `horizon_days`. Doses are given until progression
-        unless the arm treats beyond progression.
+        Phases without a count run until `horizon_days`. Doses are given until progression, or
+        until confirmed progression for the drugs treated beyond progression.
         """
         choices = [p.cycles if isinstance(p.cycles, tuple) else (p.cycles,) for p in self.phases]
         out: dict[tuple[int, ...], Regimen] = {}
@@ -88,7 +95,8 @@ class Arm:
                 n = count if count is not None else max(0, math.ceil((horizon_days - start) / phase.cycle_days))
                 counts.append(n)
                 doses += [Dose(d.drug, start + k * phase.cycle_days + d.day, d.amount, d.duration,
-                               not self.treat_beyond_progression)
+                               until_progression=d.drug not in self.treat_beyond_progression,
+                               until_confirmed_progression=d.drug in self.treat_beyond_progression)
                           for k in range(n) for d in phase.doses
                           if start + k * phase.cycle_days + d.day < horizon_days]
                 start += n * phase.cycle_days
@@ -225,8 +233,28 @@ class _Design:
         if not isinstance(phases, list) or not phases:
             self.r.issue(loc, item, "needs 'phases:', a list of {cycle_days, cycles, doses}")
             phases = []
-        return Arm(str(name), tuple(self.phase(p, loc, f"{item} phase {i + 1}") for i, p in enumerate(phases)),
-                   str(body.get("description", "")), bool(body.get("treat_beyond_progression", False)))
+        arm = Arm(str(name), tuple(self.phase(p, loc, f"{item} phase {i + 1}") for i, p in enumerate(phases)),
+                  str(body.get("description", "")))
+        return replace(arm, treat_beyond_progression=self.beyond_progression(body, item, arm.drugs()))
+
+    def beyond_progression(self, body: Mapping, item: str, drugs: tuple[str, ...]) -> tuple[str, ...]:
+        """The arm's `treat_beyond_progression:` drugs (a list of them, or true for all)."""
+        value = body.get("treat_beyond_progression", [])
+        if value is True:
+            return drugs
+        if value is False:
+            return ()
+        loc = self.r.loc(body, "treat_beyond_progression")
+        if not isinstance(value, list) or not all(isinstance(d, str) for d in value):
+            self.r.issue(loc, item, f"'treat_beyond_progression' must be a list of the arm's drugs or "
+                         f"true (all of them), got {value!r}", f"e.g. treat_beyond_progression: [{drugs[0]}]"
+                         if drugs else None)
+            return ()
+        for drug in value:
+            if drug not in drugs:
+                self.r.issue(loc, item, f"treats '{drug}' beyond progression but gives no '{drug}'",
+                             suggest(drug, drugs) or f"the arm's drugs: {', '.join(drugs)}")
+        return tuple(d for d in value if d in drugs)
 
     def phase(self, body: Any, parent: Location, item: str) -> Phase:
         r = self.r

@@ -24,7 +24,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from immunoedit_models.compile.numba_solvers import progression  # the one PD rule, shared with the kernels
+# the one PD rule and its iRECIST confirmation, shared with the kernels
+from immunoedit_models.compile.numba_solvers import confirmed_progression, progression
 from immunoedit_models.errors import SimulationError
 
 #: RECIST 1.1 thresholds (Eisenhauer 2009): PD 20 % and 5 mm above nadir; PR 30 % below baseline.
@@ -33,6 +34,9 @@ PD_ABS_MM = 5.0
 PR_REL = 0.30
 #: SLD (mm) at or below which a visit is a complete response; see the module docstring.
 CR_MM = 5.0
+#: iRECIST (Seymour L et al. Lancet Oncol 2017;18:e143-e152): a progression (iUPD) is confirmed
+#: (iCPD) at a later assessment whose sum of target diameters has grown by >= 5 mm over iUPD's.
+CPD_ABS_MM = 5.0
 
 #: Per-visit and best-response codes, ordered from worst to best (NE: not evaluable / no visit).
 NE, PD, SD, PR, CR = 0, 1, 2, 3, 4
@@ -49,6 +53,8 @@ class RecistCriteria:
         this many days later (RECIST 1.1: 28 days) and before PD; unconfirmed responses count as SD.
     sd_min_days: best response SD needs an SD-or-better visit at least this many days after study
         entry (day 0); RECIST 1.1 leaves it to the protocol (commonly 6-8 weeks). Default 42 days.
+    cpd_abs_mm: the growth over the SLD at progression that confirms it (`confirmation_day`),
+        which ends treatment beyond progression; iRECIST: 5 mm.
     """
 
     pd_rel: float = PD_REL
@@ -57,10 +63,12 @@ class RecistCriteria:
     cr_mm: float = CR_MM
     confirm_days: float | None = None
     sd_min_days: float = 42.0
+    cpd_abs_mm: float = CPD_ABS_MM
 
     def __post_init__(self):
         problems = [f"{name} = {getattr(self, name)} must be >= 0" for name in
-                    ("pd_rel", "pd_abs_mm", "cr_mm", "sd_min_days") if not getattr(self, name) >= 0]
+                    ("pd_rel", "pd_abs_mm", "cr_mm", "sd_min_days", "cpd_abs_mm")
+                    if not getattr(self, name) >= 0]
         if not 0 < self.pr_rel < 1:
             problems.append(f"pr_rel = {self.pr_rel} must lie in (0, 1) (RECIST 1.1: 0.30)")
         if self.confirm_days is not None and not self.confirm_days > 0:
@@ -137,6 +145,17 @@ def assess(sld, scan_day, criteria: RecistCriteria = RecistCriteria()) -> Recist
     return RecistReadout(response=response, pct_change=pct_change, nadir=running_nadir(sld),
                          pd_index=pd_index, pd_day=pd_day, best_response=RESPONSE_LABELS[best],
                          best_pct_change=best_pct)
+
+
+def confirmation_day(sld, scan_day, pd_day, cpd_abs_mm: float = CPD_ABS_MM) -> np.ndarray:
+    """(...,) day of the first scan after the progression on pd_day (...,) whose SLD is at least
+    cpd_abs_mm above the SLD at progression (iRECIST's confirmation, as the kernels decide it);
+    +inf without progression or confirmation. sld (..., n_scan) mm at scan_day (n_scan,)."""
+    sld, day = _checked(sld, scan_day)
+    pd_index = np.searchsorted(day, np.asarray(pd_day, dtype=float))      # n_scan: no progression
+    at_pd = np.take_along_axis(sld, np.minimum(pd_index, day.size - 1)[..., None], axis=-1)
+    later = (np.arange(day.size) > pd_index[..., None]) & confirmed_progression(sld, at_pd, cpd_abs_mm)
+    return np.where(later.any(axis=-1), day[later.argmax(axis=-1)], np.inf)
 
 
 def objective_response_rate(best_response: np.ndarray, axis: int = -1) -> np.ndarray:

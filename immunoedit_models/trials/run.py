@@ -27,6 +27,7 @@ from .biomarkers import baseline_covariates
 from .cohort import Cohort, sample_cohort
 from .design import DAYS_PER_MONTH, TrialDesign, load_trial
 from .endpoints import Censoring, patient_outcomes, truncate_doses
+from .recist import confirmation_day
 
 #: Observables the trial engine reads by name (the composed models' contract).
 BURDEN_OUTPUT = "sld_mm"
@@ -94,6 +95,10 @@ def run_trial(design: TrialDesign | str, *, model: CompiledModel | None = None,
     trial["progression_day_kernel"] = (("arm", "patient"), np.stack([s["pd_time"] for s in sims]),
                                        {"units": "day", "description": "first PD at a simulated "
                                         "scan, where dosing stopped (inf: none)"})
+    trial["confirmed_progression_day"] = (
+        ("arm", "patient"), np.stack([s["cpd_time"] for s in sims]),
+        {"units": "day", "description": "iRECIST confirmation of the first PD (a later scan "
+         f"{design.recist.cpd_abs_mm:g} mm above it), where treatment beyond progression stopped (inf: none)"})
     baseline = cohort.baseline.iloc[order.reshape(-1)].reset_index(drop=True)
     covariates = baseline_covariates(baseline, design.biomarkers)
     for name in covariates:
@@ -172,9 +177,11 @@ def _simulate_arm(model: CompiledModel, design: TrialDesign, arm_name: str, P: n
             initial_matrix(model, p, None), p, 0.0, day, ev.time, ev.state, ev.kind, ev.value,
             design.solver.rtol, design.solver.atol, max_steps=design.solver.max_steps,
             scan_t=scan_day, burden_index=burden_index, pd_rel=design.recist.pd_rel,
-            pd_abs=design.recist.pd_abs_mm, ev_guard=ev.guard)
+            pd_abs=design.recist.pd_abs_mm, ev_guard=ev.guard, cpd_abs=design.recist.cpd_abs_mm,
+            ev_guard_c=ev.guard_confirmed)
         burden = np.asarray(kernels.outputs(day, Y, p))[..., lethal_index]
-        parts.append({"scans": scans, "burden": burden, "status": status, "pd_time": pd_time})
+        parts.append({"scans": scans, "burden": burden, "status": status, "pd_time": pd_time,
+                      "cpd_time": confirmation_day(scans, scan_day, pd_time, design.recist.cpd_abs_mm)})
         advance(len(p))
     out = {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
     return {**out, "variants": variants, "variant": variant}
@@ -182,7 +189,8 @@ def _simulate_arm(model: CompiledModel, design: TrialDesign, arm_name: str, P: n
 
 def _dose_records(sims: list[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
     """Dose records (arm, patient, dose) padded with NaN / '': each patient's regimen variant,
-    without the doses the kernel skipped after progression (vectorised per variant)."""
+    without the doses the kernel skipped after progression or its confirmation (vectorised per
+    variant)."""
     width = max(len(reg.doses) for s in sims for reg in s["variants"]) or 1
     n = len(sims[0]["variant"])
     day = np.full((len(sims), n, width), np.nan)
@@ -191,8 +199,10 @@ def _dose_records(sims: list[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
         for v, reg in enumerate(sim["variants"]):
             rows = np.flatnonzero(sim["variant"] == v)
             times = np.array([d.time for d in reg.doses])
-            stoppable = np.array([d.until_progression for d in reg.doses], dtype=bool)
-            given = ~(stoppable[None] & (times[None] >= sim["pd_time"][rows, None]))
+            at_pd = np.array([d.until_progression for d in reg.doses], dtype=bool)
+            at_cpd = np.array([d.until_confirmed_progression for d in reg.doses], dtype=bool)
+            given = ~((at_pd[None] & (times[None] >= sim["pd_time"][rows, None]))
+                      | (at_cpd[None] & (times[None] >= sim["cpd_time"][rows, None])))
             m = len(reg.doses)
             day[a, rows, :m] = np.where(given, times[None], np.nan)
             drug[a, rows, :m] = np.where(given, np.array([d.drug for d in reg.doses], dtype=object)[None], "")
