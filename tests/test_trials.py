@@ -19,6 +19,7 @@ from immunoedit_models.errors import SimulationError, SpecError
 from immunoedit_models.trials import load_trial, run_trial
 from immunoedit_models.trials.design import DAYS_PER_MONTH
 from immunoedit_models.trials.recist import confirmation_day
+from immunoedit_models.trials.report import write_report
 
 DESIGN = "tests/specs/trial_small.yaml"
 
@@ -117,6 +118,11 @@ def test_treatment_beyond_progression_until_confirmation(tmp_path, model, trial)
     for name in ("pfs_months", "pfs_event", "best_response"):
         np.testing.assert_array_equal(beyond[name].values, trial[name].values)
     assert not np.array_equal(beyond.os_months.values, trial.os_months.values)
+    # the report counts them: patients progressed, and those given the antibody on or after it
+    text = write_report(beyond, tmp_path / "report").read_text()
+    progressed = int(np.isfinite(pd_day).sum())
+    assert f"| COMBO | {progressed} | {int((ab_after > 0).sum())} | " in text
+    assert "| CHEMO |" not in text.split("## Treatment beyond progression")[1].split("##")[0]
 
 
 def test_bad_designs_are_reported(tmp_path, model):

@@ -44,6 +44,11 @@ def write_report(trial: xr.Dataset, out_dir: str | Path, *, summary: xr.Dataset 
     ]
     if "hr_pfs_subgroup" in summary:
         sections.append(("Subgroups", _subgroup_table(summary), "Cox hazard ratios within each subgroup."))
+    beyond = _beyond_progression_table(trial)
+    if beyond[1]:
+        sections.append(("Treatment beyond progression", beyond, "Doses given on or after the first "
+                         "RECIST progression (arms with treat_beyond_progression), until a later scan "
+                         "confirmed it (iRECIST), death or the data cut-off."))
     sections.append(("Provenance", _provenance_table(trial), ""))
     (out / "report.md").write_text(_markdown(title, sections, figures))
     (out / "report.html").write_text(_html(title, sections, figures))
@@ -118,6 +123,30 @@ def _subgroup_table(s: xr.Dataset) -> Table:
         for j, g in enumerate(s["subgroup"].values):
             rows.append([str(c).replace("_vs_", " vs "), str(g), str(int(s["n_subgroup"].values[i, j])),
                          _ci(s, "hr_pfs_subgroup", (i, j), "{:.2f}"), _ci(s, "hr_os_subgroup", (i, j), "{:.2f}")])
+    return header, rows
+
+
+def _beyond_progression_table(trial: xr.Dataset) -> Table:
+    """Per arm with doses after progression: patients progressed and so treated, doses after
+    progression (median, 90th percentile, among those treated) and days from progression to its
+    confirmation (median). No rows when no arm treats beyond progression."""
+    header = ["arm", "progressed", "treated after progression", "doses after progression: median (90th pct)",
+              "days to confirmation: median"]
+    if not {"dose_day", "progression_day_kernel", "confirmed_progression_day"} <= set(trial):
+        return header, []
+    rows = []
+    for arm in trial["arm"].values:
+        s = trial.sel(arm=arm)
+        pd_day = s["progression_day_kernel"].values
+        progressed = np.isfinite(pd_day)
+        after = np.sum(s["dose_day"].values >= pd_day[:, None], axis=-1)       # NaN (no dose) counts 0
+        treated = progressed & (after > 0)
+        if not treated.any():
+            continue
+        wait = s["confirmed_progression_day"].values[treated] - pd_day[treated]
+        rows.append([str(arm), str(int(progressed.sum())), str(int(treated.sum())),
+                     f"{np.median(after[treated]):g} ({np.percentile(after[treated], 90):g})",
+                     number_text(np.median(wait), "{:.0f}")])
     return header, rows
 
 
