@@ -20,7 +20,8 @@ from rich.progress import Progress
 from ..compile import CompiledModel, compile_model
 from ..errors import SimulationError
 from ..io.results import provenance
-from ..simulate.core import initial_matrix, parameter_function, parameter_matrix, require_compiled
+from ..simulate.core import (initial_matrix, output_function, parameter_function, parameter_matrix,
+                             require_compiled)
 from ..simulate.regimen import event_arrays
 from .analysis import biomarker_subgroups, summarise_trial
 from .biomarkers import baseline_covariates
@@ -166,7 +167,7 @@ def _simulate_arm(model: CompiledModel, design: TrialDesign, arm_name: str, P: n
     kernels = model.kernels
     dose_states = {d: model.states.index(t.state) for d, t in model.symbolic.dose_targets.items()}
     burden_index = model.output_names.index(BURDEN_OUTPUT)
-    lethal_index = model.output_names.index(LETHAL_OUTPUT)
+    lethal = output_function(model, LETHAL_OUTPUT)
     parts = []
     for lo in range(0, len(P), chunk_size):
         p = np.ascontiguousarray(P[lo:lo + chunk_size])
@@ -179,7 +180,7 @@ def _simulate_arm(model: CompiledModel, design: TrialDesign, arm_name: str, P: n
             scan_t=scan_day, burden_index=burden_index, pd_rel=design.recist.pd_rel,
             pd_abs=design.recist.pd_abs_mm, ev_guard=ev.guard, cpd_abs=design.recist.cpd_abs_mm,
             ev_guard_c=ev.guard_confirmed)
-        burden = np.asarray(kernels.outputs(day, Y, p))[..., lethal_index]
+        burden = lethal(day, Y, p)
         parts.append({"scans": scans, "burden": burden, "status": status, "pd_time": pd_time,
                       "cpd_time": confirmation_day(scans, scan_day, pd_time, design.recist.cpd_abs_mm)})
         advance(len(p))
