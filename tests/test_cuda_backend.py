@@ -24,6 +24,7 @@ import immunoedit_models as ie
 from immunoedit_models.simulate.core import parameter_function, regimen_list
 from immunoedit_models.simulate.regimen import Regimen, event_arrays
 from immunoedit_models.symbolic import SymbolicModel
+from immunoedit_models.trials import load_trial, run_trial
 
 HERE = Path(__file__).resolve().parent
 SPECS = HERE / "specs"
@@ -53,6 +54,18 @@ def solve(model, P, method="rodas5p", rtol=1e-6, atol=1e-9, max_steps=100_000, t
     ev = dose_events(model, P)
     return model.kernels.solve(model.kernels.initial(P), P, 0.0, times, ev.time, ev.state,
                                ev.kind, ev.value, rtol, atol, method=method, max_steps=max_steps)
+
+
+def beyond_progression_design():
+    """tests/specs/trial_small.yaml with the antibody given beyond progression in COMBO."""
+    design = load_trial(SPECS / "trial_small.yaml")
+    combo = dataclasses.replace(design.arms["COMBO"], treat_beyond_progression=("antibody",))
+    return dataclasses.replace(design, arms={**design.arms, "COMBO": combo})
+
+
+TRIAL_PATIENTS = 6
+TRIAL_VARIABLES = ("pfs_months", "pfs_event", "os_months", "best_response", "sld_mm",
+                   "progression_day_kernel", "confirmed_progression_day", "dose_day")
 
 
 def pathological_draws(model) -> np.ndarray:
@@ -137,6 +150,11 @@ def cuda_cases() -> dict[str, np.ndarray]:
     out["pk_amount"] = ds["amount"].values
     out["pk_status"] = ds["status"].values
     out["pk_backend"] = np.array(ds.attrs["backend"])
+
+    trial = run_trial(beyond_progression_design(), model=ie.compile_model(SPECS / "trial_model.yaml", backend="cuda"),
+                      patients_per_arm=TRIAL_PATIENTS, seed=3)
+    for name in TRIAL_VARIABLES:
+        out[f"trial_{name}"] = trial[name].values
     return out
 
 
@@ -267,6 +285,21 @@ def test_simulate_batch_with_infusion_matches_closed_form(cuda):
     np.testing.assert_array_equal(cuda["pk_status"], 0)
     np.testing.assert_allclose(cuda["pk_C"], conc, rtol=1e-6, atol=1e-9)
     np.testing.assert_allclose(cuda["pk_amount"], conc * V, rtol=1e-6, atol=1e-9)
+
+
+def test_trial_on_the_cuda_backend_matches_numba(cuda):
+    """A whole trial (scans, progression and its confirmation in the kernel, readouts) with the
+    cuda backend: same patients, same decisions, states within the solvers' agreement."""
+    cpu = run_trial(beyond_progression_design(), model=ie.compile_model(SPECS / "trial_model.yaml"),
+                    patients_per_arm=TRIAL_PATIENTS, seed=3)
+    for name in TRIAL_VARIABLES:
+        got, want = cuda[f"trial_{name}"], cpu[name].values
+        if want.dtype.kind == "f":
+            np.testing.assert_allclose(got, want, rtol=1e-10, err_msg=name)
+        else:
+            np.testing.assert_array_equal(got, want, err_msg=name)
+    assert np.isfinite(cpu.progression_day_kernel.values).sum() >= 3          # not vacuous
+    assert np.isfinite(cpu.confirmed_progression_day.values).any()
 
 
 def test_without_gpu_or_simulator_the_backend_says_how_to_proceed():
