@@ -125,6 +125,18 @@ def test_treatment_beyond_progression_until_confirmation(tmp_path, model, trial)
     assert "| CHEMO |" not in text.split("## Treatment beyond progression")[1].split("##")[0]
 
 
+@pytest.mark.parametrize("value, beyond", [("true", {"antibody", "chemo"}), ("false", set()),
+                                           ("[antibody]", {"antibody"})])
+def test_treat_beyond_progression_values(tmp_path, value, beyond):
+    path = tmp_path / "d.yaml"
+    path.write_text(open(DESIGN).read().replace("  COMBO:\n", f"  COMBO:\n    treat_beyond_progression: {value}\n"))
+    arm = load_trial(path).arms["COMBO"]
+    assert set(arm.treat_beyond_progression) == beyond
+    doses = [d for regimen in arm.regimens(365.0).values() for d in regimen.doses]
+    assert {d.drug for d in doses if d.until_confirmed_progression} == beyond
+    assert {d.drug for d in doses if d.until_progression} == {"antibody", "chemo"} - beyond
+
+
 def test_bad_designs_are_reported(tmp_path, model):
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: bad\nmodel: trial_model\ndata_cut_months: 12\n"
