@@ -2,7 +2,8 @@
 
 Each arm's patients are integrated by the compiled kernel with the trial's scan days: the kernel
 reads the sum of diameters (`sld_mm`) at every visit, decides RECIST progression per trajectory
-and skips every later dose (treatment until progression), with no Python per patient. The
+and skips every later dose (treatment until progression; the drugs an arm treats beyond
+progression stop at its iRECIST confirmation instead), with no Python per patient. The
 readouts (RECIST, PFS, OS with censoring) and the analysis (Kaplan-Meier, Cox, ORR) follow the
 papers; see `recist`, `endpoints` and `analysis`.
 """
