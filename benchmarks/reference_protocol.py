@@ -12,7 +12,8 @@ Stages, each printed as one progress line:
   1. tight reference: libRoadRunner on reference_model.xml at rtol 1e-10 / atol 1e-12, nominal
      parameters and the first --check-draws parameter draws;
   2. compile probes in fresh subprocesses: numba with an empty IMMUNOEDIT_CACHE_DIR (and, in a
-     separate probe, empty numba caches too), then warm; JAX first call vs later;
+     separate probe, empty numba caches too), then warm; JAX first call vs later (empty and then warm JAX
+     compilation cache, with the settings of the `immunoedit` command);
   3. per tool: setup in this process, single nominal trajectory (warm-up, then >= --repeats
      timed calls; median), accuracy vs the tight reference, batch throughput and failures.
 
@@ -690,9 +691,15 @@ def stage_compile(ctx: Context, tools: set[str]) -> dict:
                                                         "NUMBA_CACHE_DIR": str(Path(d) / "numba_cache")})
                 log(f"    {_probe_line(out['numba_cold_all'])}")
     if "jax" in tools:
-        log("compile: jax first call vs later (fresh process)")
-        out["jax"] = probe("jax", {})
-        log(f"    {_probe_line(out['jax'])}")
+        with tempfile.TemporaryDirectory(prefix="ie_jax_") as d:
+            # What the `immunoedit` command sets for itself (`cli._keep_jax_compiles`).
+            cli_env = {"JAX_COMPILATION_CACHE_DIR": d, "EQX_ON_ERROR": "nan"}
+            log("compile: jax first call vs later (fresh process, empty JAX compilation cache)")
+            out["jax"] = probe("jax", cli_env)
+            log(f"    {_probe_line(out['jax'])}")
+            log("compile: jax warm (second process, same compilation cache)")
+            out["jax_warm"] = probe("jax", cli_env)
+            log(f"    {_probe_line(out['jax_warm'])}")
     return out
 
 
@@ -780,10 +787,11 @@ def targets(rows: list[dict], compile_info: dict) -> list[tuple[str, str, str]]:
                        ("numba_warm", "numba compile ≤ 2 s (warm cache)"),
                        ("numba_cold_all", "numba compile ≤ 2 s (first install: empty numba caches; "
                                           "import-time solver compile counted)"),
-                       ("jax", "JAX compile ≤ 5 s (compile_model + first-call overhead)")):
+                       ("jax", "JAX compile ≤ 5 s (compile_model + first-call overhead)"),
+                       ("jax_warm", "JAX compile ≤ 5 s (warm compilation cache)")):
         p = compile_info.get(key)
         if p and "error" not in p:
-            lim = 5.0 if key == "jax" else 2.0
+            lim = 5.0 if key.startswith("jax") else 2.0
             value = p["compile_s"] + (max(0.0, p["import_s"] - warm_import) if key == "numba_cold_all" else 0.0)
             out.append((label, f"{value:.2f} s", _ok(value <= lim)))
         elif p:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import sys
 import time
 from pathlib import Path
 from typing import Optional
@@ -19,9 +21,31 @@ console = Console()
 err = Console(stderr=True)
 
 
+def _keep_jax_compiles() -> None:
+    """Let JAX keep this process's compiled solves on disk, in `cache_root() / "jax"`, as numba does.
+
+    JAX 0.10 does not write an executable with host callbacks to its persistent cache, and
+    diffrax's input checks (`saveat.ts` sorted and inside [t0, t1], the sign of dt0) are
+    `equinox.error_if` callbacks. `EQX_ON_ERROR=nan` compiles them without callbacks. The solves
+    lose nothing: they run with throw=False (a failure is a status), and `JaxKernels.solve`
+    checks the same inputs before it calls diffrax. Both are environment variables, read when
+    jax and equinox are first imported, so they are set here, before any command imports them,
+    and only where the user has not set them. Once either is imported (the CLI called from Python)
+    they would change nothing in this process and are left alone.
+    """
+    if "jax" in sys.modules or "equinox" in sys.modules:
+        return
+    from .compile import cache_root
+
+    os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(cache_root() / "jax"))
+    os.environ.setdefault("EQX_ON_ERROR", "nan")
+
+
 @app.callback()
-def _log_to_console() -> None:
-    """Show the package's progress messages (e.g. a first-use compile) on stderr."""
+def _set_up_process() -> None:
+    """Show the package's progress messages (e.g. a first-use compile) on stderr; keep JAX's
+    compiled solves on disk."""
+    _keep_jax_compiles()
     import logging
 
     from rich.logging import RichHandler

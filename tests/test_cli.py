@@ -61,3 +61,43 @@ def test_saved_result_round_trips_with_provenance(tmp_path):
     xr.testing.assert_identical(packed, back)
     with xr.open_dataset(tmp_path / "z.nc") as raw, xr.open_dataset(path) as plain:
         assert raw["T"].encoding["zlib"] and not plain["T"].encoding["zlib"]
+
+
+# Runs the CLI in a fresh process: the JAX settings it makes only act before jax is imported.
+_CLI_WITH_CACHE_HITS = """
+import sys
+from immunoedit_models import cli
+cli._keep_jax_compiles()
+import jax.monitoring
+events = []
+jax.monitoring.register_event_listener(lambda event, **kwargs: events.append(event))
+try:
+    cli.app(sys.argv[1:])
+except SystemExit as stop:
+    assert stop.code in (None, 0), stop.code
+print("CACHE_HITS", events.count("/jax/compilation_cache/cache_hits"))
+"""
+
+
+def test_cli_keeps_compiled_jax_solves_on_disk(tmp_path):
+    """A second `immunoedit simulate --backend jax` loads the compiled solve from
+    `$IMMUNOEDIT_CACHE_DIR/jax` instead of compiling it, and gives the same result."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("EQX_ON_ERROR", "JAX_COMPILATION_CACHE_DIR")}
+    env["IMMUNOEDIT_CACHE_DIR"] = str(tmp_path / "cache")
+    hits, results = [], []
+    for run in range(2):
+        out = tmp_path / f"run{run}.nc"
+        proc = subprocess.run([sys.executable, "-c", _CLI_WITH_CACHE_HITS, "simulate", "benchmark_reference",
+                               "--backend", "jax", "--days", "40", "--out", str(out)],
+                              capture_output=True, text=True, env=env, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        hits.append(int(proc.stdout.split("CACHE_HITS")[-1]))
+        results.append(xr.load_dataset(out))
+        if run == 0:
+            assert list((tmp_path / "cache" / "jax").glob("jit__solve_batch-*")), "the solve was not cached"
+    assert hits[0] == 0 and hits[1] >= 1
+    np.testing.assert_array_equal(results[1]["T"].values, results[0]["T"].values)

@@ -3,6 +3,7 @@ one trajectory per GPU thread)."""
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,14 @@ BACKENDS = ("numba", "jax", "cuda")
 DEFAULT_METHOD = {"numba": "rodas5p", "jax": "kvaerno5", "cuda": "rodas5p"}
 METHODS = {"numba": ("rodas5p", "tsit5"), "jax": ("kvaerno5", "tsit5"),
            "cuda": ("rodas5p", "tsit5")}
+
+
+def cache_root() -> Path:
+    """Where compiled kernels are kept: `$IMMUNOEDIT_CACHE_DIR`, else the user cache directory of
+    immunoedit (numba's kernels in `numba/`, JAX's compiled solves in `jax/`)."""
+    import platformdirs
+
+    return Path(os.environ.get("IMMUNOEDIT_CACHE_DIR") or platformdirs.user_cache_dir("immunoedit"))
 
 
 @dataclass(frozen=True, eq=False)
@@ -48,7 +57,8 @@ class CompiledModel:
         return tuple(self.kernels.output_names)
 
     def __reduce__(self):
-        # Workers (Dask) rebuild from the spec file; numba/JAX reuse their on-disk caches.
+        # Workers (Dask) rebuild from the spec file; numba reuses its on-disk cache (JAX its
+        # compilation cache, where enabled: see `cli._keep_jax_compiles`).
         return (_recompile, (self.spec.path, self.backend))
 
     def __repr__(self) -> str:

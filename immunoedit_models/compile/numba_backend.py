@@ -26,7 +26,6 @@ from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 import numba
 import numpy as np
-import platformdirs
 import sympy as sp
 from numba import boolean, float64, int64, njit, prange, void
 from sympy.printing.precedence import PRECEDENCE
@@ -34,6 +33,7 @@ from sympy.printing.pycode import PythonCodePrinter
 
 from ..errors import CompileError, SimulationError
 from ..symbolic import SparseLU, SymbolicModel, cse_blocks, symbol_finder
+from . import cache_root
 from .numba_solvers import (EVENT_BOLUS, EVENT_RATE, HELPERS, KERNEL_SIGS, KERNELS, METHODS,
                             _as_outputs, _function_from_address, batch_entry, compiled,
                             kernel_address, on_disk, single_entry, solve_batch, solve_single)
@@ -57,9 +57,8 @@ VERSION_TAG = re.sub(r"[^0-9A-Za-z]+", "_", f"g{_GENERATOR_HASH}_nb{numba.__vers
 
 
 def default_cache_dir() -> Path:
-    """`$IMMUNOEDIT_CACHE_DIR/numba`, else the user cache directory of immunoedit + `/numba`."""
-    root = os.environ.get("IMMUNOEDIT_CACHE_DIR") or platformdirs.user_cache_dir("immunoedit")
-    return Path(root) / "numba"
+    """`cache_root() / "numba"`: `$IMMUNOEDIT_CACHE_DIR/numba`, else the user cache directory's."""
+    return cache_root() / "numba"
 
 
 # ---- printing ---------------------------------------------------------------------------------
