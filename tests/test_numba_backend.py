@@ -106,6 +106,35 @@ def test_batch_outputs_match_sympy_pointwise(kinky_sym, kinky, n_traj):
                                        rtol=1e-13)
 
 
+def _vm_flags(address: int) -> set[str]:
+    """The kernel's VmFlags of the mapping of this process that holds `address` (Linux)."""
+    inside = False
+    for line in open("/proc/self/smaps"):
+        head = line.split()[0]
+        if "-" in head and ":" not in head:
+            start, end = (int(x, 16) for x in head.split("-"))
+            inside = start <= address < end
+        elif inside and line.startswith("VmFlags:"):
+            return set(line.split()[1:])
+    raise LookupError(f"no mapping holds {address:#x}")
+
+
+def test_large_batch_results_are_correct_and_in_small_pages(kinky_sym, kinky):
+    """A batch's result above 4 MiB comes from `result_array`: writable, C-ordered, the same
+    values, and (Linux) in a mapping advised against transparent huge pages ('nh')."""
+    rng = np.random.default_rng(5)
+    t_out = np.linspace(0.1, 3.0, 20)
+    Y = rng.uniform(0.5, 2.5, size=(20_000, t_out.size, 3))
+    P = rng.uniform(0.1, 1.5, size=(20_000, 3))
+    got = kinky.outputs(t_out, Y, P)
+    assert got.nbytes > 1 << 22 and got.flags.writeable and got.flags.c_contiguous
+    exprs = list(kinky_sym.outputs.values())
+    for b, i in ((0, 0), (12_345, 7), (19_999, 19)):
+        np.testing.assert_allclose(got[b, i], _sympy_eval(kinky_sym, exprs, t_out[i], Y[b, i], P[b]), rtol=1e-13)
+    if sys.platform.startswith("linux"):
+        assert "nh" in _vm_flags(got.ctypes.data)
+
+
 @pytest.mark.parametrize("t, y, p", POINTS)
 def test_jacobian_and_tgrad_match_finite_differences(kinky, t, y, p):
     y, p = np.array(y), kinky.extended_parameters(np.array(p)[None])[0]
