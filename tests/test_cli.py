@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import xarray as xr
 from typer.testing import CliRunner
@@ -82,10 +86,6 @@ print("CACHE_HITS", events.count("/jax/compilation_cache/cache_hits"))
 def test_cli_keeps_compiled_jax_solves_on_disk(tmp_path):
     """A second `immunoedit simulate --backend jax` loads the compiled solve from
     `$IMMUNOEDIT_CACHE_DIR/jax` instead of compiling it, and gives the same result."""
-    import os
-    import subprocess
-    import sys
-
     env = {k: v for k, v in os.environ.items() if k not in ("EQX_ON_ERROR", "JAX_COMPILATION_CACHE_DIR")}
     env["IMMUNOEDIT_CACHE_DIR"] = str(tmp_path / "cache")
     hits, results = [], []

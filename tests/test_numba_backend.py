@@ -109,13 +109,14 @@ def test_batch_outputs_match_sympy_pointwise(kinky_sym, kinky, n_traj):
 def _vm_flags(address: int) -> set[str]:
     """The kernel's VmFlags of the mapping of this process that holds `address` (Linux)."""
     inside = False
-    for line in open("/proc/self/smaps"):
-        head = line.split()[0]
-        if "-" in head and ":" not in head:
-            start, end = (int(x, 16) for x in head.split("-"))
-            inside = start <= address < end
-        elif inside and line.startswith("VmFlags:"):
-            return set(line.split()[1:])
+    with open("/proc/self/smaps") as smaps:
+        for line in smaps:
+            head = line.split()[0]
+            if "-" in head and ":" not in head:
+                start, end = (int(x, 16) for x in head.split("-"))
+                inside = start <= address < end
+            elif inside and line.startswith("VmFlags:"):
+                return set(line.split()[1:])
     raise LookupError(f"no mapping holds {address:#x}")
 
 
