@@ -66,9 +66,11 @@ def models() -> None:
     """List the built-in specs, one line each."""
     from .spec.loader import builtin_specs, load_spec
 
-    table = Table(show_header=True, header_style="bold", box=None)
-    for col in ("name", "kind", "size", "description"):
-        table.add_column(col)
+    # one line per spec: the description column takes what the others leave and ends in "…"
+    table = Table(show_header=True, header_style="bold", box=None, expand=True)
+    for col in ("name", "kind", "size"):
+        table.add_column(col, no_wrap=True)
+    table.add_column("description", no_wrap=True, overflow="ellipsis", ratio=1)
     for name in builtin_specs():
         try:
             spec = load_spec(name)
@@ -76,7 +78,7 @@ def models() -> None:
             table.add_row(name, "?", f"[red]{len(exc.issues)} problems[/]", "run `immunoedit validate`")
             continue
         size = f"{len(spec.states)} states, {len(spec.parameters)} params"
-        table.add_row(name, spec.kind, size, spec.description.split(". ")[0][:90])
+        table.add_row(name, spec.kind, size, spec.description.split(". ")[0])
     console.print(table)
 
 

@@ -19,6 +19,11 @@ def test_models_lists_builtin_specs():
     result = runner.invoke(app, ["models"])
     assert result.exit_code == 0, result.output
     assert "benchmark_reference" in result.output and "10 states, 42 params" in result.output
+    # one line per spec whatever the width: a header, then each name at the start of its own line
+    from immunoedit_models.spec.loader import builtin_specs
+    lines = [line.split() for line in result.output.splitlines()]
+    assert [words[0] for words in lines] == ["name", *builtin_specs()]
+    assert lines[1][1:5] == ["model", "10", "states,", "42"]
 
 
 def test_validate_ok_and_errors(specs_dir):
