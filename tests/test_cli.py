@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 import xarray as xr
 from typer.testing import CliRunner
 
@@ -106,3 +107,19 @@ def test_cli_keeps_compiled_jax_solves_on_disk(tmp_path):
             assert list((tmp_path / "cache" / "jax").glob("jit__solve_batch-*")), "the solve was not cached"
     assert hits[0] == 0 and hits[1] >= 1
     np.testing.assert_array_equal(results[1]["T"].values, results[0]["T"].values)
+
+
+def test_simulate_summary_separates_compile_from_run():
+    """The first call's extra time (loading or compiling the solver) is counted as compilation:
+    a quick first call is timed again; a slow numba one is not repeated."""
+    from immunoedit_models.cli import _compile_and_run_seconds
+
+    calls = []
+
+    def quick():    # a repeat that costs ~nothing
+        calls.append(1)
+    compile_s, run_s = _compile_and_run_seconds(quick, 1.0, 0.4, "numba")
+    assert calls == [1] and run_s < 0.05 and compile_s == pytest.approx(1.4 - run_s, abs=1e-9)
+    assert _compile_and_run_seconds(quick, 1.0, 2.5, "numba") == (1.0, 2.5) and calls == [1]
+    compile_s, run_s = _compile_and_run_seconds(quick, 0.3, 6.0, "jax")   # JAX: the first call compiles
+    assert calls == [1, 1] and compile_s == pytest.approx(6.3 - run_s, abs=1e-9)
