@@ -13,9 +13,16 @@ from matplotlib.figure import Figure
 def plot_trajectories(ds: xr.Dataset, variables: Sequence[str] | None = None, ncols: int = 3) -> Figure:
     """One panel per variable over time; a batch is drawn as median with 5-95 % and 25-75 % bands.
 
-    Cell counts and other quantities spanning decades are drawn on a log axis.
+    variables: default every state, less those that stay 0 throughout (e.g. the depots of drugs
+    the regimen does not give), which a footnote names. Cell counts and other quantities spanning
+    decades are drawn on a log axis.
     """
-    names = list(variables or [v for v in ds.data_vars if ds[v].attrs.get("kind") == "state"])
+    if variables:
+        names, zero = list(variables), []
+    else:
+        states = [v for v in ds.data_vars if ds[v].attrs.get("kind") == "state"]
+        names = [v for v in states if np.any(ds[v].values != 0)] or states
+        zero = [v for v in states if v not in names]
     nrows = math.ceil(len(names) / ncols)
     fig = Figure(figsize=(4.0 * ncols, 2.6 * nrows), layout="constrained")
     axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
@@ -41,6 +48,8 @@ def plot_trajectories(ds: xr.Dataset, variables: Sequence[str] | None = None, nc
     for ax in axes[len(names):]:
         ax.set_visible(False)
     fig.suptitle(f"{ds.attrs.get('model', '')} — {ds.attrs.get('regimen', '')}", fontsize=11)
+    if zero:
+        fig.supxlabel(f"0 throughout, not drawn: {', '.join(zero)}", fontsize=9, color="0.35")
     return fig
 
 
