@@ -118,6 +118,7 @@ def test_simulate_summary_separates_compile_from_run():
 
     def quick():    # a repeat that costs ~nothing
         calls.append(1)
+
     compile_s, run_s = _compile_and_run_seconds(quick, 1.0, 0.4, "numba")
     assert calls == [1] and run_s < 0.05 and compile_s == pytest.approx(1.4 - run_s, abs=1e-9)
     assert _compile_and_run_seconds(quick, 1.0, 2.5, "numba") == (1.0, 2.5) and calls == [1]
