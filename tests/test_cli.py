@@ -11,7 +11,8 @@ import pytest
 import xarray as xr
 from typer.testing import CliRunner
 
-from immunoedit_models.cli import app
+from immunoedit_models.cli import _compile_and_run_seconds, app
+from immunoedit_models.spec.loader import builtin_specs
 
 runner = CliRunner()
 
@@ -21,7 +22,6 @@ def test_models_lists_builtin_specs():
     assert result.exit_code == 0, result.output
     assert "benchmark_reference" in result.output and "10 states, 42 params" in result.output
     # one line per spec whatever the width: a header, then each name at the start of its own line
-    from immunoedit_models.spec.loader import builtin_specs
     lines = [line.split() for line in result.output.splitlines()]
     assert [words[0] for words in lines] == ["name", *builtin_specs()]
     assert lines[1][1:5] == ["model", "10", "states,", "42"]
@@ -112,8 +112,6 @@ def test_cli_keeps_compiled_jax_solves_on_disk(tmp_path):
 def test_simulate_summary_separates_compile_from_run():
     """The first call's extra time (loading or compiling the solver) is counted as compilation:
     a quick first call is timed again; a slow numba one is not repeated."""
-    from immunoedit_models.cli import _compile_and_run_seconds
-
     calls = []
 
     def quick():    # a repeat that costs ~nothing
