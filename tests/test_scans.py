@@ -6,6 +6,8 @@ it shrinks to a nadir at day 50 and regrows. The drug only accumulates in D, so 
 counts the doses given (10 mg each, every 21 days from day 0).
 """
 
+import re
+
 import numpy as np
 import pytest
 
@@ -125,6 +127,38 @@ def test_batch_and_single_trajectory_agree(model):
                                       burden_index=0, ev_guard=ev.guard)
     np.testing.assert_array_equal(got[5], [126.0, 168.0, 126.0])
     np.testing.assert_allclose(got[4], sld(s0[:, None], SCANS[None]), rtol=1e-8)
+
+
+def test_each_trajectory_scans_on_its_own_days(model):
+    # visit days around the schedule: S0 = 50 progresses at its 4th visit, day 126 + 9.5 (74.1 mm
+    # >= 1.2 x the nadir 37.5 mm of day 47; day 81: 42.3 mm); S0 = 20 on the schedule: day 126,
+    # as in the shared-scan test above
+    s0 = np.array([50.0, 20.0])
+    P = np.column_stack([s0, 0.01 * s0, 2e-4 * s0])
+    rows = SCANS + np.array([[0.0, 5.0, -3.0, 9.5, 1.0, -7.0], [0.0] * 6])
+    ev = event_arrays([regimen()] * 2, model.kernels.dose_factors(P), ["drug"], {"drug": 1})
+    args = (model.kernels.initial(P), P, 0.0, TIMES, ev.time, ev.state, ev.kind, ev.value, 1e-9, 1e-12)
+    Y, status, _, _, scans, pd_time = model.kernels.solve_scanned(*args, scan_t=rows, burden_index=0,
+                                                                   ev_guard=ev.guard)
+    np.testing.assert_allclose(scans, sld(s0[:, None], rows), rtol=1e-8)
+    np.testing.assert_array_equal(pd_time, [135.5, 126.0])
+    assert Y[0, -1, 1] == pytest.approx(70.0)       # doses on days 0, 21, ..., 126; not from 147
+    for b in range(2):                              # the same as one trajectory with its own days
+        one = model.kernels.solve_scanned(*(a[b:b + 1] for a in args[:2]), 0.0, TIMES,
+                                          *(a[b:b + 1] for a in args[4:8]), 1e-9, 1e-12,
+                                          scan_t=rows[b], burden_index=0, ev_guard=ev.guard[b:b + 1])
+        np.testing.assert_array_equal(one[4][0], scans[b])
+        assert one[5][0] == pd_time[b]
+
+
+def test_scan_rows_must_match_the_batch(model):
+    with pytest.raises(SimulationError, match=re.escape(
+            "scan_t must be (n_scan,) or (1, n_scan), one row per trajectory; got shape (2, 6)")):
+        model.kernels.solve_scanned(np.zeros((1, 2)), np.ones((1, 3)), 0.0, TIMES, [np.inf], [0],
+                                    [0], [0.0], 1e-6, 1e-9, scan_t=np.vstack([SCANS, SCANS]))
+    with pytest.raises(SimulationError, match=re.escape("scan_t must be finite, sorted, with scan_t >= t0")):
+        model.kernels.solve_scanned(np.zeros((2, 2)), np.ones((2, 3)), 0.0, TIMES, [np.inf], [0],
+                                    [0], [0.0], 1e-6, 1e-9, scan_t=np.vstack([SCANS, SCANS[::-1]]))
 
 
 def test_bad_burden_index_is_reported(model):

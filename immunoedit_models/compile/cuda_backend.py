@@ -339,16 +339,19 @@ class CudaKernels:
         cuda = _cuda()
         dtype = PRECISIONS[self.precision]
         kernel = self.module().solve_kernel
-        n_traj, n, n_out, n_scan = y0.shape[0], self.n_states, t.size, scans.size
+        n_traj, n, n_out, n_scan = y0.shape[0], self.n_states, t.size, scans.shape[1]
         Y = np.empty((n_traj, n_out, n), dtype)
         counts = np.empty((3, n_traj), np.int64)
         scan_value = np.empty((n_traj, max(1, n_scan)))
         pd_time = np.empty(n_traj)
         clock = {"h2d_s": 0.0, "kernel_s": 0.0, "d2h_s": 0.0}
         d_t = cuda.to_device(t)
-        d_scan = cuda.to_device(scans if n_scan else np.zeros(1))
+        shared = scans.shape[0] == 1
+        if not n_scan:
+            scans = np.zeros((1, 1))
+        d_shared_scan = cuda.to_device(scans) if shared else None
         row_bytes = (np.dtype(dtype).itemsize * (n_out * n + n + self.n_params)
-                     + 8 * (len(ev) * ev[0].shape[1] + scan_value.shape[1] + 4))
+                     + 8 * (len(ev) * ev[0].shape[1] + (1 if shared else 2) * scan_value.shape[1] + 4))
         opts = (n_scan, int(burden_index), float(pd_rel), float(pd_abs), float(cpd_abs),
                 float(rtol), float(atol), METHODS[method], int(max_steps), float(h0))
         for s in _chunks(n_traj, row_bytes, self.max_chunk):
@@ -356,6 +359,7 @@ class CudaKernels:
             start = time.perf_counter()
             inputs = [cuda.to_device(np.ascontiguousarray(a[s], dtype)) for a in (y0, params)]
             d_ev = [cuda.to_device(a[s]) for a in ev]
+            d_scan = d_shared_scan if shared else cuda.to_device(scans[s])
             d_Y = cuda.device_array((m, n_out, n), dtype)
             d_counts = [cuda.device_array(m, np.int64) for _ in range(3)]
             d_scan_value = cuda.device_array((m, scan_value.shape[1]), np.float64)

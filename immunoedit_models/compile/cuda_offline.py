@@ -69,7 +69,7 @@ def kernel_signatures(precision: str) -> dict[str, tuple[Any, ...]]:
     x, f8, i8 = PRECISIONS[precision], numba.float64, numba.int64
     events = (arr(2), arr(2, np.int64), arr(2, np.int64), arr(2), arr(2), arr(2))
     return {
-        "solve_kernel": (arr(2, x), arr(2, x), f8, arr(1), *events, arr(1), i8, i8, f8, f8, f8,
+        "solve_kernel": (arr(2, x), arr(2, x), f8, arr(1), *events, arr(2), i8, i8, f8, f8, f8,
                          f8, f8, i8, i8, f8, arr(3, x), arr(1, np.int64), arr(1, np.int64),
                          arr(1, np.int64), arr(2), arr(1)),
         "initial_kernel": (arr(2), arr(2)),

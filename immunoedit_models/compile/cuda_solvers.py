@@ -377,7 +377,8 @@ def solve_kernel(y0, p, t0, t_out, ev_t, ev_state, ev_kind, ev_value, ev_guard, 
     """Integrate trajectory b = thread index (see numba_solvers._integrate).
 
     y0 (B, N), p (B, n_par) DTYPE; t_out (n_out,) float64; ev_* (B, n_ev) (n_ev >= 1, padded
-    with ev_t = +inf); scan_t (>= 1,) of which the first n_scan are scans. Writes y_out
+    with ev_t = +inf); scan_t (1 or B, >= 1): row 0 shared by the batch or one row per
+    trajectory, of which the first n_scan are scans. Writes y_out
     (B, n_out, N) DTYPE, status/n_acc/n_rej (B,) int64, scan_value (B, >= n_scan), pd_time (B,).
     """
     b = cuda.grid(1)
@@ -404,6 +405,7 @@ def solve_kernel(y0, p, t0, t_out, ev_t, ev_state, ev_kind, ev_value, ev_guard, 
         u_in[i] = F(0.0)
     n_out = t_out.shape[0]
     n_ev = ev_t.shape[1]
+    sr = b if scan_t.shape[0] > 1 else 0      # this trajectory's row of scan days
     rodas = method == RODAS5P
     qmax = QMAX[method]
     beta1 = BETA1[method]
@@ -424,7 +426,7 @@ def solve_kernel(y0, p, t0, t_out, ev_t, ev_state, ev_kind, ev_value, ev_guard, 
     pd_value = math.inf
     cpd_time = math.inf
     while status == STATUS_OK:
-        while i_scan < n_scan and scan_t[i_scan] <= t:
+        while i_scan < n_scan and scan_t[sr, i_scan] <= t:
             nadir, pd_time, pd_value, cpd_time = _scan(
                 t, y, pb, out_buf, burden_index, b, i_scan, scan_value, nadir, pd_time, pd_value,
                 cpd_time, pd_rel, pd_abs, cpd_abs)
@@ -443,8 +445,8 @@ def solve_kernel(y0, p, t0, t_out, ev_t, ev_state, ev_kind, ev_value, ev_guard, 
         t_end = t_out[n_out - 1]
         if ie < n_ev and ev_t[b, ie] < t_end:
             t_end = ev_t[b, ie]
-        if i_scan < n_scan and scan_t[i_scan] < t_end:
-            t_end = scan_t[i_scan]
+        if i_scan < n_scan and scan_t[sr, i_scan] < t_end:
+            t_end = scan_t[sr, i_scan]
 
         # restart at (t, y); step size carried over, capped by the first step after the last
         # event (numba_solvers._integrate explains why)

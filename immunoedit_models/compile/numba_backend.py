@@ -673,22 +673,23 @@ def _event_problem(ev_t, ev_state, ev_kind, ev_value, n_states):
     return -1
 
 
-@njit(int64(float64[::1], float64, float64[::1], float64[:, ::1], int64[:, ::1], int64[:, ::1],
+@njit(int64(float64[::1], float64, float64[:, ::1], float64[:, ::1], int64[:, ::1], int64[:, ::1],
            float64[:, ::1], int64), cache=True)
 def _input_problem(t_out, t0, scan_t, ev_t, ev_state, ev_kind, ev_value, n_states):
-    """-1 if output times, scan times and events are valid, else the index of the first problem
-    in `_INPUT_PROBLEMS + _EVENT_PROBLEMS`: one compiled call instead of three (each call into
-    numba costs ~0.4 us, and a trajectory ~250 us)."""
+    """-1 if output times, scan times (rows of scan_t) and events are valid, else the index of
+    the first problem in `_INPUT_PROBLEMS + _EVENT_PROBLEMS`: one compiled call instead of three
+    (each call into numba costs ~0.4 us, and a trajectory ~250 us)."""
     if not _sorted_finite_from(t_out, t0):
         return 0
-    if not _sorted_finite_from(scan_t, t0):
-        return 1
+    for r in range(scan_t.shape[0]):
+        if not _sorted_finite_from(scan_t[r], t0):
+            return 1
     problem = _event_problem(ev_t, ev_state, ev_kind, ev_value, n_states)
     return problem if problem < 0 else len(_INPUT_PROBLEMS) + problem
 
 
 #: scan_t of a solve without scans (the solvers only read it)
-_NO_SCANS = np.empty(0)
+_NO_SCANS = np.empty((1, 0))
 
 
 @lru_cache(maxsize=8)
@@ -709,9 +710,9 @@ def check_solve_inputs(kernels: Any, Y0: Any, P: Any, t0: float, t_out: Any, ev_
                        ev_guard_c: Any = None
                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[np.ndarray]]:
     """Validated C arrays for a `solve_scanned` call of any backend's kernels (with n_states,
-    n_params, output_names): y0 (B, n), params (B, n_par), t_out (n_out,), scan_t (n_scan,) and
-    [ev_t, ev_state, ev_kind, ev_value, ev_guard, ev_guard_c] (B, n_ev); SimulationError on bad
-    input."""
+    n_params, output_names): y0 (B, n), params (B, n_par), t_out (n_out,), scan_t (1, n_scan)
+    shared or (B, n_scan) per trajectory, and [ev_t, ev_state, ev_kind, ev_value, ev_guard,
+    ev_guard_c] (B, n_ev); SimulationError on bad input."""
     if method not in METHODS:
         raise SimulationError(f"unknown method {method!r}; choose one of {sorted(METHODS)}")
     y0 = _rows(Y0, kernels.n_states, "Y0")
@@ -722,11 +723,7 @@ def check_solve_inputs(kernels: Any, Y0: Any, P: Any, t0: float, t_out: Any, ev_
     t = _c_array(t_out)
     if t.ndim != 1:
         raise SimulationError(_INPUT_PROBLEMS[0])
-    if type(scan_t) is tuple and not scan_t:
-        scans = _NO_SCANS
-    else:
-        scans = _c_array(scan_t if type(scan_t) is np.ndarray and scan_t.ndim == 1
-                         else np.asarray(scan_t, dtype=np.float64).reshape(-1))
+    scans = _scan_rows(scan_t, n_traj)
     n_outputs = len(kernels.output_names)
     if scans.size and not 0 <= burden_index < n_outputs:
         raise SimulationError(f"burden_index {burden_index} is not an output index "
@@ -743,6 +740,19 @@ def check_solve_inputs(kernels: Any, Y0: Any, P: Any, t0: float, t_out: Any, ev_
         message = (_INPUT_PROBLEMS + _EVENT_PROBLEMS)[problem]
         raise SimulationError(message.format(n_states=kernels.n_states))
     return y0, params, t, scans, ev
+
+
+def _scan_rows(scan_t: Any, n_traj: int) -> np.ndarray:
+    """scan_t as a C array (1, n_scan) shared by the batch or (B, n_scan), one row per trajectory."""
+    if type(scan_t) is tuple and not scan_t:
+        return _NO_SCANS
+    scans = np.asarray(scan_t, dtype=np.float64)
+    if scans.ndim == 2 and scans.shape[0] in (1, n_traj):
+        return _c_array(scans)
+    if scans.ndim <= 1:
+        return _c_array(scans.reshape(1, -1))
+    raise SimulationError(f"scan_t must be (n_scan,) or ({n_traj}, n_scan), one row per trajectory; "
+                          f"got shape {scans.shape}")
 
 
 # ---- kernels object -----------------------------------------------------------------------------
@@ -875,7 +885,8 @@ class NumbaKernels:
                                  np.ndarray]:
         """`solve` with scans read and progression decided inside the kernel, per trajectory.
 
-        scan_t (n_scan,) sorted, >= t0 (may be empty); burden_index: the output the scans read;
+        scan_t (n_scan,) sorted, >= t0 (may be empty), or (B, n_scan): each trajectory's own
+        scan days (e.g. visits with their windows); burden_index: the output the scans read;
         pd_rel, pd_abs: the progression rule; ev_guard broadcastable to (B, n_ev): events with
         ev_guard >= the progression time are skipped (None: every event is applied); cpd_abs,
         ev_guard_c: the same for the confirmed progression (treatment beyond progression). See
@@ -893,7 +904,7 @@ class NumbaKernels:
         if n_traj == 1:
             y, status, n_acc, n_rej, scan_value, pd_time = single_entry()(
                 self.addresses, self.blocks, y0[0], params[0], float(t0), t, *(a[0] for a in ev),
-                *opts)
+                scans[0], *opts[1:])
             counts = np.array([[status], [n_acc], [n_rej]], dtype=np.int64)
             return (y[None], counts[0], counts[1], counts[2], scan_value[None],
                     np.array([pd_time]))

@@ -37,7 +37,8 @@ vector added to the right-hand side (a zero-order infusion is +rate at its start
 its end). Outputs are right-continuous: an output at an event time reports the post-event state.
 
 Scans and progression (for trials whose treatment continues until progression): scan times
-`scan_t` (n_scan,), sorted and shared by the batch, are also segment ends. At each scan, before
+`scan_t` (n_scan,), sorted, shared by the batch or one row per trajectory (each patient's
+visit days), are also segment ends. At each scan, before
 the events at that time, the solver evaluates the model's outputs kernel
 `outputs(t, y, p, out (n_outputs,))` and records `out[burden_index]` (the tumour burden, e.g. the
 sum of lesion diameters in mm). The first scan is the baseline; the nadir is the smallest value
@@ -824,7 +825,7 @@ KERNEL_SIGS = (RHS_SIG, JAC_SIG, TGRAD_SIG, LU_FACTOR_SIG, LU_SOLVE_SIG, OUTPUT_
 _SOLVE_BATCH_SIG = types.Tuple((int64[::1], int64[::1], int64[::1], float64[:, ::1], float64[::1]))(
     int64[::1], int64[::1], float64[:, ::1], float64[:, ::1], float64,
     float64[::1], float64[:, ::1], int64[:, ::1], int64[:, ::1], float64[:, ::1], float64[:, ::1],
-    float64[:, ::1], float64[::1], int64, int64, float64, float64, float64, float64, float64,
+    float64[:, ::1], float64[:, ::1], int64, int64, float64, float64, float64, float64, float64,
     int64, int64, float64, float64[:, :, ::1])
 
 _SOLVE_SINGLE_SIG = types.Tuple((float64[:, ::1], int64, int64, int64, float64[::1], float64))(
@@ -844,7 +845,8 @@ def solve_batch(kernels, blocks, y0, p, t0, t_out, ev_t, ev_state, ev_kind, ev_v
     y0 (B, n), p (B, n_par); t_out (n_out,) sorted, >= t0; ev_* (B, n_ev) sorted per row,
     padded with ev_t = +inf; ev_guard, ev_guard_c (B, n_ev) (see the module docstring; -inf:
     always apply); pd_rel, pd_abs, cpd_abs: the progression and confirmation rules;
-    scan_t (n_scan,) sorted, >= t0 (may be empty); n_outputs: the number of values of the
+    scan_t (1, n_scan) shared or (B, n_scan) per trajectory (visit days), each row sorted, >= t0
+    (n_scan may be 0); n_outputs: the number of values of the
     outputs kernel, burden_index the one scans read; blocks: the Jacobian's block-lower-
     triangular structure (block starts, then n; `[0, n]` always works), for the dense fallback
     of the W solve. method: a value of `METHODS`; h0 <= 0 picks the first step automatically.
@@ -862,7 +864,8 @@ def solve_batch(kernels, blocks, y0, p, t0, t_out, ev_t, ev_state, ev_kind, ev_v
     lu_solve = _as_lu_solve(kernels[4])
     outputs = _as_outputs(kernels[5])
     n_traj = y0.shape[0]
-    scan_all = np.empty((n_traj, scan_t.size))
+    scan_all = np.empty((n_traj, scan_t.shape[1]))
+    scan_row = np.minimum(np.arange(n_traj), scan_t.shape[0] - 1)     # b, or 0 when shared
     status = np.empty(n_traj, dtype=np.int64)
     n_acc = np.empty(n_traj, dtype=np.int64)
     n_rej = np.empty(n_traj, dtype=np.int64)
@@ -871,8 +874,8 @@ def solve_batch(kernels, blocks, y0, p, t0, t_out, ev_t, ev_state, ev_kind, ev_v
         vectors, matrices, piv, k, out_buf = _workspace(y0.shape[1], n_outputs)
         status[b], n_acc[b], n_rej[b], pd_time[b] = _integrate(
             rhs, jac, tgrad, lu_factor, lu_solve, outputs, blocks, y0[b], p[b], t0, t_out,
-            ev_t[b], ev_state[b], ev_kind[b], ev_value[b], ev_guard[b], ev_guard_c[b], scan_t,
-            burden_index, pd_rel, pd_abs, cpd_abs, rtol, atol, method, max_steps, h0, y_all[b],
+            ev_t[b], ev_state[b], ev_kind[b], ev_value[b], ev_guard[b], ev_guard_c[b],
+            scan_t[scan_row[b]], burden_index, pd_rel, pd_abs, cpd_abs, rtol, atol, method, max_steps, h0, y_all[b],
             scan_all[b], vectors, matrices, piv, k, out_buf)
     return status, n_acc, n_rej, scan_all, pd_time
 
