@@ -7,14 +7,15 @@ baseline included; PR: >= 30 % below baseline; CR/PR confirmation >= 4 weeks lat
 from __future__ import annotations
 
 import math
+import re
 
 import numba
 import numpy as np
 import pytest
 
 from immunoedit_models.errors import SimulationError
-from immunoedit_models.trials.recist import (RecistCriteria, assess, objective_response_rate, progression,
-                                             running_nadir, visit_responses)
+from immunoedit_models.trials.recist import (RecistCriteria, assess, confirmation_day, objective_response_rate,
+                                             progression, running_nadir, visit_responses)
 
 DAYS = np.array([0.0, 42.0, 84.0, 126.0, 168.0])
 
@@ -102,6 +103,10 @@ def test_bad_inputs_raise_with_the_fix():
         assess(np.array([[50.0, 40.0], [0.0, 10.0]]), [0.0, 42.0])
     with pytest.raises(SimulationError, match=r"\(\.\.\., n_scan\)"):
         assess(np.ones((3, 4)), DAYS)
+    with pytest.raises(SimulationError, match=re.escape(
+            "RECIST readout: sld has shape (3, 4) but scan_day has shape (2, 4); pass sld as (..., n_scan) "
+            "with scan_day (n_scan,) or each patient's visit days (..., n_scan), the first scan being the baseline")):
+        assess(np.ones((3, 4)), np.ones((2, 4)))
     with pytest.raises(SimulationError, match="strictly increasing"):
         assess(np.ones((3, 3)), [0.0, 42.0, 42.0])
 
@@ -140,7 +145,8 @@ def reference_best_response(sld, days, c: RecistCriteria):
 
 
 @pytest.mark.parametrize("confirm_days", [None, 28.0])
-def test_vectorised_readout_matches_the_literal_reference_on_random_courses(confirm_days):
+@pytest.mark.parametrize("own_days", [False, True])
+def test_vectorised_readout_matches_the_literal_reference_on_random_courses(confirm_days, own_days):
     rng = np.random.default_rng(11)
     days = np.r_[0.0, np.arange(1, 12) * 42.0, 504.0 + np.arange(1, 6) * 63.0]
     n = 3000
@@ -148,15 +154,32 @@ def test_vectorised_readout_matches_the_literal_reference_on_random_courses(conf
     sld = rng.uniform(10.0, 150.0, (n, 1)) * np.exp(log_change - log_change[:, :1])
     sld[:, 1:][rng.random((n, days.size - 1)) < 0.05] = np.nan        # missed visits
     sld = np.where(np.arange(days.size) > rng.integers(0, days.size + 1, (n, 1)), np.nan, sld)  # death/cut
+    # own_days: each patient's visits up to 14 days off the schedule (around the 28-day
+    # confirmation and the 42-day SD minimum)
+    visit = days + np.where(own_days, np.c_[np.zeros(n), rng.uniform(-14.0, 14.0, (n, days.size - 1))], 0.0)
     criteria = RecistCriteria(confirm_days=confirm_days)
-    out = assess(sld.reshape(3, 1000, days.size), days, criteria)     # any leading dimensions
-    reference = [reference_best_response(row, days, criteria) for row in sld]
+    out = assess(sld.reshape(3, 1000, days.size), visit.reshape(3, 1000, days.size) if own_days else days,
+                 criteria)                                          # any leading dimensions
+    reference = [reference_best_response(row, row_days, criteria) for row, row_days in zip(sld, visit)]
     assert list(out.best_response.ravel()) == [r[0] for r in reference]
     np.testing.assert_array_equal(out.pd_index.ravel(), [r[1] for r in reference])
     np.testing.assert_allclose(out.best_pct_change.ravel(), [r[2] for r in reference], rtol=1e-12, equal_nan=True)
     assert len(set(out.best_response.ravel())) == 5                  # every category exercised
-    pd_days = out.pd_day.ravel()
-    assert np.all(np.isin(pd_days[np.isfinite(pd_days)], days))
+    pd_index = out.pd_index.ravel()
+    np.testing.assert_array_equal(out.pd_day.ravel()[pd_index >= 0],
+                                  visit[pd_index >= 0, pd_index[pd_index >= 0]])
+    assert np.isnan(out.pd_day.ravel()[pd_index < 0]).all()
+
+
+def test_confirmation_day_reads_each_patients_visit_days():
+    # PD at the 2nd visit (62 mm >= 1.2 x 50 and +12 mm); confirmed where the sum is >= 67 mm
+    sld = np.array([[50.0, 62.0, 66.0, 70.0], [50.0, 62.0, 66.0, 70.0], [50.0, 45.0, 47.0, 49.0]])
+    visit = np.array([[0.0, 44.0, 80.0, 131.0], [0.0, 40.0, 86.0, 122.0], [0.0, 42.0, 84.0, 126.0]])
+    pd_day = assess(sld, visit).pd_day
+    np.testing.assert_array_equal(pd_day, [44.0, 40.0, np.nan])
+    np.testing.assert_array_equal(confirmation_day(sld, visit, pd_day), [131.0, 122.0, np.inf])
+    for row in range(3):                        # shared days give the same per patient
+        assert confirmation_day(sld[row], visit[row], pd_day[row]) == confirmation_day(sld, visit, pd_day)[row]
 
 
 def test_objective_response_rate_counts_cr_and_pr_over_all_patients():

@@ -14,7 +14,8 @@ no non-target or new lesions), so each visit's response follows from the SLD alo
 - SD: every other evaluated visit.
 
 Every function works on arrays with any leading batch dimensions (e.g. `(arm, patient, scan)`);
-the last axis is the scan axis; the first scan is the baseline. NaN marks a visit that did not
+the last axis is the scan axis; the first scan is the baseline. Scan days are shared, (n_scan,),
+or each patient's own visit days, (..., n_scan) like the sums. NaN marks a visit that did not
 happen (after death or after the data cut-off) and is skipped.
 """
 
@@ -122,17 +123,19 @@ def first_progression(response: np.ndarray) -> np.ndarray:
 
 
 def assess(sld, scan_day, criteria: RecistCriteria = RecistCriteria()) -> RecistReadout:
-    """RECIST 1.1 readout of SLD (..., n_scan) in mm at scan days (n_scan,), first scan = baseline.
+    """RECIST 1.1 readout of SLD (..., n_scan) in mm at scan days (n_scan,) or (..., n_scan), first
+    scan = baseline.
 
     Only visits up to and including the first PD count for the best overall response and for
     `best_pct_change` (as on a trial's waterfall plot: a patient whose first visit is PD shows that
     visit's increase). Patients with a missing baseline are not evaluable (NE, NaN).
     """
     sld, day = _checked(sld, scan_day)
-    idx = np.arange(day.size)
+    n_scan = sld.shape[-1]
+    idx = np.arange(n_scan)
     response = visit_responses(sld, criteria)
     pd_index = first_progression(response)
-    stop = np.where(pd_index >= 0, pd_index, day.size - 1)[..., None]
+    stop = np.where(pd_index >= 0, pd_index, n_scan - 1)[..., None]
     counted = (idx >= 1) & (idx <= stop) & (response != NE)     # evaluated visits up to first PD
 
     baseline = sld[..., :1]
@@ -141,7 +144,7 @@ def assess(sld, scan_day, criteria: RecistCriteria = RecistCriteria()) -> Recist
     best_pct = np.where(np.isfinite(best_pct), best_pct, np.nan)
 
     best = _best_overall(response, counted, day, pd_index, criteria)
-    pd_day = np.where(pd_index >= 0, day[np.maximum(pd_index, 0)], np.nan)
+    pd_day = np.where(pd_index >= 0, _day_at(day, np.maximum(pd_index, 0), sld.shape), np.nan)
     return RecistReadout(response=response, pct_change=pct_change, nadir=running_nadir(sld),
                          pd_index=pd_index, pd_day=pd_day, best_response=RESPONSE_LABELS[best],
                          best_pct_change=best_pct)
@@ -150,12 +153,14 @@ def assess(sld, scan_day, criteria: RecistCriteria = RecistCriteria()) -> Recist
 def confirmation_day(sld, scan_day, pd_day, cpd_abs_mm: float = CPD_ABS_MM) -> np.ndarray:
     """(...,) day of the first scan after the progression on pd_day (...,) whose SLD is at least
     cpd_abs_mm above the SLD at progression (iRECIST's confirmation, as the kernels decide it);
-    +inf without progression or confirmation. sld (..., n_scan) mm at scan_day (n_scan,)."""
+    +inf without progression or confirmation. sld (..., n_scan) mm at scan_day (n_scan,) or
+    (..., n_scan)."""
     sld, day = _checked(sld, scan_day)
-    pd_index = np.searchsorted(day, np.asarray(pd_day, dtype=float))      # n_scan: no progression
-    at_pd = np.take_along_axis(sld, np.minimum(pd_index, day.size - 1)[..., None], axis=-1)
-    later = (np.arange(day.size) > pd_index[..., None]) & confirmed_progression(sld, at_pd, cpd_abs_mm)
-    return np.where(later.any(axis=-1), day[later.argmax(axis=-1)], np.inf)
+    n_scan = sld.shape[-1]
+    pd_index = np.sum(day < np.asarray(pd_day, dtype=float)[..., None], axis=-1)   # n_scan: no progression
+    at_pd = np.take_along_axis(sld, np.minimum(pd_index, n_scan - 1)[..., None], axis=-1)
+    later = (np.arange(n_scan) > pd_index[..., None]) & confirmed_progression(sld, at_pd, cpd_abs_mm)
+    return np.where(later.any(axis=-1), _day_at(day, later.argmax(axis=-1), sld.shape), np.inf)
 
 
 def objective_response_rate(best_response: np.ndarray, axis: int = -1) -> np.ndarray:
@@ -177,21 +182,29 @@ def _best_overall(response, counted, day, pd_index, criteria: RecistCriteria) ->
 
 def _confirmed_later(visit: np.ndarray, day: np.ndarray, confirm_days: float) -> np.ndarray:
     """(..., n_scan) True where some visit >= confirm_days later also has `visit` True."""
-    first_far = np.searchsorted(day, day + confirm_days, side="left")        # (n_scan,)
+    # first_far[..., k]: the first visit at least confirm_days after visit k (n_scan: none)
+    first_far = np.sum(day[..., None, :] < day[..., :, None] + confirm_days, axis=-1)
     # any_from[..., k] = visit[..., k:].any(): reversed cumulative OR, plus a False column at n_scan
     any_from = np.logical_or.accumulate(visit[..., ::-1], axis=-1)[..., ::-1]
     any_from = np.concatenate([any_from, np.zeros_like(any_from[..., :1])], axis=-1)
-    return any_from[..., first_far]
+    return np.take_along_axis(any_from, np.broadcast_to(first_far, visit.shape), axis=-1)
+
+
+def _day_at(day: np.ndarray, index: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """(...,) the day of scan `index` (...,) from scan days (n_scan,) or (..., n_scan)."""
+    return np.take_along_axis(np.broadcast_to(day, shape), index[..., None], axis=-1)[..., 0]
 
 
 def _checked(sld, scan_day) -> tuple[np.ndarray, np.ndarray]:
     sld = np.asarray(sld, dtype=float)
     day = np.asarray(scan_day, dtype=float)
-    if day.ndim != 1 or sld.ndim < 1 or sld.shape[-1] != day.size or day.size < 1:
+    if (sld.ndim < 1 or day.ndim < 1 or day.shape[-1] < 1
+            or day.shape not in (sld.shape[-1:], sld.shape)):
         raise SimulationError(
             f"RECIST readout: sld has shape {sld.shape} but scan_day has shape {day.shape}; pass sld "
-            "as (..., n_scan) with scan_day (n_scan,), the first scan being the baseline")
-    if not np.all(np.isfinite(day)) or np.any(np.diff(day) <= 0):
+            "as (..., n_scan) with scan_day (n_scan,) or each patient's visit days (..., n_scan), "
+            "the first scan being the baseline")
+    if not np.all(np.isfinite(day)) or np.any(np.diff(day, axis=-1) <= 0):
         raise SimulationError(f"RECIST readout: scan days must be finite and strictly increasing, got {day}")
     base = sld[..., 0]
     bad = np.isfinite(base) & ~(base > 0)
