@@ -25,6 +25,7 @@ from immunoedit_models.simulate.core import parameter_function, regimen_list
 from immunoedit_models.simulate.regimen import Regimen, event_arrays
 from immunoedit_models.symbolic import SymbolicModel
 from immunoedit_models.trials import load_trial, run_trial
+from immunoedit_models.trials.visits import VisitTiming
 
 HERE = Path(__file__).resolve().parent
 SPECS = HERE / "specs"
@@ -32,6 +33,8 @@ DAYS = np.arange(61.0)                          # outputs, days 0..60
 SCANS = np.array([0.0, 42.0, 84.0, 126.0, 168.0, 210.0])
 SCAN_TIMES = np.array([0.0, 100.0, 250.0])
 SCAN_S0 = np.array([50.0, 5.0, 20.0])
+SCAN_ROWS = SCANS + np.array([[0.0, 0.0, 0.0, 0.0, 0.0, 0.0], [0.0, 5.0, -3.0, 9.5, 1.0, -7.0],
+                              [0.0, -11.0, 2.0, 0.0, 13.0, 4.0]])     # each trajectory's visit days
 
 
 # ---- inputs shared by both processes --------------------------------------------------------
@@ -57,14 +60,16 @@ def solve(model, P, method="rodas5p", rtol=1e-6, atol=1e-9, max_steps=100_000, t
 
 
 def beyond_progression_design():
-    """tests/specs/trial_small.yaml with the antibody given beyond progression in COMBO."""
+    """tests/specs/trial_small.yaml with the antibody given beyond progression in COMBO, and
+    visits spread around the scheduled scans (each patient's own scan days in the kernel)."""
     design = load_trial(SPECS / "trial_small.yaml")
     combo = dataclasses.replace(design.arms["COMBO"], treat_beyond_progression=("antibody",))
-    return dataclasses.replace(design, arms={**design.arms, "COMBO": combo})
+    return dataclasses.replace(design, arms={**design.arms, "COMBO": combo},
+                               visits=VisitTiming(2.0, 5.0, 20.0))
 
 
 TRIAL_PATIENTS = 6
-TRIAL_VARIABLES = ("pfs_months", "pfs_event", "os_months", "best_response", "sld_mm",
+TRIAL_VARIABLES = ("pfs_months", "pfs_event", "os_months", "best_response", "sld_mm", "visit_day",
                    "progression_day_kernel", "confirmed_progression_day", "dose_day")
 
 
@@ -86,16 +91,17 @@ def switch_model() -> SymbolicModel:
         outputs={"ratio": "x/(y + 1)"})
 
 
-def scan_inputs(model, until_progression=True, duration=0.0, beyond=False):
-    """beyond: the doses go on after progression until its confirmation (iRECIST, 5 mm)."""
+def scan_inputs(model, until_progression=True, duration=0.0, beyond=False, rows=False):
+    """beyond: the doses go on after progression until its confirmation (iRECIST, 5 mm); rows:
+    each trajectory scans on its own days (SCAN_ROWS)."""
     P = np.column_stack([SCAN_S0, 0.01 * SCAN_S0, 2e-4 * SCAN_S0])   # S0, shrink, curvature
     regimen = Regimen.repeated("drug", 10.0, every=21, count=20, duration=duration,
                                until_progression=until_progression and not beyond,
                                until_confirmed_progression=beyond)
     ev = event_arrays([regimen] * len(P), model.kernels.dose_factors(P), ["drug"], {"drug": 1})
     return (model.kernels.initial(P), P, 0.0, SCAN_TIMES, ev.time, ev.state, ev.kind, ev.value,
-            1e-9, 1e-12), dict(scan_t=SCANS, burden_index=0, ev_guard=ev.guard, cpd_abs=5.0,
-                               ev_guard_c=ev.guard_confirmed)
+            1e-9, 1e-12), dict(scan_t=SCAN_ROWS if rows else SCANS, burden_index=0, ev_guard=ev.guard,
+                               cpd_abs=5.0, ev_guard_c=ev.guard_confirmed)
 
 
 def pk_regimen() -> Regimen:
@@ -137,7 +143,8 @@ def cuda_cases() -> dict[str, np.ndarray]:
 
     scan = ie.compile_model(SPECS / "scan_model.yaml", backend="cuda")
     for key, kw in (("scan", {}), ("scan_free", {"until_progression": False}),
-                    ("scan_infusion", {"duration": 2.0}), ("scan_beyond", {"beyond": True})):
+                    ("scan_infusion", {"duration": 2.0}), ("scan_beyond", {"beyond": True}),
+                    ("scan_rows", {"rows": True})):
         args, scan_kw = scan_inputs(scan, **kw)
         for name, value in zip(("Y", "status", "n_acc", "n_rej", "values", "pd_time"),
                                scan.kernels.solve_scanned(*args, **scan_kw)):
@@ -263,7 +270,8 @@ def test_scans_progression_and_guarded_doses(cuda):
 def test_scans_match_cpu_solve_scanned(cuda):
     cpu = ie.compile_model(SPECS / "scan_model.yaml", backend="numba")
     for key, kw in (("scan", {}), ("scan_free", {"until_progression": False}),
-                    ("scan_infusion", {"duration": 2.0}), ("scan_beyond", {"beyond": True})):
+                    ("scan_infusion", {"duration": 2.0}), ("scan_beyond", {"beyond": True}),
+                    ("scan_rows", {"rows": True})):
         args, scan_kw = scan_inputs(cpu, **kw)
         Y, status, n_acc, _, values, pd_time = cpu.kernels.solve_scanned(*args, **scan_kw)
         np.testing.assert_array_equal(cuda[f"{key}_pd_time"], pd_time)

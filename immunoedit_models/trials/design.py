@@ -23,6 +23,7 @@ from ..spec.loader import SPEC_ROOT, SpecReader, read_yaml
 from ..spec.schema import Location
 from .endpoints import SurvivalParameters
 from .recist import RecistCriteria
+from .visits import VisitTiming
 
 TRIAL_FOLDER = SPEC_ROOT / "trials"
 DAYS_PER_MONTH = 30.4375
@@ -30,11 +31,12 @@ DAYS_PER_WEEK = 7.0
 
 DESIGN_KEYS = ("name", "description", "references", "model", "arms", "control", "comparisons",
                "patients_per_arm", "accrual_months", "data_cut_months", "scans", "recist",
-               "survival", "cohort", "biomarkers", "subgroups", "solver")
+               "visits", "survival", "cohort", "biomarkers", "subgroups", "solver")
 ARM_KEYS = ("description", "phases", "treat_beyond_progression")
 PHASE_KEYS = ("name", "start_day", "cycle_days", "cycles", "doses")
 DOSE_KEYS = ("drug", "amount", "day", "duration")
 SCAN_KEYS = ("from_week", "every_weeks", "until_week")
+VISIT_KEYS = ("offset_mean_days", "offset_sd_days", "source")
 RECIST_KEYS = ("pd_rel", "pd_abs_mm", "pr_rel", "cr_mm", "confirm_days", "sd_min_days", "cpd_abs_mm")
 SURVIVAL_KEYS = tuple(f.name for f in fields(SurvivalParameters))
 SOLVER_KEYS = ("rtol", "atol", "output_every_days", "max_steps")
@@ -156,6 +158,7 @@ class TrialDesign:
     cohort: Mapping[str, Any] = field(default_factory=dict)
     biomarkers: Mapping[str, Any] = field(default_factory=dict)
     subgroups: tuple[str, ...] = ()
+    visits: VisitTiming = VisitTiming()
     description: str = ""
     references: tuple[Any, ...] = ()
     path: str = "<memory>"
@@ -209,17 +212,18 @@ class _Design:
         arms = {str(name): self.arm(doc["arms"], name) for name in r.section(doc, "arms")}
         if not arms:
             r.issue(loc, "trial", "has no arms", "add 'arms:' with at least two arms")
+        scans = self.scans(doc)
         return TrialDesign(
             name=str(doc.get("name", Path(r.file).stem)), model=str(doc.get("model", "")),
             arms=arms, comparisons=self.comparisons(doc, arms),
             patients_per_arm=int(r.number(doc, "patients_per_arm", loc, "trial", 100)),
             accrual_months=r.number(doc, "accrual_months", loc, "trial", 0.0),
             data_cut_months=r.number(doc, "data_cut_months", loc, "trial"),
-            scans=self.scans(doc), recist=self.settings(doc, "recist", RecistCriteria, RECIST_KEYS),
+            scans=scans, recist=self.settings(doc, "recist", RecistCriteria, RECIST_KEYS),
             survival=self.settings(doc, "survival", SurvivalParameters, SURVIVAL_KEYS),
             solver=self.settings(doc, "solver", SolverOptions, SOLVER_KEYS),
             cohort=r.plain(doc.get("cohort") or {}), biomarkers=r.plain(doc.get("biomarkers") or {}),
-            subgroups=tuple(str(s) for s in doc.get("subgroups") or ()),
+            subgroups=tuple(str(s) for s in doc.get("subgroups") or ()), visits=self.visits(doc, scans),
             description=str(doc.get("description", "")).strip(),
             references=tuple(r.plain(doc.get("references") or [])),
             path=r.file, source_text=Path(r.file).read_text(encoding="utf-8"))
@@ -333,6 +337,29 @@ class _Design:
             r.issue(r.loc(doc), "trial", "has no 'scans:' (tumour assessment windows)",
                     "e.g. scans: [{from_week: 0, every_weeks: 6, until_week: 48}, {from_week: 48, every_weeks: 9}]")
         return ScanSchedule(tuple(windows))
+
+    def visits(self, doc: Mapping, scans: ScanSchedule) -> VisitTiming:
+        """The `visits:` offsets around the scheduled scans, checked against the scan intervals."""
+        r = self.r
+        body = doc.get("visits")
+        if body is None:
+            return VisitTiming()
+        if not isinstance(body, Mapping):
+            r.issue(r.loc(doc, "visits"), "visits", "must be a mapping of " + ", ".join(VISIT_KEYS))
+            return VisitTiming()
+        r.check_keys(body, VISIT_KEYS, "visits")
+        loc = r.loc(body)
+        mean = r.number(body, "offset_mean_days", loc, "visits", 0.0)
+        sd = r.number(body, "offset_sd_days", loc, "visits", 0.0)
+        intervals = [every * DAYS_PER_WEEK for _, every, _ in scans.windows if every > 0]
+        limit = min(intervals, default=math.inf) / 2 - 1.0
+        if not sd >= 0:
+            r.issue(loc, "visits", f"'offset_sd_days' must be >= 0, got {sd:g}")
+        elif abs(mean) + 3 * sd > limit:
+            r.issue(loc, "visits", f"offsets of {mean:g} +- 3 x {sd:g} days reach beyond +-{limit:g} days, "
+                    "half the shortest scan interval less a day, where visits would swap order",
+                    "offsets are small next to the scan interval: a protocol window is typically a week")
+        return VisitTiming(mean, sd, limit, str(body.get("source", "")))
 
     def settings(self, doc: Mapping, key: str, cls: type, keys: tuple[str, ...]):
         body = doc.get(key) or {}

@@ -281,7 +281,8 @@ def patient_outcomes(sld: np.ndarray, scan_day: np.ndarray, tumour_cells: np.nda
                      rng: np.random.Generator, censoring: Censoring, *,
                      survival: SurvivalParameters = SurvivalParameters(),
                      criteria: RecistCriteria = RecistCriteria(),
-                     dims: tuple[str, ...] = ("arm", "patient")) -> xr.Dataset:
+                     dims: tuple[str, ...] = ("arm", "patient"),
+                     visit_day: np.ndarray | None = None) -> xr.Dataset:
     """All per-patient readouts of a simulated trial, named as in the trial-results contract.
 
     sld: (..., n_scan) sum of diameters (mm) at scan_day (n_scan,) days, first scan = baseline,
@@ -289,11 +290,13 @@ def patient_outcomes(sld: np.ndarray, scan_day: np.ndarray, tumour_cells: np.nda
         applied here. tumour_cells: (..., n_day) daily tumour cells on `day` (n_day,) for the
         burden death. `dims` names the leading dimensions. Random numbers are drawn from `rng` in a
         fixed order (entry, background death, post-progression death), so one seed gives one trial.
+    visit_day: (..., n_scan) each patient's visit days when visits keep a window around the
+        scheduled scan_day (`design.VisitTiming`); sld is read on them. None: on scan_day.
 
     Returns a Dataset over `dims` with pfs_months, pfs_event, os_months, os_event, best_response,
     best_pct_change, pd_day (day of the observed PD visit), death_cause, entry_months,
     followup_months, and over (*dims, scan) the observed sld_mm (NaN after death / cut-off) and the
-    visit responses, with coordinate scan_day.
+    visit responses, with coordinate scan_day (scheduled) and, with visit_day, that variable.
     """
     sld = np.asarray(sld, dtype=float)
     scan_day = np.asarray(scan_day, dtype=float)
@@ -311,18 +314,23 @@ def patient_outcomes(sld: np.ndarray, scan_day: np.ndarray, tumour_cells: np.nda
 
     burden_day = burden_death_day(tumour_cells, day, survival.lethal_tumour_cells)
     # PD from every simulated visit; a later death cannot change it, an earlier one hides it below.
-    true_pd_day = assess(sld, scan_day, criteria).pd_day
+    visits = scan_day if visit_day is None else np.asarray(visit_day, dtype=float)
+    true_pd_day = assess(sld, visits, criteria).pd_day
     death, cause = death_day(burden_day, true_pd_day, survival, rng, tumour_cells, day)
 
-    observed = (scan_day < death[..., None]) & (scan_day <= followup[..., None]) & np.isfinite(sld)
+    observed = (visits < death[..., None]) & (visits <= followup[..., None]) & np.isfinite(sld)
     sld_observed = np.where(observed, sld, np.nan)
-    readout = assess(sld_observed, scan_day, criteria)
-    ends = censored_endpoints(scan_day, observed, readout.pd_day, death, followup)
+    readout = assess(sld_observed, visits, criteria)
+    ends = censored_endpoints(visits, observed, readout.pd_day, death, followup)
     cause = np.where(ends["os_event"] == 1, cause, 0)
 
     def var(values, units="", **attrs):
         return (dims, values, {"units": units, **attrs} if units else attrs)
 
+    visit_var = {} if visit_day is None else {
+        "visit_day": ((*dims, "scan"), np.broadcast_to(visits, sld.shape).copy(),
+                      {"units": "day", "description": "day of each visit: the scheduled scan_day plus "
+                       "its window offset"})}
     return xr.Dataset(
         {"pfs_months": var(ends["pfs_months"], "month"),
          "pfs_event": var(ends["pfs_event"], description="1 = progression or death, 0 = censored"),
@@ -335,7 +343,8 @@ def patient_outcomes(sld: np.ndarray, scan_day: np.ndarray, tumour_cells: np.nda
          "entry_months": var(entry_months, "month"),
          "followup_months": var(months(followup), "month"),
          "sld_mm": ((*dims, "scan"), sld_observed, {"units": "mm"}),
-         "visit_response": ((*dims, "scan"), np.asarray(["NE", "PD", "SD", "PR", "CR"])[readout.response])},
+         "visit_response": ((*dims, "scan"), np.asarray(["NE", "PD", "SD", "PR", "CR"])[readout.response]),
+         **visit_var},
         coords={"scan_day": ("scan", scan_day, {"units": "day"})},
         attrs={"days_per_month": DAYS_PER_MONTH, "recist": repr(criteria), "survival": repr(survival),
                "censoring": repr(censoring)})

@@ -103,18 +103,19 @@ def plot_waterfall(trial: xr.Dataset, arm: str, max_bars: int = 500) -> Figure:
 def plot_spider(trial: xr.Dataset, arm: str, max_patients: int = 100) -> Figure:
     """% change of the sum of diameters from baseline at each visit, one line per patient.
 
-    Uses `sld_mm` over (arm, patient, scan) with coordinate `scan_day`; shows the first
+    Uses `sld_mm` over (arm, patient, scan) at `visit_day` (else the coordinate `scan_day`); shows the first
     `max_patients` evaluable patients up to their first PD visit (RECIST 1.1 defaults), coloured
     by best overall response.
     """
     sld = trial["sld_mm"].sel(arm=arm).values
-    pd_index = assess(sld, trial["scan_day"].values).pd_index[:, None]
+    day = trial["visit_day"].sel(arm=arm).values if "visit_day" in trial else trial["scan_day"].values
+    pd_index = assess(sld, day).pd_index[:, None]
     sld = np.where((pd_index >= 0) & (np.arange(sld.shape[1]) > pd_index), np.nan, sld)
     response = trial["best_response"].sel(arm=arm).values
-    months = trial["scan_day"].values / DAYS_PER_MONTH
+    months = np.broadcast_to(day, sld.shape) / DAYS_PER_MONTH
     evaluable = np.flatnonzero(np.isfinite(sld[:, 0]) & (np.isfinite(sld[:, 1:]).sum(axis=1) > 0))[:max_patients]
     change = 100.0 * (sld[evaluable] - sld[evaluable, :1]) / sld[evaluable, :1]
-    segments = [np.column_stack([months, c])[np.isfinite(c)] for c in change]
+    segments = [np.column_stack([m, c])[np.isfinite(c)] for m, c in zip(months[evaluable], change)]
     fig = Figure(figsize=(7.5, 4.5), layout="constrained")
     ax = fig.subplots()
     ax.add_collection(LineCollection(segments, colors=[RESPONSE_COLOURS[r] for r in response[evaluable]], lw=0.9))

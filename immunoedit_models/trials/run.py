@@ -72,13 +72,15 @@ def run_trial(design: TrialDesign | str, *, model: CompiledModel | None = None,
     horizon = design.horizon_days
     day = np.arange(0.0, horizon + design.solver.output_every_days, design.solver.output_every_days)
     scan_day = design.scans.days(horizon)
+    visit_day = _visit_days(design, scan_day, (len(arms), n), seed)
 
     sims = []
     with Progress(disable=not progress, transient=True) as bar:
         task = bar.add_task(f"trial {design.name}", total=n * len(arms))
         for a, arm in enumerate(arms):
             choice = rng.integers(0, 1 << 30, size=n)
-            sims.append(_simulate_arm(model, design, arm, P_all[order[a]], choice, day, scan_day,
+            sims.append(_simulate_arm(model, design, arm, P_all[order[a]], choice, day,
+                                      scan_day if visit_day is None else visit_day[a],
                                       chunk_size, lambda k: bar.advance(task, k)))
 
     sld = np.stack([s["scans"] for s in sims])
@@ -86,7 +88,7 @@ def run_trial(design: TrialDesign | str, *, model: CompiledModel | None = None,
     survival_params = replace(design.survival, **(survival or {}))
     censoring = Censoring(design.accrual_months, design.data_cut_months)
     trial = patient_outcomes(sld, scan_day, burden, day, rng, censoring, survival=survival_params,
-                             criteria=design.recist)
+                             criteria=design.recist, visit_day=visit_day)
     dose_day, dose_drug = _dose_records(sims)
     dose_day, dose_drug = truncate_doses(dose_day, dose_drug, trial.os_months.values,
                                          trial.os_event.values)
@@ -120,6 +122,15 @@ def run_trial(design: TrialDesign | str, *, model: CompiledModel | None = None,
                         "rtol": design.solver.rtol, "atol": design.solver.atol,
                         "days_per_month": DAYS_PER_MONTH})
     return trial
+
+
+def _visit_days(design: TrialDesign, scan_day: np.ndarray, shape: tuple[int, int], seed: int) -> np.ndarray | None:
+    """Each patient's visit days (arm, patient, n_scan) under the design's visit offsets, None when
+    every visit is on its scheduled day. Drawn from their own stream of `seed`, so the cohort,
+    randomisation and deaths of a trial are the same with visit offsets or without."""
+    if design.visits.on_schedule:
+        return None
+    return design.visits.days(scan_day, shape, np.random.default_rng(np.random.SeedSequence(seed).spawn(1)[0]))
 
 
 def _subgroups(trial: xr.Dataset, design: TrialDesign) -> dict[str, np.ndarray]:
@@ -160,7 +171,8 @@ def _simulate_arm(model: CompiledModel, design: TrialDesign, arm_name: str, P: n
                   choice: np.ndarray, day: np.ndarray, scan_day: np.ndarray, chunk_size: int,
                   advance) -> dict[str, Any]:
     """One arm's patients (P (n, n_par)) through the kernel in chunks; each patient's cycle
-    counts are picked by `choice` (n,) among the arm's regimen variants."""
+    counts are picked by `choice` (n,) among the arm's regimen variants. scan_day: (n_scan,)
+    shared, or (n, n_scan) each patient's visit days."""
     arm = design.arms[arm_name]
     variants = list(arm.regimens(design.horizon_days).values())
     variant = choice % len(variants)
@@ -173,17 +185,18 @@ def _simulate_arm(model: CompiledModel, design: TrialDesign, arm_name: str, P: n
     for lo in range(0, len(P), chunk_size):
         p = np.ascontiguousarray(P[lo:lo + chunk_size])
         regs = regimens[lo:lo + chunk_size]
+        scan_t = scan_day if scan_day.ndim == 1 else scan_day[lo:lo + chunk_size]
         ev = event_arrays(regs, np.asarray(kernels.dose_factors(p)), list(kernels.drug_names),
                           dose_states, amount_of=lambda text: parameter_function(model, text)(p))
         Y, status, _, _, scans, pd_time = kernels.solve_scanned(
             initial_matrix(model, p, None), p, 0.0, day, ev.time, ev.state, ev.kind, ev.value,
             design.solver.rtol, design.solver.atol, max_steps=design.solver.max_steps,
-            scan_t=scan_day, burden_index=burden_index, pd_rel=design.recist.pd_rel,
+            scan_t=scan_t, burden_index=burden_index, pd_rel=design.recist.pd_rel,
             pd_abs=design.recist.pd_abs_mm, ev_guard=ev.guard, cpd_abs=design.recist.cpd_abs_mm,
             ev_guard_c=ev.guard_confirmed)
         burden = lethal(day, Y, p)
         parts.append({"scans": scans, "burden": burden, "status": status, "pd_time": pd_time,
-                      "cpd_time": confirmation_day(scans, scan_day, pd_time, design.recist.cpd_abs_mm)})
+                      "cpd_time": confirmation_day(scans, scan_t, pd_time, design.recist.cpd_abs_mm)})
         advance(len(p))
     out = {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
     return {**out, "variants": variants, "variant": variant}
