@@ -10,7 +10,6 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 
 import immunoedit_models as ie
@@ -20,7 +19,6 @@ from immunoedit_models.trials.design import DAYS_PER_MONTH
 from immunoedit_models.trials.visits import VisitTiming, fit_visit_offsets
 
 DESIGN = "tests/specs/trial_small.yaml"
-IMPOWER150_IPD = Path(__file__).resolve().parent.parent / "fitting" / "impower150"
 
 
 def test_visit_days_spread_around_the_schedule_and_keep_their_order():
@@ -54,19 +52,6 @@ def test_offsets_are_recovered_from_synthetic_event_days():
     assert fit.weight == pytest.approx(0.5, abs=0.05)
     with pytest.raises(ValueError, match="3 events lie within 21 days of a scheduled scan; at least 10"):
         fit_visit_offsets(np.array([40.0, 85.0, 130.0]), scan_day)
-
-
-def test_impower150_visits_are_those_of_its_reconstructed_events():
-    design = load_trial("impower150")
-    event_day = np.concatenate([
-        ipd.time_months.to_numpy()[ipd.event.to_numpy() == 1] * DAYS_PER_MONTH
-        for ipd in (pd.read_csv(IMPOWER150_IPD / f"pfs_reconstructed_ipd_{arm}.csv")
-                    for arm in ("abcp", "bcp", "acp_itt"))])
-    fit = fit_visit_offsets(event_day, design.scans.days(design.horizon_days))
-    assert design.visits.offset_mean_days == pytest.approx(fit.mean_days, abs=0.05)   # the YAML's rounding
-    assert design.visits.offset_sd_days == pytest.approx(fit.sd_days, abs=0.05)
-    assert design.visits.limit_days == 20.0                     # half of 6 weeks, less a day
-    assert str(fit.n_events) in design.visits.source
 
 
 def write_design(tmp_path, visits: str) -> Path:
