@@ -111,6 +111,8 @@ def test_trial_reads_each_patient_on_their_visit_days(model, trials):
         np.testing.assert_array_equal(trial[name].values, on_schedule[name].values)
     scheduled = np.isin(np.round(pfs_day[seen], 6), np.round(trial.scan_day.values, 6))
     assert scheduled.mean() < 0.1                   # progression is dated off the schedule now
+    assert trial.attrs["visits"] == "scheduled day + normal(2, 5) days, clipped to +-20"
+    assert on_schedule.attrs["visits"] == "on the scheduled scan days"
     again = run_trial(replace(load_trial(DESIGN), visits=VisitTiming(2.0, 5.0, 20.0)), model=model, seed=3)
     for name in ("visit_day", "pfs_months", "os_months", "best_response"):
         np.testing.assert_array_equal(trial[name].values, again[name].values)

@@ -16,7 +16,7 @@ from immunoedit_models.trials.plots import plot_forest, plot_km, plot_spider, pl
 
 #: Dataset attributes listed under provenance, in this order, when present.
 PROVENANCE_KEYS = ("trial", "model", "seed", "spec_hash", "structure_hash", "backend", "solver", "rtol",
-                   "atol", "n_patients", "created", "spec_path")
+                   "atol", "visits", "n_patients", "created", "spec_path")
 
 Table = tuple[list[str], list[list[str]]]
 

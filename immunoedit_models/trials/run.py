@@ -120,7 +120,7 @@ def run_trial(design: TrialDesign | str, *, model: CompiledModel | None = None,
                         "comparisons": "; ".join(f"{e} vs {c}" for e, c in design.comparisons),
                         "failed_runs": int((trial.status != 0).sum()),
                         "rtol": design.solver.rtol, "atol": design.solver.atol,
-                        "days_per_month": DAYS_PER_MONTH})
+                        "visits": design.visits.describe(), "days_per_month": DAYS_PER_MONTH})
     return trial
 
 

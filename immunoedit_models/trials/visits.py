@@ -33,6 +33,12 @@ class VisitTiming:
     def on_schedule(self) -> bool:
         return self.offset_mean_days == 0.0 and self.offset_sd_days == 0.0
 
+    def describe(self) -> str:
+        if self.on_schedule:
+            return "on the scheduled scan days"
+        return (f"scheduled day + normal({self.offset_mean_days:g}, {self.offset_sd_days:g}) days, "
+                f"clipped to +-{self.limit_days:g}")
+
     def days(self, scan_day: np.ndarray, shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
         """Visit days (*shape, n_scan) from the scheduled scan_day (n_scan,), baseline first."""
         offset = rng.normal(self.offset_mean_days, self.offset_sd_days, size=(*shape, len(scan_day) - 1))
