@@ -38,8 +38,8 @@ its end). Outputs are right-continuous: an output at an event time reports the p
 
 Scans and progression (for trials whose treatment continues until progression): scan times
 `scan_t` (n_scan,), sorted, shared by the batch or one row per trajectory (each patient's
-visit days), are also segment ends. At each scan, before
-the events at that time, the solver evaluates the model's outputs kernel
+visit days), are also segment ends. At each scan, before the events at that time, the solver
+evaluates the model's outputs kernel
 `outputs(t, y, p, out (n_outputs,))` and records `out[burden_index]` (the tumour burden, e.g. the
 sum of lesion diameters in mm). The first scan is the baseline; the nadir is the smallest value
 at earlier scans, baseline included. Progression (RECIST 1.1, `progression`) is the first scan
@@ -875,8 +875,8 @@ def solve_batch(kernels, blocks, y0, p, t0, t_out, ev_t, ev_state, ev_kind, ev_v
         status[b], n_acc[b], n_rej[b], pd_time[b] = _integrate(
             rhs, jac, tgrad, lu_factor, lu_solve, outputs, blocks, y0[b], p[b], t0, t_out,
             ev_t[b], ev_state[b], ev_kind[b], ev_value[b], ev_guard[b], ev_guard_c[b],
-            scan_t[scan_row[b]], burden_index, pd_rel, pd_abs, cpd_abs, rtol, atol, method, max_steps, h0, y_all[b],
-            scan_all[b], vectors, matrices, piv, k, out_buf)
+            scan_t[scan_row[b]], burden_index, pd_rel, pd_abs, cpd_abs, rtol, atol, method,
+            max_steps, h0, y_all[b], scan_all[b], vectors, matrices, piv, k, out_buf)
     return status, n_acc, n_rej, scan_all, pd_time
 
 

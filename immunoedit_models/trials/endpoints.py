@@ -291,7 +291,7 @@ def patient_outcomes(sld: np.ndarray, scan_day: np.ndarray, tumour_cells: np.nda
         burden death. `dims` names the leading dimensions. Random numbers are drawn from `rng` in a
         fixed order (entry, background death, post-progression death), so one seed gives one trial.
     visit_day: (..., n_scan) each patient's visit days when visits keep a window around the
-        scheduled scan_day (`design.VisitTiming`); sld is read on them. None: on scan_day.
+        scheduled scan_day (`visits.VisitTiming`); sld is read on them. None: on scan_day.
 
     Returns a Dataset over `dims` with pfs_months, pfs_event, os_months, os_event, best_response,
     best_pct_change, pd_day (day of the observed PD visit), death_cause, entry_months,

@@ -103,9 +103,9 @@ def plot_waterfall(trial: xr.Dataset, arm: str, max_bars: int = 500) -> Figure:
 def plot_spider(trial: xr.Dataset, arm: str, max_patients: int = 100) -> Figure:
     """% change of the sum of diameters from baseline at each visit, one line per patient.
 
-    Uses `sld_mm` over (arm, patient, scan) at `visit_day` (else the coordinate `scan_day`); shows the first
-    `max_patients` evaluable patients up to their first PD visit (RECIST 1.1 defaults), coloured
-    by best overall response.
+    Uses `sld_mm` over (arm, patient, scan) at `visit_day` (else the coordinate `scan_day`);
+    shows the first `max_patients` evaluable patients up to their first PD visit (RECIST 1.1
+    defaults), coloured by best overall response.
     """
     sld = trial["sld_mm"].sel(arm=arm).values
     day = trial["visit_day"].sel(arm=arm).values if "visit_day" in trial else trial["scan_day"].values

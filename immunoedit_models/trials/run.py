@@ -124,13 +124,15 @@ def run_trial(design: TrialDesign | str, *, model: CompiledModel | None = None,
     return trial
 
 
-def _visit_days(design: TrialDesign, scan_day: np.ndarray, shape: tuple[int, int], seed: int) -> np.ndarray | None:
+def _visit_days(design: TrialDesign, scan_day: np.ndarray, shape: tuple[int, int],
+                seed: int) -> np.ndarray | None:
     """Each patient's visit days (arm, patient, n_scan) under the design's visit offsets, None when
     every visit is on its scheduled day. Drawn from their own stream of `seed`, so the cohort,
     randomisation and deaths of a trial are the same with visit offsets or without."""
     if design.visits.on_schedule:
         return None
-    return design.visits.days(scan_day, shape, np.random.default_rng(np.random.SeedSequence(seed).spawn(1)[0]))
+    visit_rng = np.random.default_rng(np.random.SeedSequence(seed).spawn(1)[0])
+    return design.visits.days(scan_day, shape, visit_rng)
 
 
 def _subgroups(trial: xr.Dataset, design: TrialDesign) -> dict[str, np.ndarray]:

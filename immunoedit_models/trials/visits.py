@@ -59,7 +59,8 @@ class VisitOffsetFit:
     half_width_days: float
 
 
-def fit_visit_offsets(event_day: np.ndarray, scan_day: np.ndarray, half_width_days: float = 21.0) -> VisitOffsetFit:
+def fit_visit_offsets(event_day: np.ndarray, scan_day: np.ndarray,
+                      half_width_days: float = 21.0) -> VisitOffsetFit:
     """Estimate visit offsets from event days (n,) and the scheduled scan days (n_scan,).
 
     Each event's offset from its nearest scheduled scan, for offsets within +-half_width_days, is
