@@ -31,8 +31,10 @@ def test_visit_days_spread_around_the_schedule_and_keep_their_order():
     assert offset.mean() == pytest.approx(2.0, abs=0.02)                    # 0.5 million draws
     assert offset.std() == pytest.approx(5.0, rel=0.01)
     assert np.all(np.diff(visit, axis=-1) > 0)
-    wide = VisitTiming(0.0, 30.0, 20.0).days(scan_day, (1000,), np.random.default_rng(2))
-    assert np.abs(wide - scan_day).max() == 20.0                            # clipped at the limit
+    wide = VisitTiming(0.0, 30.0, 15.0).days(scan_day, (1000,), np.random.default_rng(2))
+    assert np.abs(wide - scan_day).max() == 15.0                            # clipped at the limit
+    unlimited = VisitTiming(0.0, 30.0).days(scan_day, (1000,), np.random.default_rng(2))
+    assert np.abs(unlimited - scan_day).max() == 20.0       # at most half the 42-day interval, less a day
     np.testing.assert_array_equal(VisitTiming().days(scan_day, (3,), np.random.default_rng(3)),
                                   np.broadcast_to(scan_day, (3, scan_day.size)))
 

@@ -20,8 +20,8 @@ from scipy import optimize, stats
 class VisitTiming:
     """When the assessments really happen: each visit after baseline on its scheduled scan day
     plus an offset in days, drawn per patient and visit from normal(offset_mean_days,
-    offset_sd_days) and clipped to +-limit_days (half the shortest scan interval, less a day), so
-    visits keep their order. The default (0, 0) puts every visit on its scheduled day.
+    offset_sd_days) and clipped to +-limit_days, at most half the shortest scan interval less a
+    day, so visits keep their order. The default (0, 0) puts every visit on its scheduled day.
     """
 
     offset_mean_days: float = 0.0
@@ -42,7 +42,8 @@ class VisitTiming:
     def days(self, scan_day: np.ndarray, shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
         """Visit days (*shape, n_scan) from the scheduled scan_day (n_scan,), baseline first."""
         offset = rng.normal(self.offset_mean_days, self.offset_sd_days, size=(*shape, len(scan_day) - 1))
-        offset = np.clip(offset, -self.limit_days, self.limit_days)
+        limit = min(self.limit_days, np.min(np.diff(scan_day), initial=np.inf) / 2 - 1.0)
+        offset = np.clip(offset, -limit, limit)
         return scan_day + np.concatenate([np.zeros((*shape, 1)), offset], axis=-1)
 
 
