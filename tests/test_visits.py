@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import immunoedit_models as ie
-from immunoedit_models.errors import SpecError
+from immunoedit_models.errors import FitError, SpecError
 from immunoedit_models.trials import load_trial, run_trial
 from immunoedit_models.trials.design import DAYS_PER_MONTH
 from immunoedit_models.trials.visits import VisitTiming, fit_visit_offsets
@@ -52,7 +52,9 @@ def test_offsets_are_recovered_from_synthetic_event_days():
     assert fit.mean_days == pytest.approx(3.0, abs=0.4)       # ~3 standard errors at n = 4000
     assert fit.sd_days == pytest.approx(5.0, abs=0.5)
     assert fit.weight == pytest.approx(0.5, abs=0.05)
-    with pytest.raises(ValueError, match="3 events lie within 21 days of a scheduled scan; at least 10"):
+    with pytest.raises(FitError, match=re.escape(
+            "fit_visit_offsets: 3 events lie within 21 days of a scheduled scan; at least 10 are needed "
+            "(pass event days, not months)")):
         fit_visit_offsets(np.array([40.0, 85.0, 130.0]), scan_day)
 
 

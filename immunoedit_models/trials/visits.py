@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import optimize, stats
 
+from ..errors import FitError
+
 
 @dataclass(frozen=True)
 class VisitTiming:
@@ -74,8 +76,8 @@ def fit_visit_offsets(event_day: np.ndarray, scan_day: np.ndarray,
     nearest = scan_day[np.abs(event_day[:, None] - scan_day[None, :]).argmin(axis=1)]
     offset = (event_day - nearest)[np.abs(event_day - nearest) <= half_width_days]
     if offset.size < 10:
-        raise ValueError(f"fit_visit_offsets: {offset.size} events lie within {half_width_days:g} days of "
-                         "a scheduled scan; at least 10 are needed")
+        raise FitError(f"fit_visit_offsets: {offset.size} events lie within {half_width_days:g} days of "
+                       "a scheduled scan; at least 10 are needed (pass event days, not months)")
     h = half_width_days
 
     def nll(x: np.ndarray) -> float:
