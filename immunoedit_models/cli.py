@@ -85,16 +85,67 @@ def models() -> None:
 
 
 @app.command()
-def validate(spec: str = typer.Argument(..., help="built-in name or path to a spec YAML file")) -> None:
-    """Check a spec; on errors print every problem (file:line: item: message) and exit with 1."""
-    from .spec.loader import load_spec
-
+def validate(spec: str = typer.Argument(..., help="a model spec or trial design (built-in name or YAML "
+                                         "path), or a fitting problem (folder or problem.yaml)")) -> None:
+    """Check a model spec, trial design or fitting problem; on errors print every problem
+    (file:line: item: message) and exit with 1."""
+    check = {"model": _validated_model, "trial": _validated_trial, "problem": _validated_problem}
     try:
-        loaded = load_spec(spec)
-    except SpecError as exc:
+        summary = check[_document_kind(spec)](spec)
+    except ImmunoeditError as exc:
         err.print(str(exc), highlight=False, markup=False, soft_wrap=True)
         raise typer.Exit(code=1)
-    console.print(f"[green]ok[/] {loaded.summary()}", highlight=False)
+    console.print(f"[green]ok[/] {summary}", highlight=False)
+
+
+def _document_kind(text: str) -> str:
+    """What `validate` was given: 'problem' (a folder or problem.yaml), 'trial' (a file with arms,
+    or a built-in trial name) or 'model'."""
+    from .spec.loader import builtin_specs, read_yaml
+    from .trials.design import builtin_trials
+
+    path = Path(text)
+    if path.is_dir() or path.name == "problem.yaml":
+        return "problem"
+    if path.is_file():
+        doc = read_yaml(path, [])       # a file that does not parse is reported by its loader
+        keys = doc if isinstance(doc, dict) else {}
+        return "trial" if "arms" in keys else "problem" if "targets" in keys else "model"
+    return "trial" if text not in builtin_specs() and text in builtin_trials() else "model"
+
+
+def _validated_model(spec: str) -> str:
+    from .spec.loader import load_spec
+
+    return load_spec(spec).summary()
+
+
+def _validated_trial(spec: str) -> str:
+    from .trials.design import load_trial
+
+    design = load_trial(spec)
+    n_scans = design.scans.days(design.horizon_days).size - 1
+    return (f"trial {design.name}: model {design.model}, arms {', '.join(design.arms)}, "
+            f"{design.patients_per_arm} patients per arm, {n_scans} scans after baseline over "
+            f"{design.data_cut_months:g} months, visits {design.visits.describe()}")
+
+
+def _validated_problem(spec: str) -> str:
+    """Everything `immunoedit fit` reads before it compiles: the problem, its model spec and trial
+    design, and the free parameters' names in the model."""
+    from .fit.problem import check_free_parameters, load_problem
+    from .spec.loader import load_spec
+    from .trials.design import load_trial
+
+    problem = load_problem(spec)
+    model = load_spec(problem.model_path())
+    if problem.trial:
+        load_trial(problem.trial_path())
+    check_free_parameters(problem, model.name, model.parameters)
+    data = (f"{len(problem.measurements)} measurements" if problem.measurements is not None
+            else f"{len(problem.targets)} targets")
+    return (f"fitting problem {problem.name} ({problem.kind}): model {problem.model}, "
+            f"{len(problem.parameters.names)} free parameters, {data}")
 
 
 def _parse_assignments(items: list[str], what: str) -> dict[str, float]:

@@ -26,12 +26,13 @@ class Issue:
 
 
 class SpecError(ImmunoeditError, ValueError):
-    """A spec is invalid; `issues` lists every problem found (validation collects them all)."""
+    """A spec is invalid; `issues` lists every problem found (validation collects them all).
+    `what` names the kind of file: a model spec or a trial design."""
 
-    def __init__(self, issues: list[Issue] | Issue):
+    def __init__(self, issues: list[Issue] | Issue, what: str = "model spec"):
         self.issues: list[Issue] = [issues] if isinstance(issues, Issue) else list(issues)
         n = len(self.issues)
-        head = f"{n} problem{'s' if n != 1 else ''} in model spec:"
+        head = f"{n} problem{'s' if n != 1 else ''} in {what}:"
         super().__init__("\n".join([head, *(f"  {issue}" for issue in self.issues)]))
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 
@@ -34,6 +35,40 @@ def test_validate_ok_and_errors(specs_dir):
     assert bad.exit_code == 1
     assert "9 problems in model spec:" in bad.output
     assert "broken.yaml:20: flow 'kill': rate uses undefined symbol 'k_kil' (did you mean 'k_kill'?)" in bad.output
+
+
+def test_validate_trial_designs_and_fitting_problems(tmp_path):
+    ok = runner.invoke(app, ["validate", "impower150"])
+    assert ok.exit_code == 0, ok.output
+    assert " ".join(ok.output.split()) == (
+        "ok trial impower150: model immunoediting_nsclc, arms ABCP, ACP, BCP, 356 patients per arm, "
+        "28 scans after baseline over 53.5 months, visits on the scheduled scan days")
+    problem = runner.invoke(app, ["validate", "fitting/reference_timecourse"])
+    assert problem.exit_code == 0, problem.output
+    assert " ".join(problem.output.split()) == ("ok fitting problem reference_timecourse (timecourse): model "
+                                                "benchmark_reference, 3 free parameters, 20 measurements")
+    design = tmp_path / "design.yaml"
+    design.write_text(open("tests/specs/trial_small.yaml").read()
+                      .replace("recist:", "visits: {offset_mean_days: 2, offset_sd_days: 9}\nrecist:"))
+    bad = runner.invoke(app, ["validate", str(design)])
+    assert bad.exit_code == 1
+    assert bad.output.startswith("1 problem in trial design:\n")
+    assert (f"{design}:12: visits: offsets of 2 +- 3 x 9 days reach beyond +-20 days" in
+            bad.output.replace("\n", ""))
+    folder = tmp_path / "problem"
+    shutil.copytree("fitting/reference_timecourse", folder)
+    text = (folder / "problem.yaml").read_text()
+    (folder / "problem.yaml").write_text(text.replace("model: benchmark_reference", "model: benchmark_referense"))
+    misspelt = runner.invoke(app, ["validate", str(folder)])
+    assert misspelt.exit_code == 1
+    assert "spec 'benchmark_referense': no such file or built-in spec (did you mean 'benchmark_reference'?)" in \
+        misspelt.output.replace("\n", ""), misspelt.output
+    (folder / "problem.yaml").write_text(text.replace("  kkill:", "  kkil:"))
+    unknown = runner.invoke(app, ["validate", str(folder)])
+    assert unknown.exit_code == 1
+    assert " ".join(unknown.output.split()) == (
+        "problem 'reference_timecourse': free parameters ['kkil'] are not parameters of model "
+        "'benchmark_reference' (noise parameters need 'role: noise')")
 
 
 def test_simulate_writes_netcdf_and_png(tmp_path):

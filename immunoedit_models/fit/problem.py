@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Collection, Mapping
 
 import numpy as np
 import pandas as pd
@@ -179,6 +179,17 @@ def _raise(issues: list[Issue]) -> None:
                                 *(f"  {issue}" for issue in issues)]))
     error.issues = issues
     raise error
+
+
+def check_free_parameters(problem: FitProblem, model_name: str, model_parameters: Collection[str]) -> None:
+    """FitError unless every free parameter of the model's (and every population's parameter) is a
+    parameter of the model."""
+    unknown = [name for name in problem.parameters.names
+               if (role := problem.roles.get(name, "model")) in ("model", "population")
+               and (name.rsplit(".", 1)[0] if role == "population" else name) not in model_parameters]
+    if unknown:
+        raise FitError(f"problem '{problem.name}': free parameters {unknown} are not parameters of model "
+                       f"'{model_name}' (noise parameters need 'role: noise')")
 
 
 def problem_file(path: str | Path) -> Path:

@@ -26,7 +26,7 @@ from ..simulate.core import parameter_matrix
 from ..simulate.differentiable import differentiable_simulator
 from ..simulate.sensitivities import ForwardSensitivities
 from .likelihoods import NOISE, transform
-from .problem import FitProblem
+from .problem import FitProblem, check_free_parameters
 
 #: Value (and zero gradient) returned where the solver fails, so line searches back off.
 FAILED_VALUE = 1e12
@@ -68,10 +68,7 @@ class TimecourseObjective:
         self.use_priors = problem.fit.use_priors if use_priors is None else use_priors
         names = self.params.names
         self.model_params = [n for n in names if problem.roles.get(n, "model") == "model"]
-        unknown = [n for n in self.model_params if n not in self.model.parameters]
-        if unknown:
-            raise FitError(f"problem '{problem.name}': free parameters {unknown} are not parameters of model "
-                           f"'{self.model.name}' (noise parameters need 'role: noise')")
+        check_free_parameters(problem, self.model.name, self.model.parameters)
         self._model_idx = np.array([names.index(n) for n in self.model_params], dtype=int)
         self._build(problem.measurements)
 

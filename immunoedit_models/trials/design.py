@@ -41,6 +41,7 @@ RECIST_KEYS = ("pd_rel", "pd_abs_mm", "pr_rel", "cr_mm", "confirm_days", "sd_min
 SURVIVAL_KEYS = tuple(f.name for f in fields(SurvivalParameters))
 SOLVER_KEYS = ("rtol", "atol", "output_every_days", "max_steps")
 UNTIL_PROGRESSION = "until_progression"
+TRIAL_DESIGN = "trial design"       # what a design's SpecError names
 
 
 @dataclass(frozen=True)
@@ -187,15 +188,15 @@ def load_trial(name_or_path: str | Path) -> TrialDesign:
         if str(name_or_path) not in trials:
             hint = suggest(str(name_or_path), trials) or f"built-in trials: {', '.join(trials)}"
             raise SpecError(Issue(str(name_or_path), None, f"trial '{name_or_path}'",
-                                  "no such file or built-in trial design", hint))
+                                  "no such file or built-in trial design", hint), TRIAL_DESIGN)
         path = trials[str(name_or_path)]
     issues: list[Issue] = []
     doc = read_yaml(path, issues)
     if doc is None:
-        raise SpecError(issues)
+        raise SpecError(issues, TRIAL_DESIGN)
     design = _Design(SpecReader(path, issues)).read(doc)
     if issues:
-        raise SpecError(sorted(issues, key=lambda i: (i.file, i.line or 0)))
+        raise SpecError(sorted(issues, key=lambda i: (i.file, i.line or 0)), TRIAL_DESIGN)
     return design
 
 
