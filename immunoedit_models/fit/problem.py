@@ -182,8 +182,8 @@ def _raise(issues: list[Issue]) -> None:
 
 
 def check_free_parameters(problem: FitProblem, model_name: str, model_parameters: Collection[str]) -> None:
-    """FitError unless every free parameter of the model's (and every population's parameter) is a
-    parameter of the model."""
+    """FitError unless every free model parameter, and the parameter behind every free population
+    (`r_tumour` of `r_tumour.median`), is a parameter of the model."""
     unknown = [name for name in problem.parameters.names
                if (role := problem.roles.get(name, "model")) in ("model", "population")
                and (name.rsplit(".", 1)[0] if role == "population" else name) not in model_parameters]
