@@ -146,6 +146,23 @@ def test_blow_up_is_isolated_to_its_trajectory():
     np.testing.assert_allclose(Y[1, :, 0], 1 / (1 + t_out), rtol=1e-7)
 
 
+def test_batch_of_one_solves_without_vmap_and_agrees_with_the_batch():
+    """A batch of one takes its own solve (traced without vmap, key[3] False); its trajectory is
+    the batch's row to 1e-12 (same steps; only XLA's fusion differs)."""
+    K = compile_jax(PK)
+    t_out = np.linspace(0.0, 30.0, 7)
+    P = np.array([[0.7, 3.0, 0.9], [0.5, 2.0, 1.0]])
+    ev = events([[(0.0, 0, BOLUS, 5.0)], [(1.0, 0, INFUSION, 2.0), (4.0, 0, INFUSION, -2.0)]])
+    both = K.solve(np.zeros((2, 1)), P, 0.0, t_out, *ev, 1e-8, 1e-10)
+    for row in range(2):
+        one = K.solve(np.zeros((1, 1)), P[row:row + 1], 0.0, t_out, *(a[row:row + 1] for a in ev),
+                      1e-8, 1e-10)
+        np.testing.assert_allclose(one[0][0], both[0][row], rtol=1e-12, atol=1e-15)
+        assert [int(a[0]) for a in one[1:]] == [int(a[row]) for a in both[1:]]
+    assert K.traces["kvaerno5", 100_000, False, False] >= 1
+    assert K.traces["kvaerno5", 100_000, False, True] >= 1
+
+
 def test_runtime_values_do_not_retrace():
     K = compile_jax(PK)
     t_out = np.linspace(0.0, 30.0, 7)
@@ -155,7 +172,7 @@ def test_runtime_values_do_not_retrace():
 
     P = np.array([[0.7, 3.0, 0.9], [0.5, 2.0, 1.0]])
     run(P, 0.0, events([[(0.0, 0, BOLUS, 5.0)], [(1.0, 0, INFUSION, 2.0)]]))
-    key = ("kvaerno5", 100_000, False)
+    key = ("kvaerno5", 100_000, False, True)
     before = K.traces[key]
     assert before >= 1
     run(P * 1.3, 0.0, events([[(0.0, 0, BOLUS, 5.0)], [(1.0, 0, INFUSION, 2.0)]]))
