@@ -23,18 +23,21 @@ VARIATIONS = [
 def _numba_signatures(model) -> dict[str, int]:
     kernels = model.kernels
     functions = {"rhs": kernels.rhs, "jac": kernels.jac, "tgrad": kernels.tgrad,
-                 "solve_single": numba_solvers.solve_single, "solve_batch": numba_solvers.solve_batch}
+                 "solve_single": numba_solvers.SOLVE_SINGLE[numba_solvers.RODAS5P],
+                 "solve_single_tsit5": numba_solvers.SOLVE_SINGLE[numba_solvers.TSIT5],
+                 "solve_batch": numba_solvers.SOLVE_BATCH[numba_solvers.RODAS5P]}
     return {name: len(f.signatures) for name, f in functions.items()}
 
 
 def test_numba_kernels_compile_once():
     model = ie.compile_model("benchmark_reference", backend="numba")
     ie.simulate(model, DAYS)
+    ie.simulate(model, DAYS, method="tsit5")
     ie.simulate_batch(model, pd.DataFrame({"kkill": [1.0, 2.0]}), DAYS)
     before = _numba_signatures(model)
     for change in VARIATIONS:
         ie.simulate(model, DAYS, **change)
-    ie.simulate(model, DAYS, method="tsit5")
+        ie.simulate(model, DAYS, method="tsit5", **change)
     ie.simulate_batch(model, pd.DataFrame({"kkill": [1.0, 2.0, 3.0], "rT": 0.04}), DAYS,
                       regimen=ie.Regimen.repeated("anti_pdl1", 1200, 21, 9, 1.0))
     assert _numba_signatures(model) == before

@@ -380,9 +380,9 @@ def test_a_helper_starts_once_and_only_for_what_the_disk_cache_lacks(monkeypatch
         helper = nb.compile_in_background("batch")
         assert nb.compile_in_background("batch") is None      # already being compiled
         assert started == [helper]
-        assert ns.HELPERS[ns.solve_batch] is helper and ns.HELPERS[nb._map_outputs_parallel] is helper
+        assert ns.HELPERS[ns.SOLVE_BATCH[ns.RODAS5P]] is helper and ns.HELPERS[nb._map_outputs_parallel] is helper
     finally:
-        for dispatcher in (ns.solve_batch, nb._map_outputs_parallel):
+        for dispatcher in (ns.SOLVE_BATCH[ns.RODAS5P], nb._map_outputs_parallel):
             ns.HELPERS.pop(dispatcher, None)
 
 

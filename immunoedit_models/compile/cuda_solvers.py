@@ -18,7 +18,7 @@ they read these globals of the generated module:
                               the step-size controller and codes of `numba_solvers`
     cuda                      numba.cuda (cuda.grid, cuda.local.array)
 
-Semantics are those of `numba_solvers._integrate`, statement for statement: segments cut at
+Semantics are those of `numba_solvers._integrator`, statement for statement: segments cut at
 dose and scan times, scans read before the doses at their time, the RECIST progression rule and
 `ev_guard`, its iRECIST confirmation and `ev_guard_c`, the step size carried across doses, status codes, NaN after a failure. Differences
 are of form only: work arrays are `cuda.local` arrays, rows of 2-d arrays are addressed by index
@@ -374,7 +374,7 @@ def solve_kernel(y0, p, t0, t_out, ev_t, ev_state, ev_kind, ev_value, ev_guard, 
                  scan_t, n_scan, burden_index, pd_rel, pd_abs, cpd_abs, rtol, atol, method,
                  max_steps, h0,
                  y_out, status_out, n_acc_out, n_rej_out, scan_value, pd_time_out):
-    """Integrate trajectory b = thread index (see numba_solvers._integrate).
+    """Integrate trajectory b = thread index (see numba_solvers._integrator).
 
     y0 (B, N), p (B, n_par) DTYPE; t_out (n_out,) float64; ev_* (B, n_ev) (n_ev >= 1, padded
     with ev_t = +inf); scan_t (1 or B, >= 1): row 0 shared by the batch or one row per
@@ -449,7 +449,7 @@ def solve_kernel(y0, p, t0, t_out, ev_t, ev_state, ev_kind, ev_value, ev_guard, 
             t_end = scan_t[sr, i_scan]
 
         # restart at (t, y); step size carried over, capped by the first step after the last
-        # event (numba_solvers._integrate explains why)
+        # event (numba_solvers._integrator explains why)
         _eval_f(t, y, pb, u_in, f0)
         for i in range(N):
             k[0, i] = f0[i]

@@ -36,8 +36,9 @@ from ..errors import CompileError, SimulationError
 from ..symbolic import SparseLU, SymbolicModel, cse_blocks, symbol_finder
 from . import cache_root
 from .numba_solvers import (EVENT_BOLUS, EVENT_RATE, HELPERS, KERNEL_SIGS, KERNELS, METHODS,
-                            _as_outputs, _function_from_address, batch_entry, compiled,
-                            kernel_address, on_disk, single_entry, solve_batch, solve_single)
+                            RODAS5P, SOLVE_BATCH, SOLVE_SINGLE, _as_outputs,
+                            _function_from_address, batch_entry, compiled, kernel_address,
+                            on_disk, single_entry)
 from .numba_solvers import OUTPUT_SIG  # noqa: F401  (the generated modules import it from here)
 
 PARAM_SIG = void(float64[::1], float64[::1])                         # initial, dose_factors
@@ -584,10 +585,12 @@ def _map_outputs(kernel_address, t_out, y, params, n_out):
 
 
 # ---- first use after installing -----------------------------------------------------------------
-#: What `compile_in_background` compiles for an entry: (dispatchers, code run by `python -c`).
+#: What `compile_in_background` compiles for an entry: (dispatchers, code run by `python -c`);
+#: the default method's solver loops (Rodas5P), which the commands use.
 _HELPER_JOBS = {
-    "single": ((solve_single,), "from immunoedit_models.compile import numba_solvers as s; s.single_entry()"),
-    "batch": ((solve_batch, _map_outputs_parallel),
+    "single": ((SOLVE_SINGLE[RODAS5P],),
+               "from immunoedit_models.compile import numba_solvers as s; s.single_entry()"),
+    "batch": ((SOLVE_BATCH[RODAS5P], _map_outputs_parallel),
               "from immunoedit_models.compile import numba_backend as b; b.batch_entry(); "
               "b.compiled(b._map_outputs_parallel, b._MAP_OUTPUTS_SIG)"),
 }
@@ -899,17 +902,18 @@ class NumbaKernels:
         params = _map_params(self._param_addresses[2], params, self.n_kernel_params)
         n_traj = y0.shape[0]
         n_outputs = len(self.output_names)
+        code = METHODS[method]
         opts = (scans, n_outputs, int(burden_index), float(pd_rel), float(pd_abs), float(cpd_abs),
-                float(rtol), float(atol), METHODS[method], int(max_steps), float(h0))
+                float(rtol), float(atol), code, int(max_steps), float(h0))
         if n_traj == 1:
-            y, status, n_acc, n_rej, scan_value, pd_time = single_entry()(
+            y, status, n_acc, n_rej, scan_value, pd_time = single_entry(code)(
                 self.addresses, self.blocks, y0[0], params[0], float(t0), t, *(a[0] for a in ev),
                 scans[0], *opts[1:])
             counts = np.array([[status], [n_acc], [n_rej]], dtype=np.int64)
             return (y[None], counts[0], counts[1], counts[2], scan_value[None],
                     np.array([pd_time]))
         y = result_array((n_traj, t.size, self.n_states))
-        return (y, *batch_entry()(self.addresses, self.blocks, y0, params, float(t0), t, *ev,
+        return (y, *batch_entry(code)(self.addresses, self.blocks, y0, params, float(t0), t, *ev,
                                   *opts, y))
 
 

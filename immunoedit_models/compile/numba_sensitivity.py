@@ -181,7 +181,7 @@ def _integrate_sens(rhs, jac, tgrad, srhs, sdir, stgrad, blocks, y0, s0, p, t0, 
     """Integrate one trajectory and its sensitivities; y_out (n_out, n (k + 1)) receives the flat
     augmented state at t_out. Returns (status, n_accepted, n_rejected).
 
-    Segments between events, step-size carry-over and restarts follow `numba_solvers._integrate`
+    Segments between events, step-size carry-over and restarts follow `numba_solvers._integrator`
     (so that, with sens_error False, y takes exactly the same steps as there).
     """
     n = y0.size

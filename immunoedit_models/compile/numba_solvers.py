@@ -625,157 +625,168 @@ def _workspace(n, n_outputs):
             np.empty(n_outputs))
 
 
-@njit(cache=True, error_model="numpy", fastmath=_FASTMATH, _nrt=False)
-def _integrate(rhs, jac, tgrad, lu_factor, lu_solve, outputs, blocks, y0, p, t0, t_out, ev_t,
-               ev_state, ev_kind, ev_value, ev_guard, ev_guard_c, scan_t, burden_index, pd_rel,
-               pd_abs, cpd_abs, rtol, atol, method, max_steps, h0, y_out, scan_value, vectors,
-               matrices, piv, k, out_buf):
-    """Integrate one trajectory, writing y_out (n_out, n) and scan_value (n_scan,); returns
-    (status, n_accepted, n_rejected, pd_time) with pd_time = +inf without progression.
-    blocks: the block-lower-triangular structure of the Jacobian (see `_invert_blocks`).
+def _integrator(rodas: bool):
+    """`_integrate` for one method: Rodas5P (`rodas`) or Tsit5. `rodas` is a constant of the
+    closure, so numba drops the other method's branches before typing them: a solver loop
+    compiled for one method takes 7.8 s after installing instead of 11.9 s for both."""
 
-    The time axis is cut into segments at event and scan times; each segment is integrated
-    exactly to its end, scans are read and events applied there and the method restarts (f
-    re-evaluated, the step size carried over). max_steps bounds step attempts (accepted +
-    rejected). After a failure the remaining outputs and scans are NaN.
+    @njit(cache=True, error_model="numpy", fastmath=_FASTMATH, _nrt=False)
+    def _integrate(rhs, jac, tgrad, lu_factor, lu_solve, outputs, blocks, y0, p, t0, t_out, ev_t,
+                   ev_state, ev_kind, ev_value, ev_guard, ev_guard_c, scan_t, burden_index, pd_rel,
+                   pd_abs, cpd_abs, rtol, atol, method, max_steps, h0, y_out, scan_value, vectors,
+                   matrices, piv, k, out_buf):
+        """Integrate one trajectory, writing y_out (n_out, n) and scan_value (n_scan,); returns
+        (status, n_accepted, n_rejected, pd_time) with pd_time = +inf without progression.
+        blocks: the block-lower-triangular structure of the Jacobian (see `_invert_blocks`).
 
-    vectors, matrices, piv, k, out_buf: scratch arrays from `_workspace`. Compiled without
-    numba's runtime (`_nrt=False`), so it cannot allocate: with it, every inlined helper call
-    in the step loop increments and decrements (atomically) the reference count of each array
-    it is passed, ~30 pairs per step and 16 % of a trajectory's time (measured with perf).
-    """
-    n = y0.size
-    n_out = t_out.size
-    y = vectors[0]
-    y_new = vectors[1]
-    ytmp = vectors[2]
-    ftmp = vectors[3]
-    f0 = vectors[4]         # f(t, y) (Rodas5P; Tsit5 keeps it in k[0])
-    err_vec = vectors[5]
-    dtg = vectors[6]
-    scale = vectors[7]      # error weights at (t, y), for the sparse LU's pivot test
-    u_in = vectors[8]
-    for i in range(n):
-        y[i] = y0[i]
-        u_in[i] = 0.0   # infusion rates
-    jmat = matrices[0]
-    w = matrices[1]
-    rodas = method == RODAS5P
-    qmax = _QMAX[method]
-    beta1 = _BETA1[method]
-    beta2 = _BETA2[method]
+        The time axis is cut into segments at event and scan times; each segment is integrated
+        exactly to its end, scans are read and events applied there and the method restarts (f
+        re-evaluated, the step size carried over). max_steps bounds step attempts (accepted +
+        rejected). After a failure the remaining outputs and scans are NaN.
 
-    t = t0
-    h_carry = 0.0
-    h_restart = 0.0         # first accepted step after the last event (0: none yet)
-    status = STATUS_OK
-    n_acc = 0
-    n_rej = 0
-    ie = 0
-    io = 0
-    n_scan = scan_t.size
-    i_scan = 0
-    nadir = np.inf
-    pd_time = np.inf
-    pd_value = np.inf
-    cpd_time = np.inf
-    while status == STATUS_OK:
-        while i_scan < n_scan and scan_t[i_scan] <= t:
-            nadir, pd_time, pd_value, cpd_time = _scan(
-                outputs, t, y, p, out_buf, burden_index, i_scan, scan_value, nadir, pd_time,
-                pd_value, cpd_time, pd_rel, pd_abs, cpd_abs)
-            i_scan += 1
-        ie = _apply_events(t, ie, ev_t, ev_state, ev_kind, ev_value, ev_guard, ev_guard_c,
-                           pd_time, cpd_time, y, u_in)
-        if not _all_finite(y):
-            status = STATUS_NON_FINITE
-            break
-        while io < n_out and t_out[io] <= t:
-            _copy_into_row(y, y_out, io)
-            io += 1
-        if io == n_out:
-            break
-        t_end = t_out[n_out - 1]
-        if ie < ev_t.size and ev_t[ie] < t_end:
-            t_end = ev_t[ie]
-        if i_scan < n_scan and scan_t[i_scan] < t_end:
-            t_end = scan_t[i_scan]
+        vectors, matrices, piv, k, out_buf: scratch arrays from `_workspace`. Compiled without
+        numba's runtime (`_nrt=False`), so it cannot allocate: with it, every inlined helper call
+        in the step loop increments and decrements (atomically) the reference count of each array
+        it is passed, ~30 pairs per step and 16 % of a trajectory's time (measured with perf).
+        """
+        n = y0.size
+        n_out = t_out.size
+        y = vectors[0]
+        y_new = vectors[1]
+        ytmp = vectors[2]
+        ftmp = vectors[3]
+        f0 = vectors[4]         # f(t, y) (Rodas5P; Tsit5 keeps it in k[0])
+        err_vec = vectors[5]
+        dtg = vectors[6]
+        scale = vectors[7]      # error weights at (t, y), for the sparse LU's pivot test
+        u_in = vectors[8]
+        for i in range(n):
+            y[i] = y0[i]
+            u_in[i] = 0.0   # infusion rates
+        jmat = matrices[0]
+        w = matrices[1]
+        qmax = _QMAX[method]
+        beta1 = _BETA1[method]
+        beta2 = _BETA2[method]
 
-        # restart at (t, y): fresh f and controller memory. The step size carries over from the
-        # last segment (a dose changes few states; re-estimating from scratch costs ~15 steps
-        # per dose), capped by the first accepted step after the previous event: repeated doses
-        # cause the same transient, and starting with the long step of a smooth stretch costs
-        # ~3 rejections per dose. The first segment uses h0 or Hairer's starting-step heuristic.
-        _eval_f(rhs, t, y, p, u_in, f0)
-        _copy_into_row(f0, k, 0)
-        if h_carry > 0.0:
-            h = _restart_step(h_carry, h_restart)
-        else:
-            h = _initial_step(rhs, t, y, p, u_in, f0, rtol, atol, ytmp, ftmp) if h0 <= 0.0 else h0
-        err_old = 1.0
-        last_rejected = False
-        err_rej = np.inf        # error and size of the last rejected step
-        h_rej = 0.0
-        new_point = True
-        f_valid = True
-        first = h_carry > 0.0   # the first accepted step after an event is yet to come
-        while t < t_end:
-            if new_point:
-                if not f_valid:     # Rodas5P only: Tsit5 has f(t, y) in k[0] (FSAL)
-                    _eval_f(rhs, t, y, p, u_in, f0)
-                if not _all_finite(f0 if rodas else k[0]):
-                    status = STATUS_NON_FINITE
-                    break
-                if rodas:
-                    jac(t, y, p, jmat)
-                    tgrad(t, y, p, dtg)
-                    for i in range(n):
-                        scale[i] = atol + rtol * abs(y[i])
-                new_point = False
-            if n_acc + n_rej >= max_steps:
-                status = STATUS_MAX_STEPS
+        t = t0
+        h_carry = 0.0
+        h_restart = 0.0         # first accepted step after the last event (0: none yet)
+        status = STATUS_OK
+        n_acc = 0
+        n_rej = 0
+        ie = 0
+        io = 0
+        n_scan = scan_t.size
+        i_scan = 0
+        nadir = np.inf
+        pd_time = np.inf
+        pd_value = np.inf
+        cpd_time = np.inf
+        while status == STATUS_OK:
+            while i_scan < n_scan and scan_t[i_scan] <= t:
+                nadir, pd_time, pd_value, cpd_time = _scan(
+                    outputs, t, y, p, out_buf, burden_index, i_scan, scan_value, nadir, pd_time,
+                    pd_value, cpd_time, pd_rel, pd_abs, cpd_abs)
+                i_scan += 1
+            ie = _apply_events(t, ie, ev_t, ev_state, ev_kind, ev_value, ev_guard, ev_guard_c,
+                               pd_time, cpd_time, y, u_in)
+            if not _all_finite(y):
+                status = STATUS_NON_FINITE
                 break
-            last = t + 1.01 * h >= t_end
-            h_step = t_end - t if last else h
-            # the step attempt (not a helper: numba inlines by copying the IR, and a level of
-            # inlining around `_rodas_step` cost ~1.8 s of the first compile after installing)
-            if not rodas:
-                _tsit5_step(rhs, t, h_step, y, p, u_in, k, err_vec, y_new)
-                err = _rms_norm(err_vec, y, y_new, rtol, atol)
-            elif _rodas_step(rhs, lu_factor, lu_solve, t, h_step, y, p, u_in, f0, jmat, dtg, scale,
-                             w, piv, blocks, k, ytmp, ftmp, y_new):
-                err = _rms_norm(k[7], y, y_new, rtol, atol)
+            while io < n_out and t_out[io] <= t:
+                _copy_into_row(y, y_out, io)
+                io += 1
+            if io == n_out:
+                break
+            t_end = t_out[n_out - 1]
+            if ie < ev_t.size and ev_t[ie] < t_end:
+                t_end = ev_t[ie]
+            if i_scan < n_scan and scan_t[i_scan] < t_end:
+                t_end = scan_t[i_scan]
+
+            # restart at (t, y): fresh f and controller memory. The step size carries over from the
+            # last segment (a dose changes few states; re-estimating from scratch costs ~15 steps
+            # per dose), capped by the first accepted step after the previous event: repeated doses
+            # cause the same transient, and starting with the long step of a smooth stretch costs
+            # ~3 rejections per dose. The first segment uses h0 or Hairer's starting-step heuristic.
+            _eval_f(rhs, t, y, p, u_in, f0)
+            _copy_into_row(f0, k, 0)
+            if h_carry > 0.0:
+                h = _restart_step(h_carry, h_restart)
             else:
-                err = np.inf        # W singular
-            if err <= 1.0:
-                t, io = _advance(rodas, last, t, t_end, h_step, io, t_out, y, y_new, k, y_out)
-                n_acc += 1
-                if not _all_finite(y):
-                    status = STATUS_NON_FINITE
+                h = (_initial_step(rhs, t, y, p, u_in, f0, rtol, atol, ytmp, ftmp) if h0 <= 0.0
+                     else h0)
+            err_old = 1.0
+            last_rejected = False
+            err_rej = np.inf        # error and size of the last rejected step
+            h_rej = 0.0
+            new_point = True
+            f_valid = True
+            first = h_carry > 0.0   # the first accepted step after an event is yet to come
+            while t < t_end:
+                if new_point:
+                    if not f_valid:     # Rodas5P only: Tsit5 has f(t, y) in k[0] (FSAL)
+                        _eval_f(rhs, t, y, p, u_in, f0)
+                    if not _all_finite(f0 if rodas else k[0]):
+                        status = STATUS_NON_FINITE
+                        break
+                    if rodas:
+                        jac(t, y, p, jmat)
+                        tgrad(t, y, p, dtg)
+                        for i in range(n):
+                            scale[i] = atol + rtol * abs(y[i])
+                    new_point = False
+                if n_acc + n_rej >= max_steps:
+                    status = STATUS_MAX_STEPS
                     break
+                last = t + 1.01 * h >= t_end
+                h_step = t_end - t if last else h
+                # the step attempt (not a helper: numba inlines by copying the IR, and a level of
+                # inlining around `_rodas_step` cost ~1.8 s of the first compile after installing)
                 if not rodas:
-                    _copy_into_row(k[6], k, 0)      # FSAL
-                new_point = True
-                f_valid = not rodas
-                h, err_old, h_restart = _after_accept(err, err_old, last_rejected, first, last, h, h_step,
-                                                      h_restart, qmax, beta1, beta2)
-                last_rejected = False
-                first = False
-            else:
-                n_rej += 1
-                h, err_rej, h_rej, underflow = _after_reject(err, last_rejected, err_rej, h_rej,
-                                                             h_step, t)
-                last_rejected = True
-                if underflow:
-                    status = STATUS_STEP_UNDERFLOW
-                    break
-        h_carry = h
-    for i in range(io, n_out):
-        for j in range(n):
-            y_out[i, j] = np.nan
-    for s in range(i_scan, n_scan):
-        scan_value[s] = np.nan
-    return status, n_acc, n_rej, pd_time
+                    _tsit5_step(rhs, t, h_step, y, p, u_in, k, err_vec, y_new)
+                    err = _rms_norm(err_vec, y, y_new, rtol, atol)
+                elif _rodas_step(rhs, lu_factor, lu_solve, t, h_step, y, p, u_in, f0, jmat, dtg,
+                                 scale, w, piv, blocks, k, ytmp, ftmp, y_new):
+                    err = _rms_norm(k[7], y, y_new, rtol, atol)
+                else:
+                    err = np.inf        # W singular
+                if err <= 1.0:
+                    t, io = _advance(rodas, last, t, t_end, h_step, io, t_out, y, y_new, k, y_out)
+                    n_acc += 1
+                    if not _all_finite(y):
+                        status = STATUS_NON_FINITE
+                        break
+                    if not rodas:
+                        _copy_into_row(k[6], k, 0)      # FSAL
+                    new_point = True
+                    f_valid = not rodas
+                    h, err_old, h_restart = _after_accept(err, err_old, last_rejected, first, last,
+                                                          h, h_step, h_restart, qmax, beta1, beta2)
+                    last_rejected = False
+                    first = False
+                else:
+                    n_rej += 1
+                    h, err_rej, h_rej, underflow = _after_reject(err, last_rejected, err_rej, h_rej,
+                                                                 h_step, t)
+                    last_rejected = True
+                    if underflow:
+                        status = STATUS_STEP_UNDERFLOW
+                        break
+            h_carry = h
+        for i in range(io, n_out):
+            for j in range(n):
+                y_out[i, j] = np.nan
+        for s in range(i_scan, n_scan):
+            scan_value[s] = np.nan
+        return status, n_acc, n_rej, pd_time
+
+    return _integrate
+
+
+_integrate_rodas5p = _integrator(True)
+_integrate_tsit5 = _integrator(False)
 
 
 # ---- kernels passed by address -----------------------------------------------------------------
@@ -819,9 +830,10 @@ KERNEL_SIGS = (RHS_SIG, JAC_SIG, TGRAD_SIG, LU_FACTOR_SIG, LU_SOLVE_SIG, OUTPUT_
 
 
 # ---- public entry points ----------------------------------------------------------------------
-# Each entry point is compiled for its one signature on first use (`compiled`), not at import: a
-# fresh install compiles only what it runs (~11 s for solve_single, ~7 s more for solve_batch
-# on this 2-core machine) and later processes load them from numba's disk cache.
+# Each entry point (one per method and kind, `SOLVE_SINGLE`, `SOLVE_BATCH`) is compiled for its
+# one signature on first use (`compiled`), not at import: a fresh install compiles only what it
+# runs (~8 s for Rodas5P's solve_single on this 2-core machine) and later processes load them
+# from numba's disk cache.
 _SOLVE_BATCH_SIG = types.Tuple((int64[::1], int64[::1], int64[::1], float64[:, ::1], float64[::1]))(
     int64[::1], int64[::1], float64[:, ::1], float64[:, ::1], float64,
     float64[::1], float64[:, ::1], int64[:, ::1], int64[:, ::1], float64[:, ::1], float64[:, ::1],
@@ -835,70 +847,83 @@ _SOLVE_SINGLE_SIG = types.Tuple((float64[:, ::1], int64, int64, int64, float64[:
     float64)
 
 
-@njit(cache=True, parallel=True, error_model="numpy", fastmath=_FASTMATH)
-def solve_batch(kernels, blocks, y0, p, t0, t_out, ev_t, ev_state, ev_kind, ev_value, ev_guard,
-                ev_guard_c, scan_t, n_outputs, burden_index, pd_rel, pd_abs, cpd_abs, rtol, atol,
-                method, max_steps, h0, y_all):
-    """Integrate B trajectories in parallel, each with its own adaptive step, into y_all.
+def _entry_points(rodas: bool):
+    """(solve_batch, solve_single) for one method, Rodas5P (`rodas`) or Tsit5; each calls only
+    its method's `_integrator` loop (the other branch is dropped before typing)."""
 
-    kernels (6,): the model's kernel addresses in the order of `KERNELS` (`kernel_address`);
-    y0 (B, n), p (B, n_par); t_out (n_out,) sorted, >= t0; ev_* (B, n_ev) sorted per row,
-    padded with ev_t = +inf; ev_guard, ev_guard_c (B, n_ev) (see the module docstring; -inf:
-    always apply); pd_rel, pd_abs, cpd_abs: the progression and confirmation rules;
-    scan_t (1, n_scan) shared or (B, n_scan) per trajectory (visit days), each row sorted, >= t0
-    (n_scan may be 0); n_outputs: the number of values of the
-    outputs kernel, burden_index the one scans read; blocks: the Jacobian's block-lower-
-    triangular structure (block starts, then n; `[0, n]` always works), for the dense fallback
-    of the W solve. method: a value of `METHODS`; h0 <= 0 picks the first step automatically.
-    y_all (B, n_out, n) receives the outputs. The caller allocates it with numpy, which asks
-    for transparent huge pages for large arrays: numba's own allocation of a 10,000 x 366 x 10
-    result faults in 4 KiB pages as the trajectories write it (0.13-0.2 s of system time, ~5 %
-    of the batch's CPU time; 0.03-0.07 s when the huge pages are granted).
-    Returns status (B,), accepted steps (B,), rejected (B,), scan values (B, n_scan),
-    progression time (B,) (+inf: none).
-    """
-    rhs = _as_rhs(kernels[0])
-    jac = _as_jac(kernels[1])
-    tgrad = _as_rhs(kernels[2])
-    lu_factor = _as_lu_factor(kernels[3])
-    lu_solve = _as_lu_solve(kernels[4])
-    outputs = _as_outputs(kernels[5])
-    n_traj = y0.shape[0]
-    scan_all = np.empty((n_traj, scan_t.shape[1]))
-    scan_row = np.minimum(np.arange(n_traj), scan_t.shape[0] - 1)     # b, or 0 when shared
-    status = np.empty(n_traj, dtype=np.int64)
-    n_acc = np.empty(n_traj, dtype=np.int64)
-    n_rej = np.empty(n_traj, dtype=np.int64)
-    pd_time = np.empty(n_traj)
-    for b in prange(n_traj):
-        vectors, matrices, piv, k, out_buf = _workspace(y0.shape[1], n_outputs)
-        status[b], n_acc[b], n_rej[b], pd_time[b] = _integrate(
-            rhs, jac, tgrad, lu_factor, lu_solve, outputs, blocks, y0[b], p[b], t0, t_out,
-            ev_t[b], ev_state[b], ev_kind[b], ev_value[b], ev_guard[b], ev_guard_c[b],
-            scan_t[scan_row[b]], burden_index, pd_rel, pd_abs, cpd_abs, rtol, atol, method,
-            max_steps, h0, y_all[b], scan_all[b], vectors, matrices, piv, k, out_buf)
-    return status, n_acc, n_rej, scan_all, pd_time
+    @njit(cache=True, parallel=True, error_model="numpy", fastmath=_FASTMATH)
+    def solve_batch(kernels, blocks, y0, p, t0, t_out, ev_t, ev_state, ev_kind, ev_value,
+                    ev_guard, ev_guard_c, scan_t, n_outputs, burden_index, pd_rel, pd_abs, cpd_abs,
+                    rtol, atol, method, max_steps, h0, y_all):
+        """Integrate B trajectories in parallel, each with its own adaptive step, into y_all.
+
+        kernels (6,): the model's kernel addresses in the order of `KERNELS` (`kernel_address`);
+        y0 (B, n), p (B, n_par); t_out (n_out,) sorted, >= t0; ev_* (B, n_ev) sorted per row,
+        padded with ev_t = +inf; ev_guard, ev_guard_c (B, n_ev) (see the module docstring; -inf:
+        always apply); pd_rel, pd_abs, cpd_abs: the progression and confirmation rules;
+        scan_t (1, n_scan) shared or (B, n_scan) per trajectory (visit days), each row sorted, >= t0
+        (n_scan may be 0); n_outputs: the number of values of the
+        outputs kernel, burden_index the one scans read; blocks: the Jacobian's block-lower-
+        triangular structure (block starts, then n; `[0, n]` always works), for the dense fallback
+        of the W solve. method: a value of `METHODS`; h0 <= 0 picks the first step automatically.
+        y_all (B, n_out, n) receives the outputs. The caller allocates it with numpy, which asks
+        for transparent huge pages for large arrays: numba's own allocation of a 10,000 x 366 x 10
+        result faults in 4 KiB pages as the trajectories write it (0.13-0.2 s of system time, ~5 %
+        of the batch's CPU time; 0.03-0.07 s when the huge pages are granted).
+        Returns status (B,), accepted steps (B,), rejected (B,), scan values (B, n_scan),
+        progression time (B,) (+inf: none).
+        """
+        integrate = _integrate_rodas5p if rodas else _integrate_tsit5
+        rhs = _as_rhs(kernels[0])
+        jac = _as_jac(kernels[1])
+        tgrad = _as_rhs(kernels[2])
+        lu_factor = _as_lu_factor(kernels[3])
+        lu_solve = _as_lu_solve(kernels[4])
+        outputs = _as_outputs(kernels[5])
+        n_traj = y0.shape[0]
+        scan_all = np.empty((n_traj, scan_t.shape[1]))
+        scan_row = np.minimum(np.arange(n_traj), scan_t.shape[0] - 1)     # b, or 0 when shared
+        status = np.empty(n_traj, dtype=np.int64)
+        n_acc = np.empty(n_traj, dtype=np.int64)
+        n_rej = np.empty(n_traj, dtype=np.int64)
+        pd_time = np.empty(n_traj)
+        for b in prange(n_traj):
+            vectors, matrices, piv, k, out_buf = _workspace(y0.shape[1], n_outputs)
+            status[b], n_acc[b], n_rej[b], pd_time[b] = integrate(
+                rhs, jac, tgrad, lu_factor, lu_solve, outputs, blocks, y0[b], p[b], t0, t_out,
+                ev_t[b], ev_state[b], ev_kind[b], ev_value[b], ev_guard[b], ev_guard_c[b],
+                scan_t[scan_row[b]], burden_index, pd_rel, pd_abs, cpd_abs, rtol, atol, method,
+                max_steps, h0, y_all[b], scan_all[b], vectors, matrices, piv, k, out_buf)
+        return status, n_acc, n_rej, scan_all, pd_time
+
+    @njit(cache=True, error_model="numpy", fastmath=_FASTMATH)
+    def solve_single(kernels, blocks, y0, p, t0, t_out, ev_t, ev_state, ev_kind, ev_value,
+                     ev_guard, ev_guard_c, scan_t, n_outputs, burden_index, pd_rel, pd_abs, cpd_abs,
+                     rtol, atol, method, max_steps, h0):
+        """One trajectory on the calling thread: y0 (n,), p (n_par,), ev_* (n_ev,).
+
+        Returns Y (n_out, n), status, accepted steps, rejected steps, scan values (n_scan,),
+        progression time (see `solve_batch`).
+        """
+        integrate = _integrate_rodas5p if rodas else _integrate_tsit5
+        y_all = np.empty((t_out.size, y0.size))
+        scan_value = np.empty(scan_t.size)
+        vectors, matrices, piv, k, out_buf = _workspace(y0.size, n_outputs)
+        status, n_acc, n_rej, pd_time = integrate(
+            _as_rhs(kernels[0]), _as_jac(kernels[1]), _as_rhs(kernels[2]),
+            _as_lu_factor(kernels[3]), _as_lu_solve(kernels[4]), _as_outputs(kernels[5]), blocks,
+            y0, p, t0, t_out, ev_t, ev_state, ev_kind, ev_value, ev_guard, ev_guard_c, scan_t,
+            burden_index, pd_rel, pd_abs, cpd_abs, rtol, atol, method, max_steps, h0, y_all,
+            scan_value, vectors, matrices, piv, k, out_buf)
+        return y_all, status, n_acc, n_rej, scan_value, pd_time
+
+    return solve_batch, solve_single
 
 
-@njit(cache=True, error_model="numpy", fastmath=_FASTMATH)
-def solve_single(kernels, blocks, y0, p, t0, t_out, ev_t, ev_state, ev_kind, ev_value, ev_guard,
-                 ev_guard_c, scan_t, n_outputs, burden_index, pd_rel, pd_abs, cpd_abs, rtol, atol,
-                 method, max_steps, h0):
-    """One trajectory on the calling thread: y0 (n,), p (n_par,), ev_* (n_ev,).
-
-    Returns Y (n_out, n), status, accepted steps, rejected steps, scan values (n_scan,),
-    progression time (see `solve_batch`).
-    """
-    y_all = np.empty((t_out.size, y0.size))
-    scan_value = np.empty(scan_t.size)
-    vectors, matrices, piv, k, out_buf = _workspace(y0.size, n_outputs)
-    status, n_acc, n_rej, pd_time = _integrate(
-        _as_rhs(kernels[0]), _as_jac(kernels[1]), _as_rhs(kernels[2]), _as_lu_factor(kernels[3]),
-        _as_lu_solve(kernels[4]), _as_outputs(kernels[5]), blocks, y0, p, t0, t_out, ev_t,
-        ev_state, ev_kind, ev_value, ev_guard, ev_guard_c, scan_t, burden_index, pd_rel, pd_abs,
-        cpd_abs, rtol, atol, method, max_steps, h0, y_all, scan_value, vectors, matrices, piv, k,
-        out_buf)
-    return y_all, status, n_acc, n_rej, scan_value, pd_time
+#: method code (`METHODS`) -> its entry points
+SOLVE_BATCH, SOLVE_SINGLE = {}, {}
+for _method, _rodas in ((RODAS5P, True), (TSIT5, False)):
+    SOLVE_BATCH[_method], SOLVE_SINGLE[_method] = _entry_points(_rodas)
 
 
 _FIRST_USE = threading.Lock()
@@ -946,11 +971,11 @@ def compiled(dispatcher, sig):
     return dispatcher
 
 
-def single_entry():
-    """`solve_single`, compiled for its signature."""
-    return compiled(solve_single, _SOLVE_SINGLE_SIG)
+def single_entry(method: int = RODAS5P):
+    """`solve_single` of `method` (a value of `METHODS`), compiled for its signature."""
+    return compiled(SOLVE_SINGLE[method], _SOLVE_SINGLE_SIG)
 
 
-def batch_entry():
-    """`solve_batch`, compiled for its signature."""
-    return compiled(solve_batch, _SOLVE_BATCH_SIG)
+def batch_entry(method: int = RODAS5P):
+    """`solve_batch` of `method` (a value of `METHODS`), compiled for its signature."""
+    return compiled(SOLVE_BATCH[method], _SOLVE_BATCH_SIG)
