@@ -302,7 +302,7 @@ def phase_map_command(
 @app.command()
 def trial(
     design: str = typer.Argument(..., help="built-in trial (impower150, relativity047, high_dose_il2) or a path"),
-    patients: Optional[int] = typer.Option(None, help="patients per arm (default: the design's)"),
+    patients: Optional[int] = typer.Option(None, min=1, help="patients per arm (default: the design's)"),
     seed: int = typer.Option(0, help="random seed: same seed, same trial"),
     out: Path = typer.Option(Path("trial.nc"), help="trial results (.nc or .zarr)"),
     report: Optional[Path] = typer.Option(None, help="write a Markdown/HTML report with figures here"),
@@ -390,7 +390,7 @@ def sensitivity_command(
                                                       "run is a whole trial, outputs are endpoints such as "
                                                       "'pfs@12:ABCP', 'os_median:BCP', 'orr:ABCP', "
                                                       "'hr_os:ABCP_vs_BCP'"),
-    patients: Optional[int] = typer.Option(None, help="with --trial: patients per arm (default: the design's)"),
+    patients: Optional[int] = typer.Option(None, min=1, help="with --trial: patients per arm (default: the design's)"),
     calibration: Optional[Path] = typer.Option(None, help="with --trial: a calibration folder (fitting/<problem>)"),
 ) -> None:
     """Local, Morris or Sobol sensitivity of model outputs (or, with --trial, trial endpoints) to parameters."""

@@ -259,3 +259,19 @@ def test_problem_errors_are_collected_with_lines(tmp_path):
     assert "problem.yaml:7: measurements: no such file" in text
     assert "scale 'log' needs positive bounds" in text
     assert "problem.yaml:10: parameter 'kkill': needs 'bounds: [low, high]'" in text
+
+
+def test_problem_counts_must_be_integers(tmp_path):
+    text = (Path("fitting/relativity047/problem.yaml").read_text()
+            .replace("patients_per_arm: 300", "patients_per_arm: 0")
+            .replace("max_iter: 40", "max_iter: 1.5"))
+    for name in Path("fitting/relativity047").iterdir():
+        (tmp_path / name.name).write_bytes(name.read_bytes())
+    (tmp_path / "problem.yaml").write_text(text)
+    with pytest.raises(FitError) as info:
+        load_problem(tmp_path)
+    lines = [line.strip().replace(f"{tmp_path}/", "") for line in str(info.value).splitlines()]
+    assert lines[0] == "2 problems in fitting problem:"
+    assert "problem.yaml:14: cohort: 'patients_per_arm' must be an integer >= 1, got 0 " \
+           "(e.g. 'patients_per_arm: 1')" in lines[1:]
+    assert "problem.yaml:117: fit: 'max_iter' must be an integer >= 1, got 1.5 (e.g. 'max_iter: 200')" in lines[1:]

@@ -159,6 +159,26 @@ def test_bad_designs_are_reported(tmp_path, model):
                                    "'antibodie' (did you mean 'antibody'?)")
 
 
+@pytest.mark.parametrize("value", ["0", "-3", "2.5", "many"])
+def test_patient_counts_must_be_positive_integers(tmp_path, model, value):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(open(DESIGN).read().replace("patients_per_arm: 150", f"patients_per_arm: {value}")
+                   .replace("data_cut_months:", "solver: {max_steps: 0}\ndata_cut_months:"))
+    with pytest.raises(SpecError) as err:
+        load_trial(bad)
+    shown = repr(2.5) if value == "2.5" else (repr(value) if value == "many" else value)
+    assert (f"bad.yaml:6: trial: 'patients_per_arm' must be an integer >= 1, got {shown} "
+            "(e.g. 'patients_per_arm: 100')") in str(err.value)
+    assert "solver: 'max_steps' must be an integer >= 1, got 0 (e.g. 'max_steps: 100000')" in str(err.value)
+
+
+def test_zero_patients_is_an_error_not_the_default(model):
+    with pytest.raises(SimulationError, match="patients_per_arm must be at least 1, got 0"):
+        run_trial(load_trial(DESIGN), model=model, patients_per_arm=0)
+    result = CliRunner().invoke(app, ["trial", DESIGN, "--patients", "0"])
+    assert result.exit_code == 2 and "greater than or equal to 1" in " ".join(result.output.split())
+
+
 def test_cli_trial_writes_results_and_report(tmp_path):
     out, report = tmp_path / "trial.nc", tmp_path / "report"
     result = CliRunner().invoke(app, ["trial", DESIGN, "--patients", "40", "--seed", "1",

@@ -275,6 +275,9 @@ class _Reader:
         self.r.check_keys(body, COHORT_KEYS, "cohort")
         loc = self.r.loc(doc, "cohort")
         out = self.r.plain(body)
+        for key, minimum in (("patients_per_arm", 1), ("seed", 0)):
+            if key in body:
+                out[key] = self.r.count(body, key, loc, "cohort", None, minimum)
         if "data_cut_months" in body:
             cut = self.r.number(body, "data_cut_months", loc, "cohort")
             if cut <= 0:
@@ -309,7 +312,7 @@ class _Reader:
         self.r.check_keys(body, SOLVER_KEYS, "solver")
         loc = self.r.loc(doc, "solver")
         return Solver(self.r.number(body, "rtol", loc, "solver", 1e-6), self.r.number(body, "atol", loc, "solver", 1e-9),
-                      body.get("method"), int(self.r.number(body, "max_steps", loc, "solver", 100_000)))
+                      body.get("method"), self.r.count(body, "max_steps", loc, "solver", 100_000))
 
     # ---- parameters --------------------------------------------------------------------------
     def free_parameter(self, name: str, body: Mapping, loc: Location, item: str) -> FreeParameter | None:
@@ -400,10 +403,10 @@ class _Reader:
             if p not in names:
                 r.issue(loc, "fit", f"profile of '{p}', which is not a free parameter",
                         suggest(p, names) or "profiles: list free parameter names, or true for all")
-        return FitSettings(method, int(r.number(body, "n_starts", loc, "fit", 8)), int(r.number(body, "seed", loc, "fit", 0)),
-                           int(r.number(body, "max_iter", loc, "fit", 200)), tuple(profiles),
-                           int(r.number(body, "profile_points", loc, "fit", 12)), r.plain(body.get("posterior") or {}),
-                           None if body.get("popsize") is None else int(body["popsize"]),
+        return FitSettings(method, r.count(body, "n_starts", loc, "fit", 8), r.count(body, "seed", loc, "fit", 0, minimum=0),
+                           r.count(body, "max_iter", loc, "fit", 200), tuple(profiles),
+                           r.count(body, "profile_points", loc, "fit", 12, minimum=3), r.plain(body.get("posterior") or {}),
+                           None if body.get("popsize") is None else r.count(body, "popsize", loc, "fit", 0, minimum=2),
                            float(r.number(body, "sigma0", loc, "fit", 0.25)), bool(body.get("use_priors", False)),
                            self.predictive(body, loc, doc.get("kind")), self.hold(body, loc, doc.get("kind"), free))
 

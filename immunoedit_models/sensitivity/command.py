@@ -55,7 +55,7 @@ def run(spec: str, method: str, outputs: Sequence[str], params: Sequence[str], n
     if not outputs:
         raise SimulationError(f"{method} needs at least one --output (e.g. --output 'T@365')")
     run_analysis = sobol if method == "sobol" else morris
-    return run_analysis(model, list(outputs), parsed or None, n or DEFAULT_N[method], times=times,
+    return run_analysis(model, list(outputs), parsed or None, DEFAULT_N[method] if n is None else n, times=times,
                         log=SCALES[scale], seed=seed, on_failure=on_failure, progress=True, regimen=regimen,
                         rtol=rtol, atol=atol)
 
@@ -77,8 +77,9 @@ def run_trial(design: str, method: str, endpoints: Sequence[str], params: Sequen
     trial_design, model = design_and_model(design, backend=backend)
     analyse = trial_sobol if method == "sobol" else trial_morris
     return analyse(trial_design, list(endpoints), [parse_param(p) for p in params],
-                   n or DEFAULT_TRIAL_N[method], log=SCALES[scale], seed=seed, on_failure=on_failure, progress=True,
-                   model=model, patients_per_arm=patients, **calibration)
+                   DEFAULT_TRIAL_N[method] if n is None else n, log=SCALES[scale], seed=seed,
+                   on_failure=on_failure, progress=True, model=model, patients_per_arm=patients,
+                   **calibration)
 
 
 def summary(ds: xr.Dataset, console: Console) -> None:

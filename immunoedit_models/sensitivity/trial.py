@@ -128,7 +128,9 @@ def run_trial_design(trial_design: Any, design: Design, endpoints: Sequence[str 
     check_trial_model(model, trial_design)      # the same for every run: raise, not a failed run
     arms = list(trial_design.arms)
     parsed = [e if isinstance(e, TrialEndpoint) else parse_endpoint(e, arms) for e in endpoints]
-    n = int(patients_per_arm or trial_design.patients_per_arm)
+    n = trial_design.patients_per_arm if patients_per_arm is None else int(patients_per_arm)
+    if n < 1:
+        raise SimulationError(f"patients_per_arm must be at least 1, got {patients_per_arm}")
     population = [name for name in design.names if "." in name]
     shared = [name for name in design.names if "." not in name]
     _check_design_parameters(model, shared, population, priors, fixed, trial_design.name)

@@ -139,6 +139,20 @@ class SpecReader:
                 return math.nan
         return float(value)
 
+    def count(self, body: Mapping, key: str, loc: Location, item: str, default: int | None,
+              minimum: int = 1) -> int | None:
+        """An integer setting >= minimum (patients, steps, iterations, a seed); an issue and the
+        default otherwise."""
+        value = body.get(key, default)
+        if value is None:
+            return default
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            self.issue(self.loc(body, key) if self.line_of(body, key) else loc, item,
+                       f"'{key}' must be an integer >= {minimum}, got {value!r}",
+                       f"e.g. '{key}: {max(default or minimum, minimum)}'")
+            return default
+        return value
+
     def text(self, body: Mapping, key: str, loc: Location, item: str, default: Any = ...) -> Any:
         if key not in body or body[key] is None:
             if default is ...:

@@ -217,7 +217,7 @@ class _Design:
         return TrialDesign(
             name=str(doc.get("name", Path(r.file).stem)), model=str(doc.get("model", "")),
             arms=arms, comparisons=self.comparisons(doc, arms),
-            patients_per_arm=int(r.number(doc, "patients_per_arm", loc, "trial", 100)),
+            patients_per_arm=r.count(doc, "patients_per_arm", loc, "trial", 100),
             accrual_months=r.number(doc, "accrual_months", loc, "trial", 0.0),
             data_cut_months=r.number(doc, "data_cut_months", loc, "trial"),
             scans=scans, recist=self.settings(doc, "recist", RecistCriteria, RECIST_KEYS),
@@ -372,8 +372,9 @@ class _Design:
         values = {}
         for k in keys:
             if k in body:
-                number = self.r.number(body, k, loc, key)
-                values[k] = int(number) if isinstance(getattr(cls(), k), int) else number
+                default = getattr(cls(), k)
+                values[k] = (self.r.count(body, k, loc, key, default) if isinstance(default, int)
+                             else self.r.number(body, k, loc, key))
         try:
             return cls(**values)
         except ValueError as exc:

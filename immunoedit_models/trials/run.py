@@ -54,7 +54,9 @@ def run_trial(design: TrialDesign | str, *, model: CompiledModel | None = None,
     design = design if isinstance(design, TrialDesign) else load_trial(design)
     model = require_compiled(model, "run_trial") if model is not None else compile_model(model_source(design))
     check_trial_model(model, design)
-    n = int(patients_per_arm or design.patients_per_arm)
+    n = design.patients_per_arm if patients_per_arm is None else int(patients_per_arm)
+    if n < 1:
+        raise SimulationError(f"run_trial: patients_per_arm must be at least 1, got {patients_per_arm}")
     arms = list(design.arms)
     rng = np.random.default_rng(seed)
     if cohort is not None and (priors or fixed):
