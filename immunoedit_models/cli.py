@@ -323,6 +323,11 @@ def trial(
     except (ImmunoeditError, typer.BadParameter) as exc:
         _fail(exc)
     _print_trial(ds, time.perf_counter() - start)
+    if calibration is None:
+        console.print("[yellow]patients drawn from the spec's priors (uncalibrated); "
+                      "--calibration fitting/<problem> draws them from a fitted calibration[/yellow]")
+    else:
+        ds.attrs["calibration_path"] = str(calibration.resolve())
     save_result(ds, out)
     console.print(f"wrote {out}")
     if report is not None:

@@ -13,14 +13,16 @@ uncalibrated model's objective.
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 from ruamel.yaml import YAML
+from typer.testing import CliRunner
 
-from immunoedit_models.cli import _calibration
+from immunoedit_models.cli import _calibration, app
 from immunoedit_models.compile import compile_model
 from immunoedit_models.fit import load_problem
 from immunoedit_models.fit.run import problem_hash
@@ -94,6 +96,8 @@ def test_calibrated_trial_beats_uncalibrated_model(shipped):
     model = compile_model(problem.model_path(), backend=problem.backend)
     calibrated, uncalibrated = trial(model, **settings), trial(model, **_uncalibrated(problem))
     assert calibrated.attrs["failed_runs"] == 0
+    source = json.loads(calibrated.attrs["cohort_source"])          # the saved trial names its priors
+    assert source == {"priors": settings["priors"], "fixed": settings.get("fixed", {})}
     assert np.all(np.isfinite(calibrated["pfs_months"].values))
     nll_cal = sum(trial_terms(calibrated, problem.targets).values())
     nll_unc = sum(trial_terms(uncalibrated, problem.targets).values())
@@ -111,3 +115,14 @@ def test_saved_cmaes_trace_improved(shipped):
     assert float(fit["objective"]) < best[0]
     data = YAML(typ="safe").load((folder / "calibration.yaml").read_text(encoding="utf-8"))
     assert data["objective"] == pytest.approx(float(fit["objective"]), rel=1e-12)
+
+
+def test_cli_trial_records_its_calibration(tmp_path):
+    folder, out = FITTING / "relativity047", tmp_path / "trial.nc"
+    result = CliRunner().invoke(app, ["trial", "relativity047", "--patients", "20", "--out", str(out),
+                                      "--calibration", str(folder)])
+    assert result.exit_code == 0, result.output
+    assert "uncalibrated" not in result.output
+    ds = load_result(out)
+    assert ds.attrs["calibration_path"] == str(folder.resolve())
+    assert json.loads(ds.attrs["cohort_source"])["priors"] == _calibration(folder)["priors"]

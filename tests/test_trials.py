@@ -185,7 +185,9 @@ def test_cli_trial_writes_results_and_report(tmp_path):
                                       "--out", str(out), "--report", str(report)])
     assert result.exit_code == 0, result.output
     assert "COMBO_vs_CHEMO: HR PFS" in result.output
+    assert "patients drawn from the spec's priors (uncalibrated)" in " ".join(result.output.split())
     ds = ie.load_result(out)
+    assert ds.attrs["cohort_source"] == "the spec's priors (uncalibrated)"
     assert ds.sizes["patient"] == 40 and set(ds.arm.values) == {"COMBO", "CHEMO"}
     assert (report / "report.md").is_file()
     for arm in ds.arm.values:       # the printed medians are the saved ones, NR where not reached

@@ -10,6 +10,7 @@ papers; see `recist`, `endpoints` and `analysis`.
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Mapping
@@ -62,6 +63,7 @@ def run_trial(design: TrialDesign | str, *, model: CompiledModel | None = None,
     if cohort is not None and (priors or fixed):
         raise SimulationError("run_trial: pass either a ready cohort or priors/fixed to sample one, not both "
                               "(a cohort's parameters are already drawn)")
+    cohort_given = cohort is not None
     if cohort is None:
         settings = dict(design.cohort)
         cohort = sample_cohort(model, n * len(arms), seed, priors=priors, fixed=fixed,
@@ -122,8 +124,19 @@ def run_trial(design: TrialDesign | str, *, model: CompiledModel | None = None,
                         "comparisons": "; ".join(f"{e} vs {c}" for e, c in design.comparisons),
                         "failed_runs": int((trial.status != 0).sum()),
                         "rtol": design.solver.rtol, "atol": design.solver.atol,
-                        "visits": design.visits.describe(), "days_per_month": DAYS_PER_MONTH})
+                        "visits": design.visits.describe(), "days_per_month": DAYS_PER_MONTH,
+                        "cohort_source": _cohort_source(cohort_given, priors, fixed)})
     return trial
+
+
+def _cohort_source(given: bool, priors: Mapping | None, fixed: Mapping | None) -> str:
+    """Where the patients' parameters came from, for the provenance attributes: a ready cohort,
+    the spec's priors, or the spec's with these priors / values replacing theirs (JSON)."""
+    if given:
+        return "a cohort passed to run_trial"
+    if not (priors or fixed):
+        return "the spec's priors (uncalibrated)"
+    return json.dumps({"priors": priors or {}, "fixed": fixed or {}}, sort_keys=True, default=float)
 
 
 def _visit_days(design: TrialDesign, scan_day: np.ndarray, shape: tuple[int, int],
