@@ -8,7 +8,7 @@ import sys
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 import typer
@@ -180,6 +180,7 @@ def simulate(
     from . import simulate as run
 
     try:
+        _check_targets([out], [plot])
         params, init = _parse_assignments(param, "--param"), _parse_assignments(initial, "--initial")
         if backend == "numba":
             _solver_in_background("single")
@@ -222,6 +223,19 @@ def _solver_in_background(entry: str) -> None:
     from .compile.numba_backend import compile_in_background
 
     compile_in_background(entry)
+
+
+def _check_targets(results: Sequence[Optional[Path]] = (), figures: Sequence[Optional[Path]] = ()) -> None:
+    """Refuse bad output paths (an unknown suffix, a user's directory) before any work is done."""
+    from .io.results import writable_target
+    from .plots import figure_target
+
+    for path in results:
+        if path is not None:
+            writable_target(path)
+    for path in figures:
+        if path is not None:
+            figure_target(path)
 
 
 def _write(ds, out: Optional[Path], plot: Optional[Path], figure) -> None:
@@ -283,6 +297,7 @@ def phase_map_command(
     from .plots import save_figure
 
     try:
+        _check_targets([data], [out])
         xr_, yr_ = _range(x, "--x"), _range(y, "--y")
         model = compile_model(spec, backend=backend)
         ds = phase_map(model, xr_, yr_, n=n, log_x=log and xr_[1] > 0, log_y=log and yr_[1] > 0, days=days,
@@ -315,6 +330,7 @@ def trial(
     from .trials.report import write_report
 
     try:
+        _check_targets([out])
         _solver_in_background("batch")
         spec = load_trial(design)
         settings = _calibration(calibration) if calibration is not None else {}
@@ -404,6 +420,7 @@ def sensitivity_command(
     if backend == "numba":
         _solver_in_background("batch")
     try:
+        _check_targets([out], [plot])
         if trial and (days is not None or regimen is not None):
             raise typer.BadParameter("--days and --regimen do not apply with --trial: a trial runs its design's "
                                      "arms, schedules and follow-up")

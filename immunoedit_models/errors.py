@@ -48,5 +48,9 @@ class SimulationError(ImmunoeditError, RuntimeError):
     """A simulation request is inconsistent (bad times, unknown parameter, wrong shapes)."""
 
 
+class ResultError(ImmunoeditError, ValueError):
+    """A result cannot be written or read as asked (format, an existing path, an unreadable file)."""
+
+
 class FitError(ImmunoeditError):
     """A fitting problem is ill-posed or an optimiser failed."""

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import xarray as xr
+from matplotlib.backend_bases import FigureCanvasBase
 from matplotlib.figure import Figure
+
+from .errors import ResultError
 
 
 def plot_trajectories(ds: xr.Dataset, variables: Sequence[str] | None = None, ncols: int = 3) -> Figure:
@@ -53,6 +57,18 @@ def plot_trajectories(ds: xr.Dataset, variables: Sequence[str] | None = None, nc
     return fig
 
 
-def save_figure(fig: Figure, path) -> None:
+def figure_target(path: str | Path) -> Path:
+    """path, checked before any work: its suffix must name a format matplotlib writes."""
+    path = Path(path)
+    formats = FigureCanvasBase.get_supported_filetypes()
+    if path.suffix.lower().lstrip(".") not in formats:
+        raise ResultError(f"cannot write a figure to '{path}': name it *.png, *.pdf or *.svg "
+                          f"(matplotlib writes {', '.join(sorted(formats))})")
+    if path.is_dir():
+        raise ResultError(f"'{path}' is a directory: give a file name for the figure")
+    return path
+
+
+def save_figure(fig: Figure, path: str | Path) -> None:
     """Write a figure (PNG/PDF/SVG by suffix) at 120 dpi."""
-    fig.savefig(path, dpi=120)
+    fig.savefig(figure_target(path), dpi=120)

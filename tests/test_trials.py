@@ -173,7 +173,7 @@ def test_patient_counts_must_be_positive_integers(tmp_path, model, value):
 
 
 def test_zero_patients_is_an_error_not_the_default(model):
-    with pytest.raises(SimulationError, match="patients_per_arm must be at least 1, got 0"):
+    with pytest.raises(SimulationError, match="patients_per_arm must be an integer >= 1, got 0"):
         run_trial(load_trial(DESIGN), model=model, patients_per_arm=0)
     result = CliRunner().invoke(app, ["trial", DESIGN, "--patients", "0"])
     assert result.exit_code == 2 and "greater than or equal to 1" in " ".join(result.output.split())

@@ -6,15 +6,14 @@ import math
 import warnings
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Mapping
 
-import numpy as np
 import pandas as pd
 import xarray as xr
 
 from ..compile import CompiledModel
 from ..errors import SimulationError
-from ..io.results import _netcdf_safe
+from ..io.results import _netcdf_safe, writable_target
 from .core import (RegimenLike, SolverSettings, _attrs, initial_matrix, parameter_matrix, regimen_list,
                    require_compiled, simulate_arrays, time_grid, to_dataset)
 
@@ -43,8 +42,19 @@ def simulate_batch(model: CompiledModel, params: pd.DataFrame, times: Any,
     n = len(params)
     if n == 0:
         raise SimulationError("params has no rows: nothing to simulate")
-    if initial is not None and len(initial) != n:
-        raise SimulationError(f"initial has {len(initial)} rows but params has {n}")
+    if isinstance(params.index, pd.MultiIndex):
+        raise SimulationError("params has a MultiIndex: the batch's 'sample' coordinate needs one level "
+                              "(params.reset_index() keeps the levels as columns)")
+    if initial is not None:
+        initial = pd.DataFrame(initial) if isinstance(initial, Mapping) else initial
+        if not isinstance(initial, pd.DataFrame) or len(initial) != n:
+            raise SimulationError(f"initial must be a DataFrame (or a mapping of columns) with one row per row "
+                                  f"of params ({n}), got {len(initial)} rows" if isinstance(initial, pd.DataFrame)
+                                  else f"initial must be a DataFrame of states, got {type(initial).__name__}")
+    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
+        raise SimulationError(f"chunk_size must be a positive integer (rows per chunk), got {chunk_size!r}")
+    if zarr_path is not None:
+        zarr_path = writable_target(zarr_path, fmt="zarr")
     settings = SolverSettings(rtol, atol, method, max_steps).resolved(model)
     times = time_grid(times)
     regimens = regimen_list(model, regimen, n)
@@ -54,7 +64,7 @@ def simulate_batch(model: CompiledModel, params: pd.DataFrame, times: Any,
     size = int(chunk_size or (DEFAULT_CHUNK if scheduler is None else math.ceil(n / 16)))
     chunks = [slice(a, min(a + size, n)) for a in range(0, n, size)]
     attrs = _attrs(model, settings, regimens, steady_state, n_samples=n)
-    index = params.index if not isinstance(params.index, pd.RangeIndex) else pd.RangeIndex(n, name="sample")
+    index = params.index.rename("sample")
 
     def piece(s: slice) -> xr.Dataset:
         return to_dataset(model, times, simulate_arrays(model, P[s], Y0[s], start, times, regimens[s],
@@ -73,7 +83,7 @@ def simulate_batch(model: CompiledModel, params: pd.DataFrame, times: Any,
         if zarr_path is None:
             result = xr.concat(list(parts), dim="sample") if len(chunks) > 1 else next(parts)
         else:
-            result = _stream_to_zarr(parts, Path(zarr_path), chunks)
+            result = _stream_to_zarr(parts, zarr_path, chunks, index)
     _warn_failures(result, model.name)
     return result
 
@@ -125,8 +135,10 @@ def _with_progress(parts: Iterator[xr.Dataset], chunks: list[slice], show: bool,
             yield part
 
 
-def _stream_to_zarr(parts: Iterator[xr.Dataset], path: Path, chunks: list[slice]) -> xr.Dataset:
-    """Write the first chunk's layout for the full batch, then each chunk into its region."""
+def _stream_to_zarr(parts: Iterator[xr.Dataset], path: Path, chunks: list[slice],
+                    index: pd.Index) -> xr.Dataset:
+    """Write the first chunk's layout for the full batch (sample labels `index`), then each chunk
+    into its region."""
     import dask.array as da
 
     first = next(parts)
@@ -135,10 +147,10 @@ def _stream_to_zarr(parts: Iterator[xr.Dataset], path: Path, chunks: list[slice]
     template = xr.Dataset(
         {name: (var.dims, da.empty((n,) + var.shape[1:], dtype=var.dtype, chunks=(size,) + var.shape[1:]),
                 var.attrs) if "sample" in var.dims else var for name, var in first.data_vars.items()},
-        coords={"time": first["time"], "sample": np.zeros(n, dtype=first["sample"].dtype)}, attrs=first.attrs)
+        coords={"time": first["time"], "sample": index}, attrs=first.attrs)
     _netcdf_safe(template).to_zarr(path, mode="w", compute=False)
     for s, part in zip(chunks, _chain(first, parts)):
-        region = part.drop_vars([v for v in part.variables if "sample" not in part[v].dims])
+        region = part.drop_vars([v for v in part.variables if "sample" not in part[v].dims or v == "sample"])
         _netcdf_safe(region).to_zarr(path, region={"sample": s})
     return xr.open_zarr(path)
 

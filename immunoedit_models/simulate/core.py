@@ -23,6 +23,7 @@ from .regimen import EventArrays, Regimen, event_arrays
 
 RegimenLike = Regimen | str | Sequence[Regimen] | None
 STEADY_STATE_FAILED = 4
+NON_FINITE = 2      # status of a run whose state became (or started) non-finite
 
 
 @dataclass(frozen=True)
@@ -39,9 +40,24 @@ class SolverSettings:
         if method not in METHODS[model.backend]:
             raise SimulationError(f"backend '{model.backend}' has no method '{method}': choose one of "
                                   f"{', '.join(METHODS[model.backend])}")
-        if not (self.rtol > 0 and self.atol > 0):
-            raise SimulationError(f"tolerances must be positive, got rtol={self.rtol}, atol={self.atol}")
-        return SolverSettings(float(self.rtol), float(self.atol), method, int(self.max_steps))
+        rtol, atol = (_real(self.rtol, "rtol"), _real(self.atol, "atol"))
+        # rtol >= 1 lets an error as large as the state pass: the solvers then return nonsense as "ok"
+        if not (0 < rtol < 1 and 0 < atol < math.inf):
+            raise SimulationError(f"tolerances must satisfy 0 < rtol < 1 and 0 < atol < inf, got rtol={rtol}, "
+                                  f"atol={atol} (1e-6 and 1e-9 are the defaults; 1e-3 is already loose)")
+        if isinstance(self.max_steps, bool) or not isinstance(self.max_steps, (int, np.integer)) or self.max_steps < 1:
+            raise SimulationError(f"max_steps must be a positive integer, got {self.max_steps!r}")
+        return SolverSettings(rtol, atol, method, int(self.max_steps))
+
+
+def _real(value: Any, what: str) -> float:
+    """value as a float; SimulationError naming `what` if it is not one number."""
+    if isinstance(value, (bool, str, bytes)) or np.ndim(value) != 0:
+        raise SimulationError(f"{what} must be a number, got {value!r}")
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise SimulationError(f"{what} must be a number, got {value!r}") from None
 
 
 def require_compiled(model: Any, caller: str) -> CompiledModel:
@@ -61,14 +77,51 @@ def parameter_matrix(model: CompiledModel, table: pd.DataFrame | Mapping[str, An
     P = np.tile(np.asarray(model.symbolic.param_values, dtype=float), (n, 1))
     if table is None:
         return P, []
-    columns = list(table.columns) if isinstance(table, pd.DataFrame) else list(table)
+    columns = _columns(table, "params")
     for name in columns:
         if name not in model.parameters:
             hint = suggest(str(name), model.parameters)
             raise SimulationError(f"'{name}' is not a parameter of model '{model.name}'"
                                   + (f" ({hint})" if hint else f"; parameters: {', '.join(model.parameters)}"))
-        P[:, model.parameters.index(name)] = np.broadcast_to(np.asarray(table[name], dtype=float), (n,))
+        P[:, model.parameters.index(name)] = column_values(table[name], n, f"parameter '{name}'")
     return P, [str(c) for c in columns]
+
+
+def _is_number(value: Any) -> bool:
+    try:
+        float(value)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+def _columns(table: pd.DataFrame | Mapping[str, Any], what: str) -> list:
+    """The names of a table's columns (a DataFrame or a mapping); no name twice."""
+    if not isinstance(table, (pd.DataFrame, Mapping)):
+        raise SimulationError(f"{what} must be a mapping of name -> value (a DataFrame for a batch), "
+                              f"got {type(table).__name__}")
+    columns = list(table.columns if isinstance(table, pd.DataFrame) else table)
+    twice = sorted({str(c) for c in columns if columns.count(c) > 1})
+    if twice:
+        raise SimulationError(f"{what} gives {', '.join(twice)} more than once")
+    return columns
+
+
+def column_values(values: Any, n: int, what: str) -> np.ndarray:
+    """(n,) floats of one column (n values, or one value for every run); SimulationError naming
+    `what` otherwise."""
+    try:
+        array = np.asarray(values, dtype=float)
+    except (TypeError, ValueError):
+        bad = next((v for v in np.ravel(np.asarray(values, dtype=object)) if not _is_number(v)), values)
+        raise SimulationError(f"{what} must be {'a number' if n == 1 else 'numbers'}, got {bad!r}") from None
+    if array.size == 1:
+        return np.full(n, array.reshape(()))
+    if n == 1:
+        raise SimulationError(f"{what} must be one number, got {values!r}")
+    if array.shape != (n,):
+        raise SimulationError(f"{what} needs one value per run ({n}) or one for all, got shape {array.shape}")
+    return array
 
 
 def initial_matrix(model: CompiledModel, P: np.ndarray,
@@ -77,12 +130,12 @@ def initial_matrix(model: CompiledModel, P: np.ndarray,
     Y0 = np.array(model.kernels.initial(P), dtype=float)
     if initial is None:
         return Y0
-    for name in (initial.columns if isinstance(initial, pd.DataFrame) else initial):
+    for name in _columns(initial, "initial"):
         if name not in model.states:
             hint = suggest(str(name), model.states)
             raise SimulationError(f"'{name}' is not a state of model '{model.name}'"
                                   + (f" ({hint})" if hint else f"; states: {', '.join(model.states)}"))
-        value = np.broadcast_to(np.asarray(initial[name], dtype=float), (len(Y0),))
+        value = column_values(initial[name], len(Y0), f"initial value of '{name}'")
         if name in model.symbolic.log_states:
             with np.errstate(divide="ignore", invalid="ignore"):
                 value = np.log(value)  # the kernel integrates ln(state); <= 0 fails the run (status 2)
@@ -102,24 +155,31 @@ def check_names(model: CompiledModel, names: Sequence[str], known: Sequence[str]
 
 def regimen_list(model: CompiledModel, regimen: RegimenLike, n: int) -> list[Regimen]:
     """One Regimen per trajectory. None: the spec's default; a name: the spec's regimen."""
+    if regimen is None or isinstance(regimen, (str, Regimen)):
+        return [_one_regimen(model, regimen)] * n
+    if not isinstance(regimen, Sequence):
+        raise SimulationError(f"regimen must be a name, a Regimen or a list of them (one per run), "
+                              f"got {type(regimen).__name__}")
+    if len(regimen) != n:
+        raise SimulationError(f"a list of regimens needs one per run ({n}), got {len(regimen)}")
+    return [_one_regimen(model, r) for r in regimen]
+
+
+def _one_regimen(model: CompiledModel, regimen: Regimen | str | None) -> Regimen:
+    """A Regimen; None: the spec's default; a name: the spec's regimen, or 'none' / 'untreated'."""
     spec = model.spec
-    if regimen is None:
-        regimen = spec.default_regimen or Regimen.none()
-    if isinstance(regimen, str):
-        if regimen in spec.regimens:
-            regimen = _spec_regimen(model, regimen)
-        elif regimen in ("none", "untreated"):
-            regimen = Regimen.none()
-        else:
-            hint = suggest(regimen, spec.regimens)
-            raise SimulationError(f"model '{model.name}' has no regimen '{regimen}'"
-                                  + (f" ({hint})" if hint else f"; regimens: {', '.join(spec.regimens) or 'none'}"))
+    regimen = spec.default_regimen or Regimen.none() if regimen is None else regimen
     if isinstance(regimen, Regimen):
-        return [regimen] * n
-    regimens = list(regimen)
-    if len(regimens) != n or not all(isinstance(r, Regimen) for r in regimens):
-        raise SimulationError(f"a list of regimens needs one Regimen per run ({n}), got {len(regimens)}")
-    return regimens
+        return regimen
+    if not isinstance(regimen, str):
+        raise SimulationError(f"a regimen is a name or a Regimen, got {regimen!r}")
+    if regimen in spec.regimens:
+        return _spec_regimen(model, regimen)
+    if regimen in ("none", "untreated"):
+        return Regimen.none()
+    hint = suggest(regimen, spec.regimens)
+    raise SimulationError(f"model '{model.name}' has no regimen '{regimen}'"
+                          + (f" ({hint})" if hint else f"; regimens: {', '.join(spec.regimens) or 'none'}"))
 
 
 @lru_cache(maxsize=256)
@@ -129,7 +189,12 @@ def _spec_regimen(model: CompiledModel, name: str) -> Regimen:
 
 
 def time_grid(times: Any) -> np.ndarray:
-    t = np.asarray(times, dtype=float).ravel()
+    """Output times (n_time,) in days, checked: numbers, one dimension, finite, sorted."""
+    raw = np.asarray(times) if not isinstance(times, np.ndarray) else times
+    if raw.ndim > 1 or raw.dtype.kind not in "iuf":
+        raise SimulationError(f"times must be a 1-d array of numbers (days), got {raw.ndim}-d {raw.dtype}"
+                              + (" (give elapsed days, not dates)" if raw.dtype.kind == "M" else ""))
+    t = np.asarray(raw, dtype=float).ravel()
     # non-decreasing (a NaN fails the comparison) between finite ends: all finite
     if t.size == 0 or not (math.isfinite(t[0]) and math.isfinite(t[-1]) and (np.diff(t) >= 0).all()):
         raise SimulationError("times must be a non-empty, finite, non-decreasing array of days")
@@ -179,7 +244,15 @@ def output_function(model: CompiledModel, name: str) -> Callable[[np.ndarray, np
 # ---- running ----------------------------------------------------------------------------------
 def run_arrays(model: CompiledModel, Y0: np.ndarray, P: np.ndarray, t0: float, times: np.ndarray,
                regimens: list[Regimen], settings: SolverSettings) -> dict[str, np.ndarray]:
-    """Integrate a batch; returns Y (n, n_time, n_state), outputs, status, n_steps, n_rejected."""
+    """Integrate a batch; returns Y (n, n_time, n_state), outputs, status, n_steps, n_rejected.
+
+    Runs with a NaN parameter or a non-finite initial state (kernel coordinates: a log-state <= 0)
+    fail at once with status 2 and NaN states, unsolved: an adaptive solver would shrink its
+    steps on them until max_steps (JAX: seconds per run, and vmap keeps the whole batch waiting)."""
+    if not (math.isfinite(Y0.sum()) and not math.isnan(P.sum())):     # two sums: the usual case in ~2 us
+        doomed = np.isnan(P).any(axis=1) | ~np.isfinite(Y0).all(axis=1)
+        if doomed.any():
+            return _with_failed_runs(model, Y0, P, t0, times, regimens, settings, doomed)
     kernels = model.kernels
     if len(regimens) == 1:
         ev = _single_run_events(model, regimens[0], np.ascontiguousarray(P, dtype=float).tobytes())
@@ -196,6 +269,22 @@ def run_arrays(model: CompiledModel, Y0: np.ndarray, P: np.ndarray, t0: float, t
         Y[..., i] = np.exp(Y[..., i])
     return {"Y": Y, "outputs": outputs, "status": np.asarray(status, dtype=np.int64),
             "n_steps": np.asarray(n_steps, dtype=np.int64), "n_rejected": np.asarray(n_rejected, dtype=np.int64)}
+
+
+def _with_failed_runs(model: CompiledModel, Y0: np.ndarray, P: np.ndarray, t0: float, times: np.ndarray,
+                      regimens: list[Regimen], settings: SolverSettings, doomed: np.ndarray) -> dict[str, np.ndarray]:
+    """`run_arrays` with the `doomed` runs (bool (n,)) not solved: status 2, NaN states and outputs."""
+    n = len(P)
+    got = {"Y": np.full((n, times.size, len(model.states)), np.nan),
+           "outputs": np.full((n, times.size, len(model.output_names)), np.nan),
+           "status": np.full(n, NON_FINITE, dtype=np.int64),
+           "n_steps": np.zeros(n, dtype=np.int64), "n_rejected": np.zeros(n, dtype=np.int64)}
+    ok = np.flatnonzero(~doomed)
+    if ok.size:
+        solved = run_arrays(model, Y0[ok], P[ok], t0, times, [regimens[i] for i in ok], settings)
+        for key, values in solved.items():
+            got[key][ok] = values
+    return got
 
 
 def _events(model: CompiledModel, regimens: list[Regimen], P: np.ndarray) -> EventArrays:
@@ -255,6 +344,16 @@ def simulate_arrays(model, P, Y0, t0, times, regimens, settings, steady_state: b
     got["Y"][failed] = np.nan
     got["outputs"][failed] = np.nan
     return got
+
+
+def _named_values(values: Mapping[str, Any] | pd.Series | None, what: str) -> dict[str, Any]:
+    """name -> one value of a single run (a mapping or a Series); None: none."""
+    if values is None:
+        return {}
+    if isinstance(values, pd.DataFrame) or not isinstance(values, (Mapping, pd.Series)):
+        raise SimulationError(f"simulate takes {what} as a mapping of name -> number, got "
+                              f"{type(values).__name__} (for a table of runs use simulate_batch)")
+    return dict(values.items())
 
 
 # ---- results ----------------------------------------------------------------------------------
@@ -353,15 +452,15 @@ def simulate(model: CompiledModel, times: Any, params: Mapping[str, float] | Non
     model = require_compiled(model, "simulate")
     settings = SolverSettings(rtol, atol, method, max_steps).resolved(model)
     times = time_grid(times)
-    P, varied = parameter_matrix(model, {k: [v] for k, v in (params or {}).items()}, 1)
-    Y0 = initial_matrix(model, P, {k: [v] for k, v in (initial or {}).items()})
+    P, varied = parameter_matrix(model, _named_values(params, "params"), 1)
+    Y0 = initial_matrix(model, P, _named_values(initial, "initial"))
     regimens = regimen_list(model, regimen, 1)
-    start = times[0] if t0 is None else float(t0)
+    start = times[0] if t0 is None else _real(t0, "t0")
     got = simulate_arrays(model, P, Y0, start, times, regimens, settings, steady_state)
     ds = to_dataset(model, times, got, None, P, [], _attrs(model, settings, regimens, steady_state))
     status = int(got["status"][0])
     if status != 0:
         warnings.warn(f"simulation of '{model.name}' failed: status {status} ({STATUS_MEANINGS[status]}) "
-                      f"with parameters {dict(params or {})}; states after the failure are NaN. Try a "
+                      f"with parameters {_named_values(params, 'params')}; states after the failure are NaN. Try a "
                       "stiff method, tighter tolerances or more max_steps.", RuntimeWarning, stacklevel=2)
     return ds

@@ -11,7 +11,7 @@ papers; see `recist`, `endpoints` and `analysis`.
 from __future__ import annotations
 
 import json
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -55,9 +55,15 @@ def run_trial(design: TrialDesign | str, *, model: CompiledModel | None = None,
     design = design if isinstance(design, TrialDesign) else load_trial(design)
     model = require_compiled(model, "run_trial") if model is not None else compile_model(model_source(design))
     check_trial_model(model, design)
-    n = design.patients_per_arm if patients_per_arm is None else int(patients_per_arm)
-    if n < 1:
-        raise SimulationError(f"run_trial: patients_per_arm must be at least 1, got {patients_per_arm}")
+    n = design.patients_per_arm if patients_per_arm is None else patients_per_arm
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise SimulationError(f"run_trial: patients_per_arm must be an integer >= 1, got {patients_per_arm!r}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise SimulationError(f"run_trial: seed must be an integer >= 0, got {seed!r}")
+    unknown = sorted(set(survival or {}) - {f.name for f in fields(design.survival)})
+    if unknown:
+        raise SimulationError(f"run_trial: survival has no parameter {', '.join(map(repr, unknown))}; its "
+                              f"parameters are {', '.join(f.name for f in fields(design.survival))}")
     arms = list(design.arms)
     rng = np.random.default_rng(seed)
     if cohort is not None and (priors or fixed):
