@@ -52,6 +52,8 @@ class SolverSettings:
 
 def _real(value: Any, what: str) -> float:
     """value as a float; SimulationError naming `what` if it is not one number."""
+    if type(value) is float:
+        return value
     if isinstance(value, (bool, str, bytes)) or np.ndim(value) != 0:
         raise SimulationError(f"{what} must be a number, got {value!r}")
     try:
@@ -453,7 +455,7 @@ def simulate(model: CompiledModel, times: Any, params: Mapping[str, float] | Non
     settings = SolverSettings(rtol, atol, method, max_steps).resolved(model)
     times = time_grid(times)
     P, varied = parameter_matrix(model, _named_values(params, "params"), 1)
-    Y0 = initial_matrix(model, P, _named_values(initial, "initial"))
+    Y0 = initial_matrix(model, P, _named_values(initial, "initial") or None)
     regimens = regimen_list(model, regimen, 1)
     start = times[0] if t0 is None else _real(t0, "t0")
     got = simulate_arrays(model, P, Y0, start, times, regimens, settings, steady_state)
