@@ -16,6 +16,7 @@ from typing import Callable, Mapping
 
 import pint
 import sympy as sp
+from sympy.logic.boolalg import BooleanAtom, BooleanFunction
 
 from ..symbolic import TIME
 from .units import format_unit, is_dimensionless, registry, same_unit
@@ -103,7 +104,7 @@ def parse_expression(
     if isinstance(text, bool):
         raise ExpressionError(f"expected a number or an expression, got {text!r}")
     if isinstance(text, (int, float)):
-        return Parsed(sp.Float(text) if isinstance(text, float) else sp.Integer(text), ANY, frozenset())
+        return Parsed(number(text, str(text)), ANY, frozenset())
     source = str(text).strip()
     if not source:
         raise ExpressionError("empty expression")
@@ -112,6 +113,9 @@ def parse_expression(
     except SyntaxError as exc:
         raise ExpressionError(f"cannot parse '{source}': {exc.msg}",
                               "check brackets and operators (+ - * / ^)") from None
+    except (RecursionError, MemoryError):   # Python's parser gives up on very deep nesting
+        raise ExpressionError(f"expression of {len(source)} characters is too long or too deeply nested",
+                              "split it into named expressions under 'expressions:'") from None
     names: set[str] = set()
     walker = _Translator(symbol_units, time_unit, names, check_units)
     try:
@@ -120,19 +124,37 @@ def parse_expression(
         # sympy evaluates as it builds: a comparison or min/max of a constant that is not a
         # finite real number (1/0, log of a negative number) fails there
         reason = "nested too deeply for sympy" if isinstance(exc, RecursionError) else str(exc)
-        raise ExpressionError(f"cannot evaluate '{source}': {reason}", _FINITE_HINT) from None
+        raise ExpressionError(f"cannot evaluate '{source}': {reason}", FINITE_HINT) from None
+    if isinstance(expr, (sp.Rel, BooleanAtom, BooleanFunction)):
+        raise ExpressionError(f"'{source}' is a condition, not a number",
+                              "use it inside piecewise(value, condition, otherwise)")
     if not_finite(expr):    # elsewhere sympy keeps 1/0 as zoo, 0/0 as nan
-        raise ExpressionError(f"'{source}' is not a finite real number: sympy makes it {expr}", _FINITE_HINT)
+        raise ExpressionError(f"'{source}' is not a finite real number: sympy makes it {expr}", FINITE_HINT)
     return Parsed(expr, unit, frozenset(names))
 
 
-_FINITE_HINT = "every part must be a finite real number: no division by zero, no log of zero or of a negative constant"
-_NOT_FINITE = (sp.zoo, sp.oo, sp.S.NegativeInfinity, sp.nan)
+FINITE_HINT = ("every part must be a finite real number: no division by zero, no log of zero or of a negative "
+               "constant")
+_NOT_FINITE = (sp.zoo, sp.oo, sp.S.NegativeInfinity, sp.nan, sp.I)
+
+
+def number(value: int | float, text: str) -> sp.Expr:
+    """A number written in a spec as sympy; ExpressionError when it is nan or beyond MAX_NUMBER."""
+    if abs(value) > MAX_NUMBER:     # exact for integers of any size; true for infinities
+        shown = text if len(text) <= 40 else f"{text[:6]}...{text[-3:]} ({len(text)} digits)"
+        raise ExpressionError(f"'{shown}' is too large for double precision", "write numbers below 1e300")
+    if value != value:
+        raise ExpressionError(f"'{text}' is not a number", "write a finite number")
+    return sp.Integer(value) if isinstance(value, int) else sp.Float(value)
 
 
 def not_finite(expr: sp.Basic) -> bool:
-    """Whether sympy turned part of expr into an infinity or nan (1/0, log(0), 0/0)."""
-    return expr.has(*_NOT_FINITE)
+    """Whether part of expr is no finite real number: sympy's infinities and nan (1/0, log(0), 0/0),
+    an imaginary part (log(-1), sqrt(-1)), or a constant beyond MAX_NUMBER (1e300*1e300, exp(1000))."""
+    if expr.has(*_NOT_FINITE):
+        return True
+    constants = [*expr.atoms(sp.Number), *(f for f in expr.atoms(sp.Function) if f.is_number)]
+    return any(not abs(c.evalf()) <= MAX_NUMBER for c in constants)
 
 
 class _Translator:
@@ -156,11 +178,7 @@ class _Translator:
     def visit_Constant(self, node: ast.Constant):
         if isinstance(node.value, bool) or not isinstance(node.value, (int, float)):
             raise ExpressionError(f"'{ast.unparse(node)}' is not a number")
-        if not math.isfinite(node.value) or abs(node.value) > MAX_NUMBER:
-            raise ExpressionError(f"'{ast.unparse(node)}' is too large for double precision",
-                                  "write numbers below 1e300")
-        value = sp.Integer(node.value) if isinstance(node.value, int) else sp.Float(node.value)
-        return value, ANY
+        return number(node.value, ast.unparse(node)), ANY
 
     def visit_Name(self, node: ast.Name):
         name = node.id

@@ -14,12 +14,14 @@ from typing import Any, Iterable, Mapping
 
 from ruamel.yaml import YAML
 from ruamel.yaml.error import MarkedYAMLError
+from ruamel.yaml.reader import ReaderError
 
 from ..errors import Issue, SpecError
-from .expressions import suggest
-from .schema import (DOSE_ITEM_KEYS, DOSE_KEYS, EXPRESSION_KEYS, FLOW_KEYS, KINDS, OBSERVABLE_KEYS,
-                     OVERRIDE_KEYS, PARAMETER_KEYS, REGIMEN_KEYS, REQUIRE_KEYS, STATE_KEYS,
-                     TOP_LEVEL_KEYS, USE_KEYS, DoseItem, DoseSpec, ExpressionSpec, FlowSpec,
+from .expressions import MAX_NUMBER, suggest
+from .schema import (DOSE_ITEM_KEYS, DOSE_KEYS, EXPRESSION_KEYS, FLOW_KEYS, KINDS, MAX_DOSE_COUNT,
+                     OBSERVABLE_KEYS, OVERRIDE_KEYS, PARAMETER_KEYS, PARAMETER_OVERRIDE_KEYS,
+                     REGIMEN_KEYS, REQUIRE_KEYS, STATE_KEYS, STATE_OVERRIDE_KEYS, TOP_LEVEL_KEYS,
+                     USE_KEYS, DoseItem, DoseSpec, ExpressionSpec, FlowSpec,
                      Location, ModelSpec, ObservableSpec, ParameterSpec, RegimenSpec, RequireSpec,
                      StateSpec)
 
@@ -64,11 +66,20 @@ def read_yaml(path: Path, issues: list[Issue]) -> Any:
     except OSError as exc:
         issues.append(Issue(str(path), None, "file", f"cannot read: {exc.strerror}"))
         return None
+    except UnicodeDecodeError as exc:
+        line = exc.object[:exc.start].count(b"\n") + 1
+        issues.append(Issue(str(path), line, "file", f"is not UTF-8 text: byte 0x{exc.object[exc.start]:02x} "
+                            "cannot be decoded", "save the file as UTF-8"))
+        return None
     try:
         return YAML(typ="rt").load(text)
     except MarkedYAMLError as exc:
         line = exc.problem_mark.line + 1 if exc.problem_mark else None
         issues.append(Issue(str(path), line, "YAML", f"{exc.problem}", "check indentation and colons"))
+    except ReaderError as exc:
+        line = text[:exc.position].count("\n") + 1
+        issues.append(Issue(str(path), line, "YAML", f"control character U+{exc.character:04X} is not allowed",
+                            "delete it: YAML files are printable text"))
     return None
 
 
@@ -89,6 +100,10 @@ class SpecReader:
 
     def loc(self, mapping: Any, key: Any = None) -> Location:
         return Location(self.file, self.line_of(mapping, key))
+
+    def at(self, body: Mapping, key: str, loc: Location) -> Location:
+        """Where `key` of `body` is written; `loc` (its item) when that is not known."""
+        return self.loc(body, key) if self.line_of(body, key) else loc
 
     def issue(self, loc: Location, item: str, message: str, hint: str | None = None) -> None:
         self.issues.append(Issue(loc.file, loc.line, item, message, hint))
@@ -130,14 +145,19 @@ class SpecReader:
                 return math.nan
             return default
         value = body[key]
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            try:
-                return float(str(value))
-            except ValueError:
-                self.issue(self.loc(body, key) if self.line_of(body, key) else loc, item,
-                           f"'{key}' must be a number, got {value!r}")
-                return math.nan
-        return float(value)
+        try:
+            number = float(str(value) if isinstance(value, bool) or not isinstance(value, (int, float)) else value)
+        except ValueError:
+            self.issue(self.at(body, key, loc), item, f"'{key}' must be a number, got {value!r}")
+            return math.nan
+        except OverflowError:   # an integer of hundreds of digits
+            self.issue(self.at(body, key, loc), item, f"'{key}' is too large for double precision",
+                       "write numbers below 1e300")
+            return math.nan
+        if not math.isfinite(number):
+            self.issue(self.at(body, key, loc), item, f"'{key}' must be a finite number, got {number}")
+            return math.nan
+        return number
 
     def count(self, body: Mapping, key: str, loc: Location, item: str, default: int | None,
               minimum: int = 1) -> int | None:
@@ -147,7 +167,7 @@ class SpecReader:
         if value is None:
             return default
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            self.issue(self.loc(body, key) if self.line_of(body, key) else loc, item,
+            self.issue(self.at(body, key, loc), item,
                        f"'{key}' must be an integer >= {minimum}, got {value!r}",
                        f"e.g. '{key}: {max(default or minimum, minimum)}'")
             return default
@@ -160,7 +180,22 @@ class SpecReader:
                 return None
             return default
         value = body[key]
+        if isinstance(value, float) and not math.isfinite(value):
+            self.issue(self.at(body, key, loc), item, f"'{key}' must be a finite number, got {value}")
+            return None
         return value if isinstance(value, (int, float)) and not isinstance(value, bool) else str(value)
+
+    def unit(self, body: Mapping, key: str, loc: Location, item: str, default: str | None) -> str | None:
+        """Unit text such as 'cell/day' (a number such as 1 is read as text); None, reported, when
+        the value is a mapping, a list or a boolean."""
+        value = body.get(key)
+        if value is None:
+            return default
+        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+            self.issue(self.at(body, key, loc), item, f"'{key}' must be a unit, got {self.plain(value)!r}",
+                       "write unit text such as cell/day, ng/mL or dimensionless")
+            return None
+        return str(value)
 
     # ---- sections -------------------------------------------------------------------------
     def states(self, doc) -> dict[str, StateSpec]:
@@ -170,7 +205,7 @@ class SpecReader:
             got = self.entry(section, name, "state", STATE_KEYS)
             if got:
                 body, loc, item = got
-                out[str(name)] = StateSpec(str(name), self.text(body, "unit", loc, item, "dimensionless"),
+                out[str(name)] = StateSpec(str(name), self.unit(body, "unit", loc, item, "dimensionless"),
                                            self.text(body, "initial", loc, item),
                                            str(body.get("description", "")), loc,
                                            str(body.get("scale", "linear")))
@@ -185,7 +220,7 @@ class SpecReader:
                 body, loc, item = got
                 out[str(name)] = ParameterSpec(
                     str(name), self.number(body, "value", loc, item),
-                    self.text(body, "unit", loc, item, "dimensionless"),
+                    self.unit(body, "unit", loc, item, "dimensionless"),
                     self.bounds(body, loc, item), self.plain(body.get("prior")),
                     None if body.get("source") is None else str(body["source"]),
                     str(body.get("description", "")), loc)
@@ -196,8 +231,9 @@ class SpecReader:
         if value is None:
             return None
         if (not isinstance(value, (list, tuple)) or len(value) != 2
-                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)):
-            self.issue(loc, item, f"'bounds' must be [low, high], got {self.plain(value)!r}")
+                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and abs(v) <= MAX_NUMBER
+                           for v in value)):
+            self.issue(loc, item, f"'bounds' must be [low, high] of finite numbers, got {self.plain(value)!r}")
             return None
         return float(value[0]), float(value[1])
 
@@ -209,7 +245,7 @@ class SpecReader:
             if got:
                 body, loc, item = got
                 out[str(name)] = ExpressionSpec(str(name), self.text(body, "value", loc, item),
-                                                self.text(body, "unit", loc, item, None),
+                                                self.unit(body, "unit", loc, item, None),
                                                 str(body.get("description", "")), loc)
         return out
 
@@ -220,7 +256,7 @@ class SpecReader:
             got = self.entry(section, name, "flow", FLOW_KEYS)
             if got:
                 body, loc, item = got
-                if "from" not in body and "to" not in body:
+                if body.get("from") is None and body.get("to") is None:
                     self.issue(loc, item, "has neither 'from' nor 'to'", "name the state it leaves or enters")
                 out[str(name)] = FlowSpec(str(name), self.ends(body, "from", loc, item),
                                           self.ends(body, "to", loc, item),
@@ -234,10 +270,23 @@ class SpecReader:
             return {}
         if isinstance(value, str):
             return {value: 1}
+        if isinstance(value, (Mapping, list)) and not value:
+            self.issue(loc, item, f"'{key}' names no state", f"name a state, or leave '{key}' out")
+            return {}
         if isinstance(value, Mapping):
-            return {str(k): (v if isinstance(v, (int, float)) else str(v)) for k, v in value.items()}
+            out = {}
+            for k, v in value.items():
+                if isinstance(v, float) and not math.isfinite(v):
+                    self.issue(loc, item, f"coefficient of '{k}' must be a finite number, got {v}")
+                else:
+                    out[str(k)] = v if isinstance(v, (int, float)) else str(v)
+            return out
         if isinstance(value, list) and all(isinstance(v, str) for v in value):
-            return {v: 1 for v in value}
+            for v in dict.fromkeys(value):
+                if value.count(v) > 1:
+                    self.issue(loc, item, f"'{key}' lists '{v}' {value.count(v)} times",
+                               f"write {{{v}: {value.count(v)}}}")
+            return dict.fromkeys(value, 1)
         self.issue(loc, item, f"'{key}' must be a state name, a list of names, or a mapping "
                               "state: coefficient")
         return {}
@@ -250,7 +299,7 @@ class SpecReader:
             if got:
                 body, loc, item = got
                 out[str(name)] = ObservableSpec(str(name), self.text(body, "value", loc, item),
-                                                self.text(body, "unit", loc, item, "dimensionless"),
+                                                self.unit(body, "unit", loc, item, "dimensionless"),
                                                 str(body.get("description", "")), loc)
         return out
 
@@ -262,7 +311,7 @@ class SpecReader:
             if got:
                 body, loc, item = got
                 out[str(name)] = DoseSpec(str(name), self.text(body, "target", loc, item),
-                                          self.text(body, "amount_unit", loc, item, "dimensionless"),
+                                          self.unit(body, "amount_unit", loc, item, "dimensionless"),
                                           self.text(body, "conversion", loc, item, 1),
                                           str(body.get("description", "")), loc)
         return out
@@ -293,10 +342,13 @@ class SpecReader:
         self.check_keys(body, DOSE_ITEM_KEYS, item)
         every = self.number(body, "every", loc, item, None)
         count = self.number(body, "count", loc, item, 1.0)
-        if not (count >= 1 and float(count).is_integer()):
-            self.issue(loc, item, f"'count' must be a whole number >= 1, got {count}")
+        if math.isnan(count):   # reported by number()
             count = 1
-        return DoseItem(str(body.get("drug", "")) or self.text(body, "drug", loc, item),
+        elif not (1 <= count <= MAX_DOSE_COUNT and count.is_integer()):
+            self.issue(loc, item, f"'count' must be a whole number from 1 to {MAX_DOSE_COUNT}, got {count:g}")
+            count = 1
+        drug = self.text(body, "drug", loc, item)
+        return DoseItem(None if drug is None else str(drug),
                         self.text(body, "amount", loc, item), self.number(body, "start", loc, item, 0.0),
                         every, int(count), self.number(body, "duration", loc, item, 0.0), loc)
 
@@ -307,7 +359,7 @@ class SpecReader:
             got = self.entry(section, name, "required name", REQUIRE_KEYS)
             if got:
                 body, loc, item = got
-                out[str(name)] = RequireSpec(str(name), self.text(body, "unit", loc, item, "dimensionless"),
+                out[str(name)] = RequireSpec(str(name), self.unit(body, "unit", loc, item, "dimensionless"),
                                              self.number(body, "value", loc, item),
                                              str(body.get("description", "")), loc)
         return out
@@ -352,7 +404,7 @@ def _bind(raw: dict[str, dict], names: Mapping[str, str]) -> dict[str, dict]:
     out["observables"] = {k: replace(o, value=rt(o.value)) for k, o in raw["observables"].items()}
     out["doses"] = {k: replace(d, target=rn(d.target), conversion=rt(d.conversion)) for k, d in raw["doses"].items()}
     out["requires"] = {rn(k): replace(r, name=rn(k)) for k, r in raw["requires"].items()}
-    out["provides"] = [rn(n) for n in raw["provides"]]
+    out["provides"] = {rn(n): loc for n, loc in raw["provides"].items()}
     return out
 
 
@@ -374,13 +426,18 @@ def _merge(into: dict[str, dict], part: dict[str, dict], issues: list[Issue]) ->
             into[section][name] = item
     for name, req in part["requires"].items():
         into["requires"].setdefault(name, req)
-    into["provides"].extend(part["provides"])
+    for name, loc in part["provides"].items():
+        into["provides"].setdefault(name, loc)
 
 
 def _read_spec(path: Path, issues: list[Issue], stack: tuple[Path, ...]) -> dict[str, Any] | None:
     """Read one file and, recursively, the modules it uses; returns merged raw sections."""
+    reported = len(issues)
     doc = read_yaml(path, issues)
     if doc is None:
+        if len(issues) == reported:     # no YAML error: the file holds nothing
+            issues.append(Issue(str(path), 1, "spec", "is empty",
+                                "write a YAML mapping with 'name', 'states', ..."))
         return None
     reader = SpecReader(path, issues)
     if not isinstance(doc, Mapping):
@@ -393,19 +450,21 @@ def _read_spec(path: Path, issues: list[Issue], stack: tuple[Path, ...]) -> dict
     raw: dict[str, Any] = {
         "name": str(doc.get("name", path.stem)), "kind": kind,
         "description": str(doc.get("description", "")).strip(),
-        "time_unit": str(doc.get("time_unit", "day")),
-        "references": tuple(reader.plain(doc.get("references") or [])),
+        "time_unit": reader.unit(doc, "time_unit", reader.loc(doc), "time_unit", "day"),
+        "time_unit_loc": reader.loc(doc, "time_unit"),
+        "references": tuple(reader.plain(_listed(doc, "references", reader, "a list of citations",
+                                                       "references: [{key: smith2020, title: ...}]"))),
         "states": reader.states(doc), "parameters": reader.parameters(doc),
         "expressions": reader.expressions(doc), "flows": reader.flows(doc),
         "observables": reader.observables(doc), "doses": reader.doses(doc),
         "regimens": reader.regimens(doc), "requires": reader.requires(doc),
-        "provides": [str(n) for n in (doc.get("provides") or [])],
+        "provides": _provides(doc, reader),
         "default_regimen": None if doc.get("default_regimen") is None else str(doc["default_regimen"]),
         "default_regimen_loc": reader.loc(doc, "default_regimen"),
         "modules": [], "texts": [path.read_text(encoding="utf-8")],
     }
     own = {sec: dict(raw[sec]) for sec in NAMED_SECTIONS}
-    merged = {**raw, **{sec: {} for sec in NAMED_SECTIONS}, "requires": {}, "provides": []}
+    merged = {**raw, **{sec: {} for sec in NAMED_SECTIONS}, "requires": {}, "provides": {}}
     for use, use_loc in _uses(doc, reader):
         module_name, binding = use
         try:
@@ -424,6 +483,12 @@ def _read_spec(path: Path, issues: list[Issue], stack: tuple[Path, ...]) -> dict
         if part["kind"] != "module":
             reader.issue(use_loc, f"uses '{module_name}'", f"'{module_name}' is a {part['kind']}, not a module",
                          "only specs with kind: module can be used")
+        names = [n for sec in (*SYMBOL_SECTIONS, "requires") for n in part[sec]]
+        for name in binding:
+            if name not in names:
+                reader.issue(use_loc, f"uses '{module_name}'",
+                             f"binds '{name}', which '{module_name}' does not define",
+                             suggest(name, names) or "bind: {NAME_IN_MODULE: NAME_HERE}")
         part = _bind(part, binding)
         _merge(merged, part, issues)
         merged["modules"].extend([*part["modules"], part["name"]])
@@ -434,6 +499,34 @@ def _read_spec(path: Path, issues: list[Issue], stack: tuple[Path, ...]) -> dict
     _merge(merged, {**own, "requires": raw["requires"], "provides": raw["provides"]}, issues)
     _apply_overrides(doc, reader, merged)
     return merged
+
+
+PROVIDES_EXAMPLE = "provides: [T, kill_rate]"
+
+
+def _listed(doc: Mapping, key: str, reader: SpecReader, what: str, example: str) -> list:
+    """The list under `key` (empty when absent); an issue and an empty list when it is no list."""
+    value = doc.get(key)
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        reader.issue(reader.loc(doc, key), key, f"must be {what}, got {reader.plain(value)!r}", f"e.g. {example}")
+        return []
+    return value
+
+
+def _provides(doc: Mapping, reader: SpecReader) -> dict[str, Location]:
+    """The names a spec provides, each with the line that lists it."""
+    names = _listed(doc, "provides", reader, "a list of names", PROVIDES_EXAMPLE)
+    out = {}
+    for i, name in enumerate(names):
+        loc = Location(reader.file, names.lc.item(i)[0] + 1 if hasattr(names, "lc") else None)
+        if isinstance(name, str):
+            out.setdefault(name, loc)
+        else:
+            reader.issue(loc, "provides", f"entry {i + 1} must be a name, got {reader.plain(name)!r}",
+                         f"e.g. {PROVIDES_EXAMPLE}")
+    return out
 
 
 def _uses(doc: Mapping, reader: SpecReader) -> list[tuple[tuple[str, dict[str, str]], Location]]:
@@ -448,8 +541,14 @@ def _uses(doc: Mapping, reader: SpecReader) -> list[tuple[tuple[str, dict[str, s
         if isinstance(entry, str):
             out.append(((entry, {}), loc))
         elif isinstance(entry, Mapping) and "module" in entry:
-            reader.check_keys(entry, USE_KEYS, f"uses '{entry['module']}'")
-            out.append(((str(entry["module"]), {str(k): str(v) for k, v in (entry.get("bind") or {}).items()}), loc))
+            item = f"uses '{entry['module']}'"
+            reader.check_keys(entry, USE_KEYS, item)
+            bind = entry.get("bind") or {}
+            if not (isinstance(bind, Mapping) and all(isinstance(v, str) for v in (*bind, *bind.values()))):
+                reader.issue(reader.at(entry, "bind", loc), item, f"'bind' must map names to names, got "
+                             f"{reader.plain(bind)!r}", "bind: {NAME_IN_MODULE: NAME_HERE}")
+                bind = {}
+            out.append(((str(entry["module"]), dict(bind)), loc))
         else:
             reader.issue(loc, f"uses entry {i + 1}", "must be a module name or {module: NAME, bind: {...}}")
     return out
@@ -463,7 +562,13 @@ def _apply_overrides(doc: Mapping, reader: SpecReader, merged: dict[str, Any]) -
             continue
         body, loc, item = got
         name = str(name)
-        if name in merged["parameters"]:
+        kind = "parameter" if name in merged["parameters"] else "state" if name in merged["states"] else None
+        allowed = PARAMETER_OVERRIDE_KEYS if kind == "parameter" else STATE_OVERRIDE_KEYS
+        for key in body:
+            if kind is not None and key in OVERRIDE_KEYS and key not in allowed:
+                reader.issue(reader.at(body, key, loc), item, f"'{key}' does not apply to a {kind}",
+                             f"a {kind} override takes {', '.join(allowed)}")
+        if kind == "parameter":
             p = merged["parameters"][name]
             # `prior: none` fixes a module's varying parameter for every patient of this model
             fixed = "prior" in body and body["prior"] in (None, "none")
@@ -472,9 +577,10 @@ def _apply_overrides(doc: Mapping, reader: SpecReader, merged: dict[str, Any]) -
                 bounds=reader.bounds(body, loc, item) or p.bounds,
                 prior=None if fixed else (reader.plain(body.get("prior")) or p.prior),
                 source=str(body["source"]) if body.get("source") else p.source, loc=loc)
-        elif name in merged["states"] and "initial" in body:
-            merged["states"][name] = replace(merged["states"][name],
-                                             initial=reader.text(body, "initial", loc, item), loc=loc)
+        elif kind == "state":
+            if "initial" in body:
+                merged["states"][name] = replace(merged["states"][name],
+                                                 initial=reader.text(body, "initial", loc, item), loc=loc)
         else:
             known = list(merged["parameters"]) + list(merged["states"])
             reader.issue(loc, item, "overrides nothing: no such parameter (or state with 'initial')",

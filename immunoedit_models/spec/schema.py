@@ -21,6 +21,11 @@ DOSE_ITEM_KEYS = ("drug", "amount", "start", "every", "count", "duration")
 REQUIRE_KEYS = ("unit", "value", "description")
 USE_KEYS = ("module", "bind")
 OVERRIDE_KEYS = ("value", "initial", "bounds", "prior", "source")
+PARAMETER_OVERRIDE_KEYS = ("value", "bounds", "prior", "source")
+STATE_OVERRIDE_KEYS = ("initial",)
+
+#: Most doses one regimen line may give (a schedule, not a simulation of years of hourly doses).
+MAX_DOSE_COUNT = 100_000
 
 #: Prior distributions for virtual populations: name -> required keys.
 PRIORS: dict[str, tuple[str, ...]] = {

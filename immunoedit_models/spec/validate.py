@@ -7,13 +7,17 @@ Every check appends an `Issue`; nothing stops at the first problem. What parses 
 from __future__ import annotations
 
 import math
+import tokenize
 from graphlib import CycleError, TopologicalSorter
 from typing import Any, Mapping
 
 import pint
+import sympy as sp
 
 from ..errors import Issue
-from .expressions import ANY, ExpressionError, Parsed, check_name, concrete, parse_expression, suggest
+from ..symbolic import substituter
+from .expressions import (ANY, FINITE_HINT, MAX_NUMBER, ExpressionError, Parsed, check_name, concrete,
+                          not_finite, parse_expression, suggest)
 from .schema import PRIORS, SCALES, Location, ModelSpec, ParameterSpec
 from .units import format_unit, parse_unit, registry, same_unit
 
@@ -23,18 +27,31 @@ class _Checker:
         self.raw = raw
         self.path = path
         self.issues: list[Issue] = []
-        self.time_unit = self.unit(raw["time_unit"], Location(path, None), "time_unit") or registry().day
+        self.bad_units: set[tuple[str, Location]] = set()    # reported once, however often used
+        self.time_unit = self._time_unit(raw["time_unit"], raw.get("time_unit_loc") or Location(path, None))
 
     def issue(self, loc: Location, item: str, message: str, hint: str | None = None) -> None:
         self.issues.append(Issue(loc.file, loc.line, item, message, hint))
 
+    def _time_unit(self, text: str | None, loc: Location) -> pint.Unit:
+        """The unit of time (day when it is missing or wrong, which is reported)."""
+        unit = self.unit(text, loc, "time_unit")
+        if unit is not None and unit.dimensionality != registry().day.dimensionality:
+            self.issue(loc, "time_unit", f"'{text}' is not a unit of time", "write day or hour")
+            unit = None
+        return unit or registry().day
+
     def unit(self, text: Any, loc: Location, item: str) -> pint.Unit | None:
+        """The unit `text` names; None when it names none (reported) or is None (reported by the reader)."""
+        if text is None or (str(text), loc) in self.bad_units:
+            return None
         try:
             return parse_unit(text)
-        except (pint.UndefinedUnitError, pint.DefinitionSyntaxError, AttributeError, TypeError,
-                ValueError, AssertionError) as exc:
+        except (pint.UndefinedUnitError, pint.DefinitionSyntaxError, tokenize.TokenError, AttributeError,
+                TypeError, ValueError, AssertionError) as exc:
             names = getattr(exc, "unit_names", None) or (text,)
             bad = names[0] if isinstance(names, (tuple, list)) else names
+            self.bad_units.add((str(text), loc))
             self.issue(loc, item, f"unknown unit '{text}'",
                        suggest(str(bad), dir(registry()))
                        or "units are pint expressions such as cell, 1/day, ng/mL, mM, mg, L, fold")
@@ -83,6 +100,9 @@ def validate(raw: dict[str, Any], path: str) -> tuple[ModelSpec, list[Issue]]:
         if got is not None:
             c.expect_unit(got.unit, symbols[name], s.loc, item, "initial value",
                           "initial values are numbers or expressions of parameters in the state's unit")
+            if s.scale == "log" and got.expr.is_number and got.expr <= 0:
+                c.issue(s.loc, item, f"a log-scale state needs initial > 0, got {got.expr}",
+                        "start it at a small positive value, or use scale: linear")
             parsed["initial"][name] = got
     for name, f in raw["flows"].items():
         parsed["flows"][name] = _check_flow(c, f, symbols, param_units, states)
@@ -96,11 +116,11 @@ def validate(raw: dict[str, Any], path: str) -> tuple[ModelSpec, list[Issue]]:
     for name, d in raw["doses"].items():
         parsed["doses"][name] = _check_dose(c, d, param_units, symbols, states)
     _check_regimens(c, raw, param_units)
+    _check_substituted(c, parsed)
     defined = [*states, *params, *exprs, *raw["flows"], *raw["observables"]]
-    for name in raw["provides"]:
+    for name, loc in raw["provides"].items():
         if name not in defined:
-            c.issue(Location(path, None), f"provides '{name}'", "is not defined in this spec",
-                    suggest(name, defined))
+            c.issue(loc, f"provides '{name}'", "is not defined in this spec", suggest(name, defined))
     parsed["symbols"] = symbols
     spec = ModelSpec(
         name=raw["name"], kind=raw["kind"], description=raw["description"], path=path,
@@ -189,10 +209,15 @@ def _check_prior(c: _Checker, p: ParameterSpec, item: str) -> None:
                 + (f"; unknown {', '.join(extra)}" if extra else ""))
         return
     values = {k: prior[k] for k in need}
-    if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in values.values()):
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and abs(v) <= MAX_NUMBER
+               for v in values.values()):
         c.issue(p.loc, item, f"{dist} prior values must be finite numbers, got {values}")
     elif dist in ("uniform", "loguniform") and not values["low"] < values["high"]:
         c.issue(p.loc, item, f"{dist} prior needs low < high, got {values}")
+    elif dist in ("uniform", "loguniform") and p.bounds and not (p.bounds[0] <= values["low"]
+                                                                  and values["high"] <= p.bounds[1]):
+        c.issue(p.loc, item, f"{dist} prior [{values['low']:g}, {values['high']:g}] reaches outside the bounds "
+                f"[{p.bounds[0]:g}, {p.bounds[1]:g}]", "narrow the prior or widen the bounds")
     elif dist == "loguniform" and values["low"] <= 0:
         c.issue(p.loc, item, "loguniform prior needs low > 0")
     elif dist == "lognormal" and (values["median"] <= 0 or values["sigma"] <= 0):
@@ -206,6 +231,8 @@ def _parse_expressions(c: _Checker, exprs, symbols: dict, parsed: dict) -> None:
     known = {**symbols, **{n: None for n in exprs}}
     graph: dict[str, set[str]] = {}
     for name, e in exprs.items():
+        if e.value is None:     # missing: reported by the reader
+            continue
         try:
             first = parse_expression(e.value, known, c.time_unit, check_units=False)
             graph[name] = {n for n in first.names if n in exprs}
@@ -219,10 +246,11 @@ def _parse_expressions(c: _Checker, exprs, symbols: dict, parsed: dict) -> None:
         c.issue(first.loc, f"expression '{chain[0]}'", "is defined in terms of itself: " + " -> ".join(chain),
                 "break the cycle: one of these must be a state or a parameter")
         return
+    symbols.update(dict.fromkeys(set(exprs) - set(graph)))    # not parsed (reported): no cascading issues
     for name in order:
         e = exprs[name]
         item = f"expression '{name}'"
-        got = c.parse(e.value, symbols, e.loc, item)
+        got = c.parse(e.value, symbols, e.loc, item) if name in graph else None
         if got is None:
             symbols[name] = None
             continue
@@ -258,6 +286,8 @@ def _check_flow(c: _Checker, f, symbols, param_units, states) -> dict[str, Any] 
 
 def _check_dose(c: _Checker, d, param_units, symbols, states) -> Parsed | None:
     item = f"dose '{d.drug}'"
+    if d.target is None:    # missing: reported by the reader
+        return None
     if d.target not in states:
         c.issue(d.loc, item, f"target '{d.target}' is not a state",
                 suggest(str(d.target), states) or "states: " + ", ".join(states))
@@ -274,12 +304,43 @@ def _check_dose(c: _Checker, d, param_units, symbols, states) -> Parsed | None:
     return got
 
 
+def _check_substituted(c: _Checker, parsed: dict) -> None:
+    """Named expressions substituted into expressions, rates and observables must leave them finite
+    (with x: n - n, a rate T/x is infinite only then); what uses a reported expression is skipped."""
+    definitions = {sp.Symbol(n, real=True): p.expr for n, p in parsed["expressions"].items()}
+    expand = substituter(definitions)
+
+    def reported(expr: sp.Expr, loc: Location, item: str, what: str) -> bool:
+        if not expr.free_symbols & definitions.keys():
+            return False    # nothing to substitute: checked when parsed
+        done = "once named expressions are substituted"
+        try:
+            full = expand(expr)
+            problem = f"is not a finite real number {done}: sympy makes it {full}" if not_finite(full) else None
+        except (TypeError, ValueError, ZeroDivisionError, RecursionError) as exc:
+            problem = f"cannot be evaluated {done}: {exc}"
+        if problem:
+            c.issue(loc, item, what + problem, FINITE_HINT)
+        return problem is not None
+
+    bad: set[sp.Symbol] = set()     # expressions reported, or using one that is
+    for name, p in parsed["expressions"].items():
+        if p.expr.free_symbols & bad or reported(p.expr, c.raw["expressions"][name].loc, f"expression '{name}'", ""):
+            bad.add(sp.Symbol(name, real=True))
+    for name, f in parsed["flows"].items():
+        if f and not f["rate"].expr.free_symbols & bad:
+            reported(f["rate"].expr, c.raw["flows"][name].loc, f"flow '{name}'", "rate ")
+    for name, o in parsed["observables"].items():
+        if not o.expr.free_symbols & bad:
+            reported(o.expr, c.raw["observables"][name].loc, f"observable '{name}'", "")
+
+
 def _check_regimens(c: _Checker, raw, param_units) -> None:
     for name, reg in raw["regimens"].items():
         for i, dose in enumerate(reg.doses):
             item = f"regimen '{name}' dose {i + 1}"
             drug = raw["doses"].get(dose.drug)
-            if drug is None:
+            if drug is None and dose.drug is not None:   # a missing drug is reported by the reader
                 c.issue(dose.loc, item, f"unknown drug '{dose.drug}'",
                         suggest(dose.drug, raw["doses"]) or "declare it under 'doses:'")
             amount = c.parse(dose.amount, param_units, dose.loc, item, "amount ")
@@ -288,11 +349,13 @@ def _check_regimens(c: _Checker, raw, param_units) -> None:
                               f"doses of '{dose.drug}' are in {drug.amount_unit}")
             if isinstance(dose.amount, (int, float)) and dose.amount < 0:
                 c.issue(dose.loc, item, f"amount {dose.amount:g} is negative")
-            if dose.count > 1 and not (dose.every is not None and dose.every > 0):
+            if dose.every is not None and dose.every <= 0:
+                c.issue(dose.loc, item, f"'every' must be > 0 (the interval between doses), got {dose.every:g}")
+            elif dose.count > 1 and dose.every is None:
                 c.issue(dose.loc, item, f"{dose.count} doses need 'every' > 0 (the interval)")
             if dose.duration < 0:
                 c.issue(dose.loc, item, "duration must be >= 0 (0 = bolus)")
-            if dose.every and dose.duration > dose.every:
+            elif dose.every is not None and 0 < dose.every < dose.duration:
                 c.issue(dose.loc, item, f"infusions of {dose.duration:g} overlap when given every {dose.every:g}")
     default = raw["default_regimen"]
     if default is not None and default not in raw["regimens"]:
