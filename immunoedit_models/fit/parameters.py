@@ -14,7 +14,7 @@ The cohort's seed is fixed, so the z_i are the same at every evaluation (common 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import jax.numpy as jnp
 import numpy as np
@@ -59,13 +59,7 @@ class FreeParameter:
         if self.start is not None and not lo <= self.start <= hi:
             problems.append(f"start {self.start} is outside the bounds {self.bounds}")
         if self.prior is not None:
-            dist = self.prior.get("distribution")
-            if dist not in PRIOR_ARGS:
-                problems.append(f"prior distribution must be one of {list(PRIOR_ARGS)}, got '{dist}'")
-            else:
-                missing = [a for a in PRIOR_ARGS[dist] if a not in self.prior]
-                if missing:
-                    problems.append(f"{dist} prior needs {', '.join(missing)}")
+            problems += prior_problems(self.prior)
         if problems:
             raise FitError(f"free parameter '{self.name}': " + "; ".join(problems))
 
@@ -80,6 +74,32 @@ class FreeParameter:
     def from_x(self, x):
         """Natural value of x (numpy or JAX)."""
         return jnp.exp(x) if self.scale == "log" else x
+
+
+PRIOR_RULES = {"lognormal": "median > 0 and sigma > 0", "normal": "sd > 0", "uniform": "low < high",
+               "loguniform": "0 < low < high"}
+
+
+def prior_problems(prior: Mapping[str, Any]) -> list[str]:
+    """What is wrong with a prior of the spec language: its distribution, keys and values."""
+    dist = prior.get("distribution")
+    if dist not in PRIOR_ARGS:
+        return [f"prior distribution must be one of {list(PRIOR_ARGS)}, got '{dist}'"]
+    args = PRIOR_ARGS[dist]
+    problems = [f"{dist} prior has no '{key}' (it takes {', '.join(args)})"
+                for key in prior if key not in ("distribution", *args)]
+    missing = [a for a in args if a not in prior]
+    if missing:
+        return problems + [f"{dist} prior needs {', '.join(missing)}"]
+    values = [prior[a] for a in args]
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) for v in values):
+        return problems + [f"{dist} prior {', '.join(f'{a} {v!r}' for a, v in zip(args, values))}: "
+                           "each must be a finite number"]
+    a, b = values
+    valid = {"lognormal": a > 0 and b > 0, "normal": b > 0, "uniform": a < b, "loguniform": 0 < a < b}[dist]
+    if not valid:
+        problems.append(f"{dist} prior needs {PRIOR_RULES[dist]}, got {args[0]} {a:g}, {args[1]} {b:g}")
+    return problems
 
 
 @dataclass(frozen=True)

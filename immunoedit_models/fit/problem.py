@@ -26,6 +26,10 @@ Every problem found in a file is collected and raised once as a FitError with fi
 
 from __future__ import annotations
 
+import csv
+import io
+import math
+import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Collection, Mapping
@@ -33,10 +37,11 @@ from typing import Any, Collection, Mapping
 import numpy as np
 import pandas as pd
 
-from ..errors import FitError, Issue
+from ..errors import FitError, Issue, SpecError
 from ..spec.expressions import suggest
 from ..spec.loader import SpecReader, read_yaml
 from ..spec.schema import Location
+from ..trials.design import TrialDesign, biomarker_names, load_trial
 from ..trials.endpoints import SurvivalParameters
 from .likelihoods import NOISE_MODELS, TRANSFORMATIONS
 from .parameters import PRIOR_ARGS, SCALES, FreeParameter, ParameterSet, PopulationParameter
@@ -53,6 +58,7 @@ OBSERVABLE_KEYS = ("output", "transformation", "noise", "sigma", "description")
 SOLVER_KEYS = ("rtol", "atol", "method", "max_steps")
 FIT_KEYS = ("method", "n_starts", "seed", "max_iter", "profiles", "profile_points", "posterior",
             "popsize", "sigma0", "use_priors", "predictive", "hold")
+POSTERIOR_KEYS = ("num_warmup", "num_samples", "num_chains", "target_accept")   # fit.bayes.nuts_posterior
 COHORT_KEYS = ("patients_per_arm", "seed", "data_cut_months")
 CALIBRATION_KEYS = ("priors", "fixed", "survival")     # the run_trial keywords a calibration.yaml gives
 PREDICTIVE_KEYS = ("draws", "replicates", "patients_per_arm", "seed", "window")
@@ -181,6 +187,82 @@ def _raise(issues: list[Issue]) -> None:
     raise error
 
 
+def _real(value: Any) -> bool:
+    """A finite int or float written as a number (not a boolean)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _pair(value: Any) -> tuple[float, float] | None:
+    """[low, high] of two finite numbers with low < high; None otherwise."""
+    if isinstance(value, (list, tuple)) and len(value) == 2 and all(map(_real, value)) and value[0] < value[1]:
+        return float(value[0]), float(value[1])
+    return None
+
+
+def _parser_line(message: str) -> int | None:
+    """The file line a pandas parser message names: 'in line 4' (1-based) or 'at row 2' (0-based)."""
+    found = re.search(r"\b(line|row) (\d+)", message)
+    return None if found is None else int(found[2]) + (found[1] == "row")
+
+
+def _cell_number(raw: Any) -> float | None:
+    """A CSV cell as a number: None when empty, NaN when it is text or not finite."""
+    if raw is None or (isinstance(raw, float) and math.isnan(raw)):
+        return None
+    try:
+        number = float(raw)
+    except ValueError:
+        return math.nan
+    return number if math.isfinite(number) else math.nan
+
+
+NOT_REACHED = "a statistic not reached (NR, NE) cannot be a target: drop the target, or write the number"
+CellProblem = tuple[str, str] | None    # (message, hint) of an Issue
+
+
+def _published_value(row: pd.Series) -> tuple[float | None, CellProblem]:
+    """The `value` of a published row, or what is wrong with it."""
+    value = _cell_number(row.get("value"))
+    if value is None:
+        return None, ("the 'value' cell is empty", "give the published number, or 'value:' in the target")
+    if math.isnan(value):
+        return None, (f"'value' must be a number, got {row['value']!r}", NOT_REACHED)
+    return value, None
+
+
+def _published_ci(row: pd.Series) -> tuple[tuple[float, float] | None, CellProblem]:
+    """(ci_low, ci_high) of a published row (None when a cell is empty), or what is wrong with it."""
+    cells = {c: _cell_number(row.get(c)) for c in ("ci_low", "ci_high")}
+    for column, number in cells.items():
+        if number is not None and math.isnan(number):
+            return None, (f"'{column}' must be a number, got {row[column]!r}", NOT_REACHED)
+    low, high = cells.values()
+    if low is None or high is None:
+        return None, None
+    if not low < high:
+        return None, (f"ci must be [low, high] with low < high, got [{low:g}, {high:g}]", "swap ci_low and ci_high")
+    return (low, high), None
+
+
+def _edges(value: Any) -> tuple[float, ...] | None:
+    """Histogram edges: at least two increasing numbers >= 0; None otherwise."""
+    if not (isinstance(value, list) and len(value) >= 2 and all(map(_real, value)) and value[0] >= 0):
+        return None
+    return tuple(map(float, value)) if all(a < b for a, b in zip(value, value[1:])) else None
+
+
+def _long_row(text: str, sep: str) -> int | None:
+    """The line of the first row with more fields than the header (pandas reads such rows'
+    first fields as an index instead of failing)."""
+    rows = csv.reader(io.StringIO(text), delimiter=sep)
+    width = len(next(rows, []))
+    return next((rows.line_num for row in rows if len(row) > width), None)
+
+
+def _table_kind(path: Path) -> str:
+    return "TSV" if path.suffix in (".tsv", ".tab") else "CSV"
+
+
 def check_free_parameters(problem: FitProblem, model_name: str, model_parameters: Collection[str]) -> None:
     """FitError unless every free model parameter, and the parameter behind every free population
     (`r_tumour` of `r_tumour.median`), is a parameter of the model."""
@@ -222,6 +304,7 @@ class _Reader:
     def __init__(self, reader: SpecReader, folder: Path):
         self.r = reader
         self.folder = folder
+        self.published_tables: dict[Path, pd.DataFrame | None] = {}
 
     # ---- top level -------------------------------------------------------------------------
     def read(self, doc: Mapping) -> FitProblem:
@@ -242,29 +325,59 @@ class _Reader:
                       fit=self.fit_settings(doc, free), roles=roles,
                       description=str(doc.get("description", "")).strip(),
                       backend=str(doc.get("backend", "jax" if kind == "timecourse" else "numba")),
-                      solver=self.solver(doc), sources=tuple(str(s) for s in doc.get("sources") or ()),
+                      solver=self.solver(doc), sources=self.sources(doc),
                       source_text=Path(r.file).read_text(encoding="utf-8"))
         if kind == "trial":
             if not doc.get("trial"):
                 r.issue(loc, "problem", "a trial problem needs 'trial:' (the trial design name)")
-            predictions = tuple(r.plain(doc.get("predictions") or []))
-            try:
-                prediction_statistics(predictions)
-            except (FitError, TypeError, ValueError, AttributeError) as exc:
-                r.issue(r.loc(doc, "predictions") if "predictions" in doc else loc, "predictions", str(exc),
-                        "entries: {endpoint, arms: [...], statistics: [median, landmark_<months>]} or "
-                        "{endpoint, comparisons: [...], statistics: [hazard_ratio], subgroups: [...]}")
             base, base_path = self.calibration(doc)
             return FitProblem(**common, trial=str(doc.get("trial", "")), cohort=self.cohort(doc),
-                              targets=self.targets(doc), predictions=predictions, calibration=base,
-                              calibration_path=base_path)
+                              targets=self.targets(doc, self.trial_design(doc)), predictions=self.predictions(doc),
+                              calibration=base, calibration_path=base_path)
         if "calibration" in doc:
             r.issue(r.loc(doc, "calibration"), "calibration", "only a trial problem builds on a calibration",
                     "remove 'calibration:' or make the problem 'kind: trial'")
         observables = self.observables(doc, roles)
         conditions = self.conditions(doc)
-        return FitProblem(**common, t0=float(r.number(doc, "t0", loc, "problem", 0.0)), conditions=conditions,
-                          observables=observables, measurements=self.measurements(doc, observables, conditions))
+        t0 = float(r.number(doc, "t0", loc, "problem", 0.0))
+        return FitProblem(**common, t0=t0, conditions=conditions, observables=observables,
+                          measurements=self.measurements(doc, observables, conditions, t0))
+
+    def sources(self, doc) -> tuple[str, ...]:
+        """`sources:`, a list of references."""
+        value = doc.get("sources") or []
+        if not isinstance(value, list):
+            self.r.issue(self.r.loc(doc, "sources"), "sources", f"must be a list of references, got "
+                         f"{self.r.plain(value)!r}", "write one '- author, journal year' item per reference")
+            return ()
+        return tuple(str(s) for s in value)
+
+    def predictions(self, doc) -> tuple[Mapping[str, Any], ...]:
+        """`predictions:`, the statistics a calibrated trial problem predicts."""
+        r = self.r
+        value = doc.get("predictions") or []
+        hint = ("entries: {endpoint, arms: [...], statistics: [median, landmark_<months>]} or "
+                "{endpoint, comparisons: [...], statistics: [hazard_ratio], subgroups: [...]}")
+        if not isinstance(value, list):
+            r.issue(r.loc(doc, "predictions"), "predictions", f"must be a list of entries, got {r.plain(value)!r}", hint)
+            return ()
+        predictions = tuple(r.plain(value))
+        try:
+            prediction_statistics(predictions)
+        except (FitError, TypeError, ValueError, AttributeError) as exc:
+            r.issue(r.loc(doc, "predictions"), "predictions", str(exc), hint)
+        return predictions
+
+    def trial_design(self, doc) -> TrialDesign | None:
+        """The problem's trial design, whose targets' arms, comparisons and biomarkers it names; its
+        own problems join the problem's. None when it does not load."""
+        if not doc.get("trial"):
+            return None
+        try:
+            return load_trial(_local(self.folder, str(doc["trial"])))
+        except SpecError as exc:
+            self.r.issues.extend(exc.issues)
+            return None
 
     def cohort(self, doc) -> dict[str, Any]:
         """The fit's trial settings: patients_per_arm, seed, data_cut_months (all optional)."""
@@ -321,6 +434,13 @@ class _Reader:
         if not (isinstance(bounds, list) and len(bounds) == 2):
             r.issue(loc, item, "needs 'bounds: [low, high]'")
             return None
+        if not all(map(_real, bounds)):
+            r.issue(r.at(body, "bounds", loc), item, f"'bounds' must be two finite numbers [low, high], got "
+                    f"{r.plain(bounds)!r}")
+            return None
+        start = None if body.get("start") is None else r.number(body, "start", loc, item)
+        if start is not None and math.isnan(start):
+            return None
         prior = r.plain(body.get("prior")) if body.get("prior") is not None else None
         if prior is not None:
             dist = prior.get("distribution") if isinstance(prior, Mapping) else None
@@ -333,10 +453,9 @@ class _Reader:
             r.issue(r.loc(body, "scale"), item, f"scale must be one of {', '.join(SCALES)}, got '{scale}'")
             return None
         try:
-            return FreeParameter(name, (float(bounds[0]), float(bounds[1])), scale,
-                                 None if body.get("start") is None else float(body["start"]), prior,
+            return FreeParameter(name, (float(bounds[0]), float(bounds[1])), scale, start, prior,
                                  str(body.get("source", "")))
-        except (FitError, ValueError, TypeError) as exc:
+        except FitError as exc:
             r.issue(loc, item, str(exc))
             return None
 
@@ -376,11 +495,22 @@ class _Reader:
                     continue
                 self.r.check_keys(sub, PARAM_KEYS, f"{item} {part}")
                 parts.append(self.free_parameter(f"{name}.{part}", sub, self.r.loc(body, part), f"{item} {part}"))
-            bounds = body.get("bounds")
             if len(parts) == 2 and all(parts):
-                out.append(PopulationParameter(str(name), parts[0], parts[1],
-                                               tuple(float(b) for b in bounds) if bounds else None))
+                out.append(PopulationParameter(str(name), parts[0], parts[1], self.truncation(body, loc, item)))
         return tuple(out)
+
+    def truncation(self, body, loc, item) -> tuple[float, float] | None:
+        """A population's `bounds`: 0 < low < high, to which each patient's value is clipped."""
+        value = body.get("bounds")
+        if value is None:
+            return None
+        bounds = _pair(value)
+        if bounds is None or bounds[0] <= 0:
+            self.r.issue(self.r.at(body, "bounds", loc), item, f"'bounds' must be [low, high] with 0 < low < high, "
+                         f"got {self.r.plain(value)!r}", "each patient's value (median x exp(sigma z), positive) is "
+                         "clipped to them: give the model parameter's bounds")
+            return None
+        return bounds
 
     def fit_settings(self, doc, free: list[FreeParameter]) -> FitSettings:
         r = self.r
@@ -397,18 +527,57 @@ class _Reader:
         elif doc.get("kind") == "trial" and method != "cmaes":
             r.issue(loc, "fit", f"trial problems are fitted with method cmaes (their objective is a "
                     f"simulated trial, not differentiable), got '{method}'")
-        profiles = body.get("profiles", [])
-        profiles = names if profiles is True else ([] if profiles is False else [str(p) for p in profiles])
+        profiles = self.profiles(body, loc, names)
         for p in profiles:
             if p not in names:
                 r.issue(loc, "fit", f"profile of '{p}', which is not a free parameter",
                         suggest(p, names) or "profiles: list free parameter names, or true for all")
+        sigma0 = float(r.number(body, "sigma0", loc, "fit", 0.25))
+        if sigma0 <= 0:
+            r.issue(r.at(body, "sigma0", loc), "fit", f"'sigma0' must be > 0, got {sigma0:g}",
+                    "the initial CMA-ES step on the fit scale, e.g. sigma0: 0.25")
+        use_priors = body.get("use_priors", False)
+        if not isinstance(use_priors, bool):
+            r.issue(r.at(body, "use_priors", loc), "fit", f"'use_priors' must be true or false, got {r.plain(use_priors)!r}",
+                    "write use_priors: true (unquoted)")
         return FitSettings(method, r.count(body, "n_starts", loc, "fit", 8), r.count(body, "seed", loc, "fit", 0, minimum=0),
                            r.count(body, "max_iter", loc, "fit", 200), tuple(profiles),
-                           r.count(body, "profile_points", loc, "fit", 12, minimum=3), r.plain(body.get("posterior") or {}),
+                           r.count(body, "profile_points", loc, "fit", 12, minimum=3), self.posterior(body, loc),
                            None if body.get("popsize") is None else r.count(body, "popsize", loc, "fit", 0, minimum=2),
-                           float(r.number(body, "sigma0", loc, "fit", 0.25)), bool(body.get("use_priors", False)),
+                           sigma0, use_priors is True,
                            self.predictive(body, loc, doc.get("kind")), self.hold(body, loc, doc.get("kind"), free))
+
+    def profiles(self, body, loc, names: list[str]) -> list[str]:
+        """fit.profiles: a list of free parameter names, or true for all of them."""
+        value = body.get("profiles", [])
+        if isinstance(value, bool):
+            return names if value else []
+        if not isinstance(value, list):
+            self.r.issue(self.r.at(body, "profiles", loc), "fit", f"'profiles' must be a list of free parameter "
+                         f"names or true (all), got {self.r.plain(value)!r}",
+                         f"e.g. profiles: [{names[0]}]" if names else None)
+            return []
+        return [str(p) for p in value]
+
+    def posterior(self, body, loc) -> dict[str, Any]:
+        """fit.posterior: NUTS settings num_warmup, num_samples, num_chains (>= 1), target_accept in (0, 1)."""
+        sub = body.get("posterior")
+        if sub is None:
+            return {}
+        if not isinstance(sub, Mapping):
+            self.r.issue(self.r.at(body, "posterior", loc), "fit", f"'posterior' must be a mapping of "
+                         f"{', '.join(POSTERIOR_KEYS)}, got {self.r.plain(sub)!r}", "e.g. posterior: {num_samples: 500}")
+            return {}
+        self.r.check_keys(sub, POSTERIOR_KEYS, "fit posterior")
+        where = self.r.at(body, "posterior", loc)
+        out = {key: self.r.count(sub, key, where, "fit posterior", None) for key in POSTERIOR_KEYS[:3] if key in sub}
+        if "target_accept" in sub:
+            accept = self.r.number(sub, "target_accept", where, "fit posterior")
+            if not 0 < accept < 1:
+                self.r.issue(self.r.at(sub, "target_accept", where), "fit posterior",
+                             f"'target_accept' must be in (0, 1), got {accept:g}", "e.g. target_accept: 0.8")
+            out["target_accept"] = accept
+        return {k: v for k, v in out.items() if v is not None}
 
     def hold(self, body, loc, kind, free: list[FreeParameter]) -> tuple[str, ...]:
         """fit.hold: free parameters of a trial problem held at their `start` (e.g. a previous
@@ -457,13 +626,24 @@ class _Reader:
         for name in section:
             got = self.r.entry(section, name, "condition", CONDITION_KEYS)
             if got:
-                body, _, _ = got
+                body, loc, item = got
                 out[str(name)] = Condition(str(name), None if body.get("regimen") is None else str(body["regimen"]),
-                                           {str(k): float(v) for k, v in (body.get("parameters") or {}).items()},
-                                           {str(k): float(v) for k, v in (body.get("initial") or {}).items()})
+                                           self.values(body, "parameters", loc, item),
+                                           self.values(body, "initial", loc, item))
         if not out:
             out["default"] = Condition("default")
         return out
+
+    def values(self, body, key: str, loc: Location, item: str) -> dict[str, float]:
+        """A condition's `parameters:` or `initial:`, a mapping of name: number."""
+        value = body.get(key)
+        if value is None:
+            return {}
+        if not isinstance(value, Mapping):
+            self.r.issue(self.r.at(body, key, loc), item, f"'{key}' must be a mapping of name: number, got "
+                         f"{self.r.plain(value)!r}", f"e.g. {key}: {{NAME: 1.0}}")
+            return {}
+        return {str(k): self.r.number(value, k, loc, f"{item} {key}") for k in value}
 
     def observables(self, doc, roles: Mapping[str, str]) -> dict[str, Observable]:
         section = self.r.section(doc, "observables")
@@ -485,13 +665,15 @@ class _Reader:
                 if roles.get(sigma) != "noise":
                     self.r.issue(loc, item, f"sigma '{sigma}' must be a number or a free parameter with "
                                  "'role: noise'", suggest(sigma, [k for k, v in roles.items() if v == "noise"]))
-            elif not (isinstance(sigma, (int, float)) and sigma > 0):
-                self.r.issue(loc, item, f"sigma must be > 0, got {sigma!r}")
+            elif not (_real(sigma) and sigma > 0):
+                self.r.issue(self.r.at(body, "sigma", loc), item, f"sigma must be a number > 0 or a noise "
+                             f"parameter's name, got {self.r.plain(sigma)!r}")
+                sigma = 1.0
             out[str(name)] = Observable(str(name), str(body.get("output", name)), transformation, noise,
                                         sigma if isinstance(sigma, str) else float(sigma))
         return out
 
-    def measurements(self, doc, observables, conditions) -> pd.DataFrame | None:
+    def measurements(self, doc, observables, conditions, t0: float) -> pd.DataFrame | None:
         r = self.r
         name = doc.get("measurements")
         loc = r.loc(doc, "measurements") if name else r.loc(doc)
@@ -502,8 +684,9 @@ class _Reader:
         if not path.is_file():
             r.issue(loc, "measurements", f"no such file: {path}")
             return None
-        table = pd.read_csv(path, sep="\t" if path.suffix in (".tsv", ".tab") else ",",
-                            float_precision="round_trip")
+        table = self.table(path, "measurements", "observableId, simulationConditionId, time, measurement [, noise]")
+        if table is None:
+            return None
         missing = [c for c in MEASUREMENT_COLUMNS if c not in table.columns]
         if missing:
             r.issue(loc, "measurements", f"{path.name} lacks the columns {missing}",
@@ -518,12 +701,54 @@ class _Reader:
         table[numeric] = table[numeric].apply(pd.to_numeric, errors="coerce")
         if not np.isfinite(table[numeric].to_numpy(float)).all():
             r.issue(loc, "measurements", f"{path.name}: time, measurement and noise must be finite numbers")
+        early = int((table["time"] < t0).sum())
+        if early:
+            r.issue(loc, "measurements", f"{path.name}: {early} measurement times are before t0 = {t0:g}",
+                    "the simulation starts at t0: set 't0:' to the earliest time, or drop those rows")
+        if "noise" in table and (table["noise"] <= 0).any():
+            r.issue(loc, "measurements", f"{path.name}: noise must be > 0 (the standard deviation of each "
+                    f"measurement), got {table['noise'].min():g}", "leave the noise column out to use the observable's sigma")
         table["observableId"] = table["observableId"].astype(str)
         table["simulationConditionId"] = table["simulationConditionId"].astype(str)
         return table
 
+    def table(self, path: Path, item: str, header: str) -> pd.DataFrame | None:
+        """A CSV file (TSV for .tsv, .tab) as a DataFrame; None, with an issue naming the file and
+        line, when it cannot be read, is not UTF-8, is empty, is ragged or has no rows."""
+        kind = _table_kind(path)
+        try:
+            text = path.read_bytes().decode("utf-8")
+        except OSError as exc:
+            self.r.issue(Location(str(path)), item, f"cannot read: {exc.strerror}")
+            return None
+        except UnicodeDecodeError as exc:
+            self.r.issue(Location(str(path), exc.object[:exc.start].count(b"\n") + 1), item,
+                         f"is not UTF-8 text: byte 0x{exc.object[exc.start]:02x} cannot be decoded", "save the file as UTF-8")
+            return None
+        sep = "\t" if kind == "TSV" else ","
+        try:
+            table = pd.read_csv(io.StringIO(text), sep=sep, float_precision="round_trip")
+        except pd.errors.EmptyDataError:
+            self.r.issue(Location(str(path)), item, "is empty", f"write the header row ({header}), then one row per line")
+            return None
+        except pd.errors.ParserError as exc:
+            detail = str(exc).strip().split("C error: ")[-1]
+            self.r.issue(Location(str(path), _parser_line(detail)), item, f"is not a valid {kind} table: {detail}",
+                         f"give every row one field per header column, separated by "
+                         f"{'tabs' if kind == 'TSV' else 'commas'}, and close every quote")
+            return None
+        if not isinstance(table.index, pd.RangeIndex):
+            self.r.issue(Location(str(path), _long_row(text, sep)), item, f"is not a valid {kind} table: a row "
+                         "has more fields than the header", f"give every row one field per header column, "
+                         f"separated by {'tabs' if kind == 'TSV' else 'commas'}")
+            return None
+        if table.empty:
+            self.r.issue(Location(str(path)), item, "has no rows", f"add one row per line under the header ({header})")
+            return None
+        return table
+
     # ---- trial targets -----------------------------------------------------------------------
-    def targets(self, doc) -> tuple[Target, ...]:
+    def targets(self, doc, design: TrialDesign | None) -> tuple[Target, ...]:
         r = self.r
         items = doc.get("targets") or []
         if not isinstance(items, list) or not items:
@@ -541,56 +766,113 @@ class _Reader:
             if kind not in TARGET_KINDS:
                 r.issue(loc, item, f"kind must be one of {', '.join(TARGET_KINDS)}, got '{kind}'")
                 continue
-            fields = dict(id=str(body.get("id", f"{kind}_{i + 1}")), kind=kind,
-                          endpoint=str(body.get("endpoint", "pfs")).lower(),
-                          arm=None if body.get("arm") is None else str(body["arm"]),
-                          comparison=None if body.get("comparison") is None else str(body["comparison"]),
-                          weight=float(body.get("weight", 1.0)), source=str(body.get("source", "")))
-            if body.get("published"):
-                fields.update(self.published(body, loc, item))
-            if body.get("value") is not None:
-                fields["value"] = float(body["value"])
-            if body.get("ci") is not None:
-                fields["ci"] = tuple(float(c) for c in body["ci"])
-            if body.get("n") is not None:
-                fields["n"] = int(body["n"])
-            if body.get("months") is not None:
-                fields["months"] = float(body["months"])
-            if body.get("biomarker") is not None:
-                fields["biomarker"] = str(body["biomarker"])
-            if kind == "ipd":
-                fields["data"] = self.ipd(body, loc, item)
-                edges = body.get("hazard_bins_months")
-                if not edges:
-                    r.issue(loc, item, "an ipd target needs 'hazard_bins_months: [0, ...]'")
-                else:
-                    fields["hazard_bins_months"] = tuple(float(e) for e in edges)
-                fields["smoothing_months"] = float(body.get("smoothing_months", 0.5))
-            self.check_target(fields, loc, item)
+            fields, reported = self.target_fields(body, dict(id=str(body.get("id", f"{kind}_{i + 1}")), kind=kind),
+                                                  loc, item)
+            self.check_target(fields, reported, loc, item)
+            if design is not None:
+                self.check_design_names(fields, design, loc, item)
             out.append(Target(**fields))
         return tuple(out)
 
-    def published(self, body, loc, item) -> dict[str, Any]:
-        sel = self.r.plain(body["published"])
+    def target_fields(self, body, fields: dict[str, Any], loc, item) -> tuple[dict[str, Any], set[str]]:
+        """A target's fields from its keys and its `published:` row, and the keys whose values were
+        reported wrong (so that they are not reported missing as well)."""
+        r = self.r
+        fields.update(endpoint=str(body.get("endpoint", "pfs")).lower(),
+                      arm=None if body.get("arm") is None else str(body["arm"]),
+                      comparison=None if body.get("comparison") is None else str(body["comparison"]),
+                      source=str(body.get("source", "")))
+        reported: set[str] = set()
+        if body.get("published") is not None:
+            published, failed = self.published(body, loc, item)
+            fields.update(published)
+            reported |= failed
+        for key in ("weight", "value", "months", "smoothing_months"):
+            if body.get(key) is not None:
+                number = r.number(body, key, loc, item)
+                if math.isnan(number):
+                    reported.add(key)
+                else:
+                    fields[key] = number
+        if body.get("n") is not None:
+            n = r.count(body, "n", loc, item, None)
+            if n is None:
+                reported.add("n")
+            else:
+                fields["n"] = n
+        if body.get("ci") is not None:
+            ci = _pair(body["ci"])
+            if ci is None:
+                r.issue(r.at(body, "ci", loc), item, f"ci must be [low, high] with low < high, got "
+                        f"{r.plain(body['ci'])!r}", "the 95 % confidence interval, e.g. ci: [3.4, 5.6]")
+                reported.add("ci")
+            else:
+                fields["ci"] = ci
+        if body.get("biomarker") is not None:
+            fields["biomarker"] = str(body["biomarker"])
+        if fields["kind"] == "ipd":
+            fields["data"] = self.ipd(body, loc, item)
+            edges = body.get("hazard_bins_months")
+            if not edges:
+                r.issue(loc, item, "an ipd target needs 'hazard_bins_months: [0, ...]'")
+            elif _edges(edges) is None:
+                r.issue(r.at(body, "hazard_bins_months", loc), item, "'hazard_bins_months' must be increasing "
+                        f"numbers >= 0, at least two, got {r.plain(edges)!r}", "bin edges in months, e.g. [0, 3, 6, 12]")
+            else:
+                fields["hazard_bins_months"] = _edges(edges)
+        return fields, reported
+
+    def published(self, body, loc, item) -> tuple[dict[str, Any], set[str]]:
+        """value, ci and source from the row of a published-results CSV that `published:` selects,
+        and the keys it failed to give, each reported."""
+        r, failed = self.r, {"value", "ci"}
+        if not isinstance(body["published"], Mapping):
+            r.issue(r.at(body, "published", loc), item, f"'published' must be a mapping of column: value, got "
+                    f"{r.plain(body['published'])!r}", "it selects one row of published.csv, e.g. "
+                    "published: {endpoint: PFS, arm: NIVO, statistic: median}")
+            return {}, failed
+        sel = r.plain(body["published"])
         path = self.folder / str(sel.pop("file", "published.csv"))
         if not path.is_file():
-            self.r.issue(loc, item, f"no such file: {path}")
-            return {}
-        table = pd.read_csv(path, float_precision="round_trip")
+            r.issue(loc, item, f"no such file: {path}")
+            return {}, failed
+        table = self.published_table(path)
+        if table is None:
+            return {}, failed
         rows = table
         for key, value in sel.items():
             if key not in table.columns:
-                self.r.issue(loc, item, f"published: {path.name} has no column '{key}'")
-                return {}
+                r.issue(loc, item, f"published: {path.name} has no column '{key}'")
+                return {}, failed
             rows = rows[rows[key].astype(str) == str(value)]
         if len(rows) != 1:
-            self.r.issue(loc, item, f"published: {sel} matches {len(rows)} rows of {path.name}, need exactly 1")
-            return {}
+            r.issue(loc, item, f"published: {sel} matches {len(rows)} rows of {path.name}, need exactly 1")
+            return {}, failed
         row = rows.iloc[0]
-        out: dict[str, Any] = {"value": float(row["value"]), "source": str(row.get("source", ""))}
-        if pd.notna(row.get("ci_low")) and pd.notna(row.get("ci_high")):
-            out["ci"] = (float(row["ci_low"]), float(row["ci_high"]))
-        return out
+        where = Location(str(path), int(rows.index[0]) + 2)      # the header is line 1
+        out: dict[str, Any] = {"source": str(row.get("source", ""))}
+        failed = set()
+        for key, (number, problem) in (("value", _published_value(row)), ("ci", _published_ci(row))):
+            if key in body:             # given in the target: it replaces the published one
+                continue
+            if problem:
+                r.issue(where, item, *problem)
+                failed.add(key)
+            elif number is not None:
+                out[key] = number
+        return out, failed
+
+    def published_table(self, path: Path) -> pd.DataFrame | None:
+        """A published-results CSV, read and checked once for all the targets that select from it."""
+        if path not in self.published_tables:
+            table = self.table(path, "published", "analysis, population, endpoint, arm, statistic, value, ci_low, "
+                               "ci_high, source")
+            if table is not None and "value" not in table.columns:
+                self.r.issue(Location(str(path), 1), "published", "has no column 'value'",
+                             "published rows give value, and ci_low, ci_high for a confidence interval")
+                table = None
+            self.published_tables[path] = table
+        return self.published_tables[path]
 
     def ipd(self, body, loc, item) -> pd.DataFrame | None:
         if not body.get("data"):
@@ -600,7 +882,9 @@ class _Reader:
         if not path.is_file():
             self.r.issue(loc, item, f"no such file: {path}")
             return None
-        table = pd.read_csv(path, float_precision="round_trip")
+        table = self.table(path, item, "time_months, event")
+        if table is None:
+            return None
         if not {"time_months", "event"} <= set(table.columns):
             self.r.issue(loc, item, f"{path.name} must have the columns time_months, event")
             return None
@@ -611,17 +895,49 @@ class _Reader:
             return None
         return pd.DataFrame({"time_months": time, "event": event.astype(int)})
 
-    def check_target(self, f: Mapping[str, Any], loc: Location, item: str) -> None:
-        kind = f["kind"]
+    def check_target(self, f: Mapping[str, Any], reported: set[str], loc: Location, item: str) -> None:
+        r, kind = self.r, f["kind"]
         needs = {"ipd": ("arm",), "median": ("arm", "value", "ci"), "hazard_ratio": ("comparison", "value", "ci"),
                  "landmark": ("arm", "value", "ci", "months"), "response": ("arm", "value", "n"),
                  "prevalence": ("biomarker", "value", "n")}[kind]
         for key in needs:
-            if f.get(key) is None:
-                self.r.issue(loc, item, f"a {kind} target needs '{key}'"
-                             + (" (from 'published:' or given)" if key in ("value", "ci") else "")
-                             + (" (a biomarker rule of the trial design, e.g. pdl1_high)" if key == "biomarker" else ""))
-        if kind in ("response", "prevalence") and f.get("value") is not None and not 0 <= f["value"] <= 1:
-            self.r.issue(loc, item, f"a {kind} target's value is a fraction in [0, 1], got {f['value']}")
+            if f.get(key) is None and key not in reported:
+                r.issue(loc, item, f"a {kind} target needs '{key}'"
+                        + (" (from 'published:' or given)" if key in ("value", "ci") else "")
+                        + (" (a biomarker rule of the trial design, e.g. pdl1_high)" if key == "biomarker" else ""))
+        value, ci = f.get("value"), f.get("ci")
+        if kind in ("response", "prevalence", "landmark") and value is not None and not 0 <= value <= 1:
+            r.issue(loc, item, f"a {kind} target's value is a fraction in [0, 1], got {value}")
+        if kind in ("median", "hazard_ratio"):
+            if value is not None and not value > 0:
+                r.issue(loc, item, f"a {kind} target's value must be > 0, got {value:g}",
+                        "its likelihood is read on the log scale")
+            if ci is not None and not ci[0] > 0:
+                r.issue(loc, item, f"a {kind} target's ci must be > 0, got [{ci[0]:g}, {ci[1]:g}]",
+                        "its standard error is read on the log scale")
+        for key, low, rule in (("months", 0.0, "> 0"), ("smoothing_months", 0.0, "> 0"), ("weight", None, ">= 0")):
+            number = f.get(key)
+            if number is not None and not (number > low if low is not None else number >= 0):
+                r.issue(loc, item, f"{key} must be {rule}, got {number:g}")
         if f["endpoint"] not in ("pfs", "os"):
-            self.r.issue(loc, item, f"endpoint must be pfs or os, got '{f['endpoint']}'")
+            r.issue(loc, item, f"endpoint must be pfs or os, got '{f['endpoint']}'")
+
+    def check_design_names(self, f: Mapping[str, Any], design: TrialDesign, loc: Location, item: str) -> None:
+        """The target's arm, comparison arms and biomarker are the trial design's."""
+        r, arms = self.r, list(design.arms)
+        named = [f["arm"]] if f.get("arm") is not None else []
+        if f.get("comparison") is not None:
+            experimental, sep, control = f["comparison"].partition("_vs_")
+            if sep:
+                named += [experimental, control]
+            else:
+                r.issue(loc, item, f"comparison '{f['comparison']}' must read EXPERIMENTAL_vs_CONTROL",
+                        f"e.g. {arms[0]}_vs_{arms[-1]}" if arms else None)
+        for arm in named:
+            if arm not in arms:
+                r.issue(loc, item, f"trial design '{design.name}' has no arm '{arm}'",
+                        suggest(arm, arms) or f"its arms: {', '.join(arms)}")
+        rules = biomarker_names(design.biomarkers)
+        if f.get("biomarker") is not None and f["biomarker"] not in rules:
+            r.issue(loc, item, f"trial design '{design.name}' has no biomarker rule '{f['biomarker']}'",
+                    suggest(f["biomarker"], rules) or f"its rules: {', '.join(rules) or 'none'}")

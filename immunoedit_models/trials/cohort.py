@@ -288,7 +288,8 @@ def constraint(item: Constraint | Mapping[str, Any]) -> Constraint:
         hint = suggest(str(unknown[0]), allowed) if unknown else None
         raise SimulationError(f"constraint {dict(item)}: a {kind} constraint takes {', '.join(allowed)} "
                               f"and needs 'output'" + (f" ({hint})" if hint else ""))
-    num = {k: float(v) for k, v in item.items() if k not in ("kind", "output", "description")}
+    num = {k: _number(v, f"constraint {dict(item)}: '{k}'") for k, v in item.items()
+           if k not in ("kind", "output", "description")}
     if kind == "range":
         c: Constraint = RangeConstraint(str(item["output"]), num.get("time", 0.0),
                                         num.get("low", -math.inf), num.get("high", math.inf))
@@ -303,6 +304,13 @@ def constraint(item: Constraint | Mapping[str, Any]) -> Constraint:
         raise SimulationError(f"constraint {dict(item)} is empty or looks before day 0: need low <= high, "
                               "from < to, min_ratio < max_ratio and days >= 0")
     return c
+
+
+def _number(value: Any, what: str) -> float:
+    """A finite number from data; SimulationError naming `what` otherwise."""
+    if isinstance(value, (int, float, np.number)) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    raise SimulationError(f"{what} must be a finite number, got {value!r}")
 
 
 # ---- target distributions ------------------------------------------------------------------
@@ -333,6 +341,16 @@ class Target:
 
     @classmethod
     def from_mapping(cls, item: Mapping[str, Any]) -> "Target":
+        """The target a mapping describes (see `_from_mapping`); SimulationError when a number it
+        needs is missing or not a number."""
+        try:
+            return cls._from_mapping(item)
+        except (TypeError, ValueError, KeyError) as exc:
+            raise SimulationError(f"target {dict(item)}: its distribution needs numbers (median, sigma, mean, sd, "
+                                  f"range [low, high], n, quantiles), got {type(exc).__name__}: {exc}") from None
+
+    @classmethod
+    def _from_mapping(cls, item: Mapping[str, Any]) -> "Target":
         """{output, time, distribution: lognormal | normal, then one of: median + sigma (lognormal)
         / mean + sd (normal); median + range [low, high] + n (the published summary: the location
         is the median, the spread Wan et al.'s range estimate, on the log scale for lognormal);
