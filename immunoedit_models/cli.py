@@ -121,9 +121,15 @@ def _validated_model(spec: str) -> str:
 
 
 def _validated_trial(spec: str) -> str:
+    """The design, its model spec, and that the model declares what the design doses and reads."""
+    from .errors import SpecError
     from .trials.design import load_trial
+    from .trials.run import model_issues
 
     design = load_trial(spec)
+    issues = model_issues(design)
+    if issues:
+        raise SpecError(issues, what="trial design")
     n_scans = design.scans.days(design.horizon_days).size - 1
     return (f"trial {design.name}: model {design.model}, arms {', '.join(design.arms)}, "
             f"{design.patients_per_arm} patients per arm, {n_scans} scans after baseline over "
@@ -133,14 +139,18 @@ def _validated_trial(spec: str) -> str:
 def _validated_problem(spec: str) -> str:
     """Everything `immunoedit fit` reads before it compiles: the problem, its model spec and trial
     design, and the free parameters' names in the model."""
+    from .errors import SpecError
     from .fit.problem import check_free_parameters, load_problem
     from .spec.loader import load_spec
     from .trials.design import load_trial
+    from .trials.run import model_issues
 
     problem = load_problem(spec)
     model = load_spec(problem.model_path())
     if problem.trial:
-        load_trial(problem.trial_path())
+        issues = model_issues(load_trial(problem.trial_path()))
+        if issues:
+            raise SpecError(issues, what="trial design")
     check_free_parameters(problem, model.name, model.parameters)
     data = (f"{len(problem.measurements)} measurements" if problem.measurements is not None
             else f"{len(problem.targets)} targets")

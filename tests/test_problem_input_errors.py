@@ -412,3 +412,42 @@ def test_problem_reports_its_design_problems(tmp_path):
     assert issues(load_problem, folder, FitError) == [
         f"{where(design, 'data_cut_months: 0')}: trial: 'data_cut_months' must be > 0, got 0 (months from the "
         "first patient in to the data cut-off)"]
+
+
+def test_timecourse_names_are_checked_against_the_model(tmp_path):
+    folder = copy(TIMECOURSE, tmp_path, ("problem.yaml", "measurements.tsv"))
+    mutate(folder, [("problem.yaml", "treated: {regimen: q21d_x18,",
+                     "treated: {regimen: q21d_x81, parameters: {kkil: 2}, initial: {TT: 1.0e6},"),
+                    ("problem.yaml", "log_tumour: {output: T,", "log_tumour: {output: TT,")])
+    with pytest.raises(FitError) as info:
+        load_problem(folder)
+    at = where(folder / "problem.yaml", "treated:")
+    model = "model 'benchmark_reference'"
+    assert str(info.value).splitlines()[1:] == [
+        f"  {at}: condition 'treated': 'kkil' is not a parameter of {model} (did you mean 'kkill'?)",
+        f"  {at}: condition 'treated': 'TT' is not a state of {model} (did you mean 'T'?)",
+        f"  {at}: condition 'treated': {model} has no regimen 'q21d_x81' (did you mean 'q21d_x18'?)",
+        f"  {where(folder / 'problem.yaml', 'log_tumour:')}: observable 'log_tumour': output 'TT' is not a "
+        f"state, expression or observable of {model} (did you mean 'T'?)"]
+
+
+def test_validate_checks_a_designs_model_and_drugs(tmp_path):
+    from typer.testing import CliRunner
+
+    from immunoedit_models.cli import app
+
+    design = tmp_path / "design.yaml"
+    shutil.copy(DESIGN.parent / "trial_model.yaml", tmp_path / "trial_model.yaml")
+    design.write_text(DESIGN.read_text().replace("drug: antibody", "drug: antibodie"))
+    result = CliRunner().invoke(app, ["validate", str(design)])
+    assert result.exit_code == 1
+    assert result.output.splitlines() == [
+        "1 problem in trial design:",
+        f"  {where(design, 'COMBO:')}: arm 'COMBO': doses 'antibodie', which model 'trial_model' does not "
+        "declare (did you mean 'antibody'?)"]
+    design.write_text(DESIGN.read_text().replace("model: trial_model.yaml", "model: nosuch"))
+    result = CliRunner().invoke(app, ["validate", str(design)])
+    assert result.exit_code == 1
+    assert result.output.splitlines()[:2] == [
+        "2 problems in trial design:",
+        f"  {where(design, 'model: nosuch')}: trial: model 'nosuch' does not load (its problems follow)"]

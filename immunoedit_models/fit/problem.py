@@ -39,8 +39,8 @@ import pandas as pd
 
 from ..errors import FitError, Issue, SpecError
 from ..spec.expressions import suggest
-from ..spec.loader import SpecReader, read_yaml
-from ..spec.schema import Location
+from ..spec.loader import SpecReader, load_spec, read_yaml
+from ..spec.schema import Location, ModelSpec
 from ..trials.design import TrialDesign, biomarker_names, load_trial
 from ..trials.endpoints import SurvivalParameters
 from .likelihoods import NOISE_MODELS, TRANSFORMATIONS
@@ -339,6 +339,9 @@ class _Reader:
                     "remove 'calibration:' or make the problem 'kind: trial'")
         observables = self.observables(doc, roles)
         conditions = self.conditions(doc)
+        spec = self.model_spec(doc)
+        if spec is not None:
+            self.check_against_model(doc, spec, observables, conditions)
         t0 = float(r.number(doc, "t0", loc, "problem", 0.0))
         return FitProblem(**common, t0=t0, conditions=conditions, observables=observables,
                           measurements=self.measurements(doc, observables, conditions, t0))
@@ -378,6 +381,45 @@ class _Reader:
         except SpecError as exc:
             self.r.issues.extend(exc.issues)
             return None
+
+    def model_spec(self, doc) -> ModelSpec | None:
+        """The problem's model spec; its own problems join the problem's. None when it does not load."""
+        if not doc.get("model"):
+            return None
+        try:
+            return load_spec(_local(self.folder, str(doc["model"])))
+        except SpecError as exc:
+            self.r.issues.extend(exc.issues)
+            return None
+
+    def check_against_model(self, doc, spec: ModelSpec, observables: Mapping[str, Observable],
+                            conditions: Mapping[str, Condition]) -> None:
+        """Every observable's output, and every condition's parameters, initial states and
+        regimen, must be the model's (else `immunoedit fit` would fail after compiling)."""
+        r = self.r
+        outputs = [*spec.states, *spec.expressions, *spec.observables]
+        section = doc.get("observables") or {}
+        for name, o in observables.items():
+            if o.output not in outputs:
+                body = section.get(name) if isinstance(section.get(name), Mapping) else {}
+                r.issue(r.at(body, "output", r.loc(section, name)), f"observable '{name}'",
+                        f"output '{o.output}' is not a state, expression or observable of model '{spec.name}'",
+                        suggest(o.output, outputs))
+        section = doc.get("conditions") or {}
+        regimens = [*spec.regimens, "none", "untreated"]
+        for name, c in conditions.items():
+            body = section.get(name) if isinstance(section.get(name), Mapping) else {}
+            item, loc = f"condition '{name}'", r.loc(section, name) if name in section else r.loc(doc)
+            for key, given, known, what in (("parameters", c.parameters, spec.parameters, "a parameter"),
+                                            ("initial", c.initial, spec.states, "a state")):
+                values = body.get(key) if isinstance(body.get(key), Mapping) else {}
+                for k in given:
+                    if k not in known:
+                        r.issue(r.at(values, k, loc), item, f"'{k}' is not {what} of model '{spec.name}'",
+                                suggest(k, known))
+            if c.regimen is not None and c.regimen not in regimens:
+                r.issue(r.at(body, "regimen", loc), item, f"model '{spec.name}' has no regimen '{c.regimen}'",
+                        suggest(c.regimen, regimens) or f"regimens: {', '.join(regimens)}")
 
     def cohort(self, doc) -> dict[str, Any]:
         """The fit's trial settings: patients_per_arm, seed, data_cut_months (all optional)."""

@@ -20,8 +20,10 @@ import xarray as xr
 from rich.progress import Progress
 
 from ..compile import CompiledModel, compile_model
-from ..errors import SimulationError
+from ..errors import Issue, SimulationError, SpecError
 from ..io.results import provenance
+from ..spec.expressions import suggest
+from ..spec.loader import load_spec, read_yaml
 from ..simulate.core import (initial_matrix, output_function, parameter_function, parameter_matrix,
                              require_compiled)
 from ..simulate.regimen import event_arrays
@@ -188,6 +190,40 @@ def check_trial_model(model: CompiledModel, design: TrialDesign) -> None:
     if unknown:
         raise SimulationError(f"trial '{design.name}' doses {unknown}, which model '{model.name}' "
                               f"does not declare (its drugs: {list(model.kernels.drug_names)})")
+
+
+def model_issues(design: TrialDesign) -> list[Issue]:
+    """What `check_trial_model` would find, from the model's spec before compiling (for
+    `immunoedit validate`): that the model loads, has the observables trials read, and declares
+    each arm's drugs (reported at the arm's line)."""
+    doc = read_yaml(Path(design.path), []) or {}
+    try:
+        spec = load_spec(model_source(design))
+    except SpecError as exc:
+        return [Issue(design.path, _line(doc, "model"), "trial", f"model '{design.model}' does not load "
+                      "(its problems follow)"), *exc.issues]
+    issues = []
+    missing = [o for o in (BURDEN_OUTPUT, LETHAL_OUTPUT) if o not in spec.observables]
+    if missing:
+        issues.append(Issue(design.path, _line(doc, "model"), "trial", f"model '{spec.name}' lacks the "
+                            f"observables {missing} that trials read",
+                            "add them to the spec (sum of diameters in mm, tumour cells)"))
+    arms = doc.get("arms") or {}
+    for name, arm in design.arms.items():
+        for drug in arm.drugs():
+            if drug not in spec.doses:
+                issues.append(Issue(design.path, _line(arms, name), f"arm '{name}'", f"doses '{drug}', which "
+                                    f"model '{spec.name}' does not declare", suggest(drug, spec.doses)
+                                    or f"its drugs: {', '.join(spec.doses) or 'none'}"))
+    return issues
+
+
+def _line(mapping: Any, key: str) -> int | None:
+    """The 1-based line of `key` in a mapping read by ruamel.yaml; None when unknown."""
+    try:
+        return mapping.lc.key(key)[0] + 1
+    except (AttributeError, KeyError, TypeError):
+        return None
 
 
 def _simulate_arm(model: CompiledModel, design: TrialDesign, arm_name: str, P: np.ndarray,
