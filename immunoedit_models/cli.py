@@ -13,6 +13,7 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from .errors import ImmunoeditError, SpecError
@@ -59,7 +60,10 @@ def _set_up_process() -> None:
 
 
 def _fail(exc: Exception) -> None:
-    err.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True, soft_wrap=True)
+    """Print `error: <message>` (the message verbatim: user text such as '[/]' or ':x:' is not
+    rich markup or an emoji code) and exit with 1."""
+    err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, markup=True, emoji=False,
+              soft_wrap=True)
     raise typer.Exit(code=1)
 
 
@@ -95,7 +99,7 @@ def validate(spec: str = typer.Argument(..., help="a model spec or trial design 
     except ImmunoeditError as exc:
         err.print(str(exc), highlight=False, markup=False, soft_wrap=True)
         raise typer.Exit(code=1)
-    console.print(f"[green]ok[/] {summary}", highlight=False)
+    console.print(f"[green]ok[/] {escape(summary)}", highlight=False)
 
 
 def _document_kind(text: str) -> str:
@@ -255,10 +259,10 @@ def _write(ds, out: Optional[Path], plot: Optional[Path], figure) -> None:
 
     if out is not None:
         save_result(ds, out)
-        console.print(f"wrote {out}")
+        console.print(f"wrote {escape(str(out))}")
     if plot is not None:
         save_figure(figure(ds), plot)
-        console.print(f"wrote {plot}")
+        console.print(f"wrote {escape(str(plot))}")
 
 
 def _print_summary(ds, compile_s: float, run_s: float) -> None:
@@ -315,13 +319,13 @@ def phase_map_command(
     except (ImmunoeditError, typer.BadParameter) as exc:
         _fail(exc)
     counts = {p: int((ds["phase"].values == p).sum()) for p in ("elimination", "equilibrium", "escape", "failed")}
-    console.print(f"{spec}: {n}x{n} runs over {days:g} days: "
+    console.print(f"{escape(spec)}: {n}x{n} runs over {days:g} days: "
                   + ", ".join(f"{k} {v}" for k, v in counts.items() if v), highlight=False)
     save_figure(plot_phase_map(ds), out)
-    console.print(f"wrote {out}")
+    console.print(f"wrote {escape(str(out))}")
     if data is not None:
         save_result(ds.drop_vars("phase").assign(phase=ds["phase"].astype(str)), data)
-        console.print(f"wrote {data}")
+        console.print(f"wrote {escape(str(data))}")
 
 
 @app.command()
@@ -355,9 +359,9 @@ def trial(
     else:
         ds.attrs["calibration_path"] = str(calibration.resolve())
     save_result(ds, out)
-    console.print(f"wrote {out}")
+    console.print(f"wrote {escape(str(out))}")
     if report is not None:
-        console.print(f"wrote {write_report(ds, report)}")
+        console.print(f"wrote {escape(str(write_report(ds, report)))}")
 
 
 def _calibration(folder: Path) -> dict:
@@ -412,8 +416,8 @@ def sensitivity_command(
     scale: str = typer.Option("auto", help="auto (log for ranges spanning >= 10x or log priors) | linear | log"),
     days: Optional[float] = typer.Option(None, help="daily output grid up to this day (default: from the outputs)"),
     regimen: Optional[str] = typer.Option(None, help="regimen name from the spec ('none' for untreated)"),
-    rtol: float = typer.Option(1e-6, help="relative tolerance"),
-    atol: float = typer.Option(1e-9, help="absolute tolerance"),
+    rtol: Optional[float] = typer.Option(None, help="relative tolerance [default: 1e-6; --trial: the design's]"),
+    atol: Optional[float] = typer.Option(None, help="absolute tolerance [default: 1e-9; --trial: the design's]"),
     on_failure: str = typer.Option("raise", help="raise | drop (leave out design blocks with failed runs)"),
     out: Optional[Path] = typer.Option(None, help="write the indices (.nc netCDF or .zarr)"),
     plot: Optional[Path] = typer.Option(None, help="write a PNG (tornado, Sobol bars or indices over time)"),
@@ -434,6 +438,9 @@ def sensitivity_command(
         if trial and (days is not None or regimen is not None):
             raise typer.BadParameter("--days and --regimen do not apply with --trial: a trial runs its design's "
                                      "arms, schedules and follow-up")
+        if trial and (rtol is not None or atol is not None):
+            raise typer.BadParameter("--rtol and --atol do not apply with --trial: a trial solves with its "
+                                     "design's tolerances ('solver: {rtol, atol}' in the design file)")
         if trial:
             settings = _calibration(calibration) if calibration is not None else {}
             ds = command.run_trial(spec, method, output, param, n, backend, seed, scale, patients, on_failure,
@@ -441,7 +448,8 @@ def sensitivity_command(
         elif patients is not None or calibration is not None:
             raise typer.BadParameter("--patients and --calibration apply to trial designs: add --trial")
         else:
-            ds = command.run(spec, method, output, param, n, backend, seed, scale, days, regimen, rtol, atol,
+            ds = command.run(spec, method, output, param, n, backend, seed, scale, days, regimen,
+                             1e-6 if rtol is None else rtol, 1e-9 if atol is None else atol,
                              on_failure)
     except (ImmunoeditError, typer.BadParameter) as exc:
         _fail(exc)

@@ -40,6 +40,7 @@ from .trial import PredictiveCheck, TrialObjective, simulated_statistic, trial_s
 from .uncertainty import laplace_from_evaluations
 
 CHECKPOINTS = ("multistart.pkl", "cmaes.pkl", "predictive.pkl")
+PROBLEM_MARK = "problem_hash.txt"    # which problem (and version of its files) the folder's fit is of
 #: grid of the predictive check's KM curves (months)
 PPC_STEP_MONTHS = 0.25
 _START_NAMES = {"start_value": "start_initial", "estimate": "start_estimate", "objective": "start_objective",
@@ -72,12 +73,37 @@ def start_vector(problem: FitProblem, nominal: dict[str, float]) -> np.ndarray:
     return np.array(x)
 
 
-def _prepare_out(out: Path, resume: bool) -> None:
-    out.mkdir(parents=True, exist_ok=True)
+def _prepare_out(out: Path, resume: bool, problem: FitProblem) -> None:
+    """Create the output folder, or check that a fit may go on in it: no checkpoints unless
+    resuming, and on resume the same problem (`PROBLEM_MARK`, else fit.nc's problem_hash), so
+    nothing of another fit is reused or overwritten."""
+    if out.exists() and not out.is_dir():
+        raise FitError(f"--out {out} is a file: give a folder for the fit's checkpoints and results")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise FitError(f"cannot create the output folder {out}: {exc.strerror}") from None
     existing = [c for c in CHECKPOINTS if (out / c).exists()]
     if existing and not resume:
         raise FitError(f"{out} already holds a fit checkpoint ({', '.join(existing)}): pass resume=True "
                        "(--resume) to continue it, or choose another output folder")
+    digest = problem_hash(problem)
+    found = _problem_in(out)
+    if resume and found is not None and found != digest:
+        raise FitError(f"{out} holds a fit of another problem (or of another version of this problem's "
+                       f"files): problem hash {found}, this one {digest}. Choose another output folder, "
+                       "or leave out --resume in a new one")
+    (out / PROBLEM_MARK).write_text(f"{digest} {problem.name}\n", encoding="utf-8")
+
+
+def _problem_in(out: Path) -> str | None:
+    """The problem hash of the fit in `out`: its mark, or its fit.nc's attribute; None if neither."""
+    mark = out / PROBLEM_MARK
+    if mark.is_file():
+        return mark.read_text(encoding="utf-8").split()[0]
+    if (out / "fit.nc").is_file():
+        return load_result(out / "fit.nc").attrs.get("problem_hash")
+    return None
 
 
 def _staged(path: Path, resume: bool, compute: Callable[[], xr.Dataset]) -> xr.Dataset:
@@ -101,7 +127,7 @@ def fit(problem: FitProblem | str | Path, out: str | Path, resume: bool = False,
         raise FitError(f"problem '{problem.name}' has no free parameters: list them under 'parameters:' "
                        "(or 'populations:') in its problem.yaml")
     out = Path(out)
-    _prepare_out(out, resume)
+    _prepare_out(out, resume, problem)
     if problem.kind == "timecourse":
         return _fit_timecourse(problem, out, resume, progress, callback)
     return _fit_trial(problem, out, resume, progress, callback)
