@@ -32,7 +32,7 @@ import math
 import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Collection, Mapping
+from typing import Any, Callable, Collection, Mapping
 
 import numpy as np
 import pandas as pd
@@ -331,15 +331,16 @@ class _Reader:
             if not doc.get("trial"):
                 r.issue(loc, "problem", "a trial problem needs 'trial:' (the trial design name)")
             base, base_path = self.calibration(doc)
+            design = self.loaded(doc, "trial", load_trial)
             return FitProblem(**common, trial=str(doc.get("trial", "")), cohort=self.cohort(doc),
-                              targets=self.targets(doc, self.trial_design(doc)), predictions=self.predictions(doc),
+                              targets=self.targets(doc, design), predictions=self.predictions(doc),
                               calibration=base, calibration_path=base_path)
         if "calibration" in doc:
             r.issue(r.loc(doc, "calibration"), "calibration", "only a trial problem builds on a calibration",
                     "remove 'calibration:' or make the problem 'kind: trial'")
         observables = self.observables(doc, roles)
         conditions = self.conditions(doc)
-        spec = self.model_spec(doc)
+        spec = self.loaded(doc, "model", load_spec)
         if spec is not None:
             self.check_against_model(doc, spec, observables, conditions)
         t0 = float(r.number(doc, "t0", loc, "problem", 0.0))
@@ -371,23 +372,13 @@ class _Reader:
             r.issue(r.loc(doc, "predictions"), "predictions", str(exc), hint)
         return predictions
 
-    def trial_design(self, doc) -> TrialDesign | None:
-        """The problem's trial design, whose targets' arms, comparisons and biomarkers it names; its
-        own problems join the problem's. None when it does not load."""
-        if not doc.get("trial"):
+    def loaded(self, doc, key: str, load: Callable[[str], Any]) -> Any:
+        """The model spec or trial design that `key` names (`load` reads it); its own problems join
+        the problem's. None when the key is absent or it does not load."""
+        if not doc.get(key):
             return None
         try:
-            return load_trial(_local(self.folder, str(doc["trial"])))
-        except SpecError as exc:
-            self.r.issues.extend(exc.issues)
-            return None
-
-    def model_spec(self, doc) -> ModelSpec | None:
-        """The problem's model spec; its own problems join the problem's. None when it does not load."""
-        if not doc.get("model"):
-            return None
-        try:
-            return load_spec(_local(self.folder, str(doc["model"])))
+            return load(_local(self.folder, str(doc[key])))
         except SpecError as exc:
             self.r.issues.extend(exc.issues)
             return None
