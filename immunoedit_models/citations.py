@@ -116,28 +116,54 @@ def _reference(spec_name: str, file: Path, entries: Any, index: int, entry: Any,
         if name not in ENTRY_KEYS:
             issues.append(Issue(str(file), line, item, f"unknown field '{name}'",
                                 suggest(str(name), ENTRY_KEYS) or "allowed: " + ", ".join(ENTRY_KEYS)))
-    if not _KEY.match(key):
+    mistyped = [name for name in ENTRY_KEYS if name != "authors" and not _scalar(entry.get(name))]
+    for name in mistyped:
+        issues.append(Issue(str(file), line, item, f"'{name}' must be text or a number, got {_kind(entry[name])}",
+                            "write one value, in quotes if it holds [ ] { } or :"))
+    if "key" not in mistyped and not _KEY.match(key):
         issues.append(Issue(str(file), line, item, f"'key' must start with a letter and use only letters, digits "
                             f"and _ : - . (got {key!r})", "e.g. key: kuznetsov1994"))
-    if not entry.get("title") and not entry.get("text"):
+    if not {"title", "text"} & set(mistyped) and not _text(entry.get("title")) and not _text(entry.get("text")):
         issues.append(Issue(str(file), line, item, "has neither 'title' nor 'text'", "give the work's title"))
     entry_type = str(entry.get("type") or ("article" if entry.get("journal") else "misc"))
-    if entry_type not in ENTRY_TYPES:
+    if "type" not in mistyped and entry_type not in ENTRY_TYPES:
         issues.append(Issue(str(file), line, item, f"unknown type '{entry_type}'",
                             suggest(entry_type, ENTRY_TYPES) or "allowed: " + ", ".join(ENTRY_TYPES)))
     authors = entry.get("authors")
-    if authors is not None and not (isinstance(authors, list) and all(isinstance(a, str) for a in authors)):
-        issues.append(Issue(str(file), line, item, "'authors' must be a list of names",
-                            "e.g. authors: [Kuznetsov VA, Makalkin IA]"))
+    if authors is not None and not (isinstance(authors, list) and authors
+                                    and all(isinstance(a, str) and a.strip() for a in authors)):
+        issues.append(Issue(str(file), line, item, "'authors' must be a non-empty list of names",
+                            "e.g. authors: [Kuznetsov VA, Makalkin IA], or leave the field out"))
     if len(issues) > before:
         return None
-    fields = {name: (tuple(entry[name]) if name == "authors" else str(entry[name]).strip())
-              for name in BIB_FIELDS if entry.get(name) not in (None, "")}
+    fields: dict[str, Any] = {name: _text(entry.get(name)) for name in BIB_FIELDS
+                              if name != "authors" and _text(entry.get(name))}
+    if authors:
+        fields["authors"] = tuple(a.strip() for a in authors)
     free_text = not fields.get("title")
     if free_text:
-        fields["title"] = str(entry["text"]).strip()
-    note = str(entry.get("note") or (entry.get("text") if not free_text else "") or "").strip()
+        fields["title"] = _text(entry.get("text"))
+    note = _text(entry.get("note")) or (_text(entry.get("text")) if not free_text else "")
     return Reference(key, entry_type, fields, free_text, ((spec_name, note),), str(file), line)
+
+
+def _scalar(value: Any) -> bool:
+    """True for a field YAML read as one value: missing, text or a number (not true/false)."""
+    return value is None or isinstance(value, (str, int, float)) and not isinstance(value, bool)
+
+
+def _text(value: Any) -> str:
+    """A scalar field's text, stripped ("" when missing)."""
+    return "" if value is None else str(value).strip()
+
+
+def _kind(value: Any) -> str:
+    """What a YAML value is, in words, for an error message."""
+    if isinstance(value, Mapping):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    return "true/false" if isinstance(value, bool) else type(value).__name__
 
 
 def _merge(known: Reference, other: Reference, issues: list[Issue]) -> Reference:

@@ -25,9 +25,12 @@ from matplotlib.figure import Figure
 from scipy.signal import find_peaks
 
 from .errors import SimulationError
+from .spec.expressions import suggest
 
 PHASES = ("elimination", "equilibrium", "escape", "failed")
 COLOURS = ("#4daf4a", "#377eb8", "#e41a1c", "#999999")
+#: How to name the tumour variable, in Python and on the command line.
+TUMOUR_HINT = "name the tumour variable with PhaseCriteria(tumour=...) (CLI: --tumour)"
 
 
 @dataclass(frozen=True)
@@ -45,7 +48,7 @@ class PhaseCriteria:
 def phase(ds: xr.Dataset, criteria: PhaseCriteria = PhaseCriteria()) -> xr.DataArray:
     """Phase label of each run in a simulate/simulate_batch result (strings over the batch dims)."""
     if criteria.tumour not in ds:
-        raise SimulationError(f"no variable '{criteria.tumour}' in the result: set PhaseCriteria(tumour=...)")
+        raise SimulationError(f"no variable '{criteria.tumour}' in the result: {TUMOUR_HINT}")
     tumour = ds[criteria.tumour]
     time = ds["time"].values
     start_late = time[-1] - criteria.window * (time[-1] - time[0])
@@ -166,23 +169,60 @@ def _refine(t: np.ndarray, y: np.ndarray, index: np.ndarray) -> tuple[np.ndarray
     return t1 + shift, y1 + b * shift + a * shift**2
 
 
-def _axis(spec: tuple[str, float, float], n: int, log: bool) -> tuple[str, np.ndarray]:
-    name, lo, hi = spec
-    return name, (np.geomspace(lo, hi, n) if log else np.linspace(lo, hi, n))
+def _axis(spec: Any, log: bool, which: str) -> tuple[str, float, float]:
+    """One axis (NAME, LOW, HIGH), checked: finite low < high, and low > 0 when log-spaced."""
+    try:
+        name, lo, hi = spec
+        lo, hi = float(lo), float(hi)
+    except (TypeError, ValueError):
+        raise SimulationError(f"{which} must be (NAME, LOW, HIGH) (CLI: --{which} NAME:LOW:HIGH), "
+                              f"got {spec!r}") from None
+    if not (np.isfinite(lo) and np.isfinite(hi) and lo < hi):
+        raise SimulationError(f"{which} axis '{name}': the range needs finite low < high, got [{lo:g}, {hi:g}]")
+    if log and lo <= 0:
+        raise SimulationError(f"{which} axis '{name}': a log-spaced axis needs low > 0, got [{lo:g}, {hi:g}]; "
+                              f"space it linearly (log_{which}=False) or give a positive range")
+    return name, lo, hi
+
+
+def _spaced(axis: tuple[str, float, float], n: int, log: bool) -> np.ndarray:
+    _, lo, hi = axis
+    return np.geomspace(lo, hi, n) if log else np.linspace(lo, hi, n)
+
+
+def _check_grid(model, xn: str, yn: str, n: Any, days: Any, tumour: str) -> None:
+    """Refuse a phase map that could not be drawn or labelled, before any run."""
+    if xn == yn:
+        raise SimulationError(f"x and y must be different parameters, got '{xn}' for both")
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 2:
+        raise SimulationError(f"n (grid points per axis) must be an integer >= 2, got {n!r}")
+    if isinstance(days, bool) or not isinstance(days, (int, float)) or not (np.isfinite(days) and days > 0):
+        raise SimulationError(f"days (the simulated horizon) must be a finite number > 0, got {days!r}")
+    known = list(model.states) + list(model.output_names)
+    if tumour not in known:
+        hint = suggest(tumour, known)
+        raise SimulationError(f"the tumour variable '{tumour}' is not a state, expression or observable of model "
+                              f"'{model.name}'" + (f" ({hint})" if hint else f"; choose from {', '.join(known)}")
+                              + f": {TUMOUR_HINT}")
 
 
 def phase_map(model, x: tuple[str, float, float], y: tuple[str, float, float], n: int = 30,
               log_x: bool = False, log_y: bool = False, days: float = 3650.0,
               initial: dict[str, float] | None = None, regimen: Any = None,
               criteria: PhaseCriteria = PhaseCriteria(), **solver: Any) -> xr.Dataset:
-    """Sweep two parameters on an n x n grid through the batch engine and label each run.
+    """Sweep two different parameters on an n x n grid (n >= 2) through the batch engine and label
+    each run.
 
-    Returns a Dataset with `phase` (strings) and `phase_code` (index into PHASES) over (y, x),
-    plus the final tumour size. `initial` sets the inoculum for every run.
+    x, y: (NAME, LOW, HIGH) with finite LOW < HIGH (LOW > 0 for a log-spaced axis). Returns a
+    Dataset with `phase` (strings) and `phase_code` (index into PHASES) over (y, x), plus the
+    final tumour size. `initial` sets the inoculum for every run. Inputs are checked before any run.
     """
     from .simulate import simulate_batch
 
-    (xn, xs), (yn, ys) = _axis(x, n, log_x), _axis(y, n, log_y)
+    x_axis, y_axis = _axis(x, log_x, "x"), _axis(y, log_y, "y")
+    xn, yn = x_axis[0], y_axis[0]
+    _check_grid(model, xn, yn, n, days, criteria.tumour)
+    xs, ys = _spaced(x_axis, n, log_x), _spaced(y_axis, n, log_y)
     gx, gy = np.meshgrid(xs, ys)
     params = pd.DataFrame({xn: gx.ravel(), yn: gy.ravel()})
     init = None if not initial else pd.DataFrame({k: np.full(len(params), v) for k, v in initial.items()})

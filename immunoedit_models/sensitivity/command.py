@@ -10,9 +10,12 @@ from rich.console import Console
 from rich.table import Table
 
 from ..errors import SimulationError
+from .designs import LOG_WORDS
+from .indices import check_on_failure
+from .outputs import MAX_DAILY_DAYS, daily_grid
 
 METHODS = ("sobol", "morris", "local")
-SCALES = {"auto": "auto", "linear": False, "log": True}
+SCALES = tuple(LOG_WORDS)
 #: Default n per method: Sobol base samples (a power of two), Morris trajectories.
 DEFAULT_N = {"sobol": 1024, "morris": 20}
 #: ... when every run is a whole trial.
@@ -31,6 +34,15 @@ def parse_param(text: str) -> str | tuple[str, float, float]:
         raise SimulationError(f"--param '{text}' must look like NAME or NAME:LOW:HIGH") from None
 
 
+def day_grid(days: float | None) -> np.ndarray | None:
+    """The daily output grid of --days (None: from the outputs)."""
+    if days is None:
+        return None
+    if not (np.isfinite(days) and 0 < days <= MAX_DAILY_DAYS):
+        raise SimulationError(f"--days must be a number of days in (0, {MAX_DAILY_DAYS}], got {days:g}")
+    return daily_grid(days)
+
+
 def run(spec: str, method: str, outputs: Sequence[str], params: Sequence[str], n: int | None, backend: str,
         seed: int, scale: str, days: float | None, regimen: str | None, rtol: float, atol: float,
         on_failure: str) -> xr.Dataset:
@@ -43,8 +55,9 @@ def run(spec: str, method: str, outputs: Sequence[str], params: Sequence[str], n
         raise SimulationError(f"--method must be one of {', '.join(METHODS)}, got '{method}'")
     if scale not in SCALES:
         raise SimulationError(f"--scale must be one of {', '.join(SCALES)}, got '{scale}'")
+    check_on_failure(on_failure)
     parsed = [parse_param(p) for p in params]
-    times = None if days is None else np.arange(0.0, days + 0.5, 1.0)
+    times = day_grid(days)
     model = compile_model(spec, backend=backend)
     if method == "local":
         if any(not isinstance(p, str) for p in parsed):
@@ -56,7 +69,7 @@ def run(spec: str, method: str, outputs: Sequence[str], params: Sequence[str], n
         raise SimulationError(f"{method} needs at least one --output (e.g. --output 'T@365')")
     run_analysis = sobol if method == "sobol" else morris
     return run_analysis(model, list(outputs), parsed or None, DEFAULT_N[method] if n is None else n, times=times,
-                        log=SCALES[scale], seed=seed, on_failure=on_failure, progress=True, regimen=regimen,
+                        log=scale, seed=seed, on_failure=on_failure, progress=True, regimen=regimen,
                         rtol=rtol, atol=atol)
 
 
@@ -71,13 +84,14 @@ def run_trial(design: str, method: str, endpoints: Sequence[str], params: Sequen
         raise SimulationError(f"--trial analyses are sobol or morris, got '{method}'")
     if scale not in SCALES:
         raise SimulationError(f"--scale must be one of {', '.join(SCALES)}, got '{scale}'")
+    check_on_failure(on_failure)
     if not endpoints or not params:
         raise SimulationError("--trial needs at least one --output endpoint (e.g. 'pfs@12:ABCP') and one --param "
                               "NAME:LOW:HIGH (a parameter every patient shares)")
     trial_design, model = design_and_model(design, backend=backend)
     analyse = trial_sobol if method == "sobol" else trial_morris
     return analyse(trial_design, list(endpoints), [parse_param(p) for p in params],
-                   DEFAULT_TRIAL_N[method] if n is None else n, log=SCALES[scale], seed=seed,
+                   DEFAULT_TRIAL_N[method] if n is None else n, log=scale, seed=seed,
                    on_failure=on_failure, progress=True, model=model, patients_per_arm=patients,
                    **calibration)
 

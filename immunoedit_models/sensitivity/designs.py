@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Collection, Iterable, Literal, Mapping, Sequence
+from typing import Any, Iterable, Literal, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -28,6 +28,10 @@ Z95 = 1.959963984540054
 LOG_RATIO = 10.0
 
 Scale = Literal["linear", "log"]
+#: `log` as read by `log_choice`: 'auto', one scale for all, or the names sampled on a log scale.
+LogChoice = bool | Literal["auto"] | frozenset[str]
+#: The words `log` accepts, as the CLI's --scale.
+LOG_WORDS: dict[str, bool | Literal["auto"]] = {"auto": "auto", "linear": False, "log": True}
 
 
 @dataclass(frozen=True)
@@ -55,6 +59,10 @@ class ParameterRange:
         return np.exp(x) if self.scale == "log" else np.asarray(x, dtype=float)
 
 
+#: One item of a `params` argument, read (`range_items`).
+RangeItem = str | ParameterRange | tuple[str, float, float]
+
+
 def _spec_range(model: CompiledModel, name: str) -> tuple[float, float, str, bool]:
     """(low, high, source, log-natural) from the spec's bounds, else its prior."""
     spec = model.spec.parameters[name]
@@ -75,8 +83,22 @@ def _spec_range(model: CompiledModel, name: str) -> tuple[float, float, str, boo
     return mean - Z95 * sd, mean + Z95 * sd, "prior normal, central 95 %", False
 
 
-def _scale(name: str, low: float, high: float, log_natural: bool,
-           log: bool | Literal["auto"] | Collection[str]) -> Scale:
+def log_choice(log: Any) -> LogChoice:
+    """`log` read: 'auto', True / False for every parameter (also the words 'log' / 'linear' of
+    the CLI's --scale), or the set of names to sample on a log scale."""
+    if isinstance(log, (bool, np.bool_)):
+        return bool(log)
+    if isinstance(log, str) and log in LOG_WORDS:
+        return LOG_WORDS[log]
+    if isinstance(log, Iterable) and not isinstance(log, (str, Mapping)):
+        names = list(log)
+        if all(isinstance(name, str) for name in names):
+            return frozenset(names)
+    raise SimulationError(f"log must be 'auto', 'linear', 'log', True / False or a list of parameter names, "
+                          f"got {log!r}")
+
+
+def _scale(name: str, low: float, high: float, log_natural: bool, log: LogChoice) -> Scale:
     if log == "auto":
         use = log_natural or (low > 0 and high / low >= LOG_RATIO)
     elif isinstance(log, bool):
@@ -84,6 +106,15 @@ def _scale(name: str, low: float, high: float, log_natural: bool,
     else:
         use = name in log
     return "log" if use else "linear"
+
+
+def check_log_names(log: LogChoice, ranges: Sequence[ParameterRange]) -> tuple[ParameterRange, ...]:
+    """`ranges`, after checking that every name `log` lists is one of theirs."""
+    unknown = sorted(log - {r.name for r in ranges}) if isinstance(log, frozenset) else []
+    if unknown:
+        raise SimulationError(f"log names {', '.join(unknown)}, not among the parameters analysed "
+                              f"({', '.join(r.name for r in ranges)})")
+    return tuple(ranges)
 
 
 def check_parameter(model: CompiledModel, name: str) -> None:
@@ -109,7 +140,7 @@ def _checked_range(r: ParameterRange, model: CompiledModel) -> ParameterRange:
 
 
 def parameter_ranges(model: CompiledModel, params: Iterable[Any] | Mapping[str, Any] | None = None,
-                     log: bool | Literal["auto"] | Collection[str] = "auto") -> tuple[ParameterRange, ...]:
+                     log: Any = "auto") -> tuple[ParameterRange, ...]:
     """The ranges to sample.
 
     params: None (every parameter whose spec has bounds or a prior); names (ranges from the spec);
@@ -117,52 +148,77 @@ def parameter_ranges(model: CompiledModel, params: Iterable[Any] | Mapping[str, 
     None (from the spec). Spec ranges: `bounds` first; else the prior's support (uniform,
     loguniform) or its central 95 % interval (normal: mean +- 1.96 sd; lognormal:
     median * exp(+-1.96 sigma)). log: 'auto' samples on a log scale parameters with a
-    loguniform/lognormal prior or with low > 0 and high/low >= 10; True / False for all; or
-    the names to sample on a log scale.
+    loguniform/lognormal prior or with low > 0 and high/low >= 10; True / False (or 'log' /
+    'linear') for all; or the names to sample on a log scale.
     """
+    choice = log_choice(log)
     if params is None:
         names = [n for n, p in model.spec.parameters.items() if p.bounds is not None or p.prior is not None]
         if not names:
             raise SimulationError(f"no parameter of model '{model.name}' has bounds or a prior: name the "
                                   "parameters and their ranges (NAME:LOW:HIGH)")
-        items: list[Any] = names
+        items: list[RangeItem] = list(names)
     else:
         items = range_items(params)
-    ranges = []
-    for item in items:
-        if isinstance(item, ParameterRange):
-            ranges.append(item)
-            continue
-        if isinstance(item, str):
-            check_parameter(model, item)
-            low, high, source, natural = _spec_range(model, item)
-            name = item
-        else:
-            try:
-                name, low, high = item
-                low, high = float(low), float(high)
-            except (TypeError, ValueError):
-                raise SimulationError(f"cannot read parameter range {item!r}: give a name, (name, low, high) "
-                                      "or a ParameterRange") from None
-            source, natural = "explicit", False
-        ranges.append(ParameterRange(name, low, high, _scale(name, low, high, natural, log), source))
-    return tuple(_checked_range(r, model) for r in distinct(ranges))
+    return check_log_names(choice, [model_range(model, item, choice) for item in items])
 
 
-def range_items(params: Iterable[Any] | Mapping[str, Any]) -> list[Any]:
-    """The items of a `params` argument: names, (name, low, high) tuples or `ParameterRange`s."""
+def model_range(model: CompiledModel, item: RangeItem, log: LogChoice) -> ParameterRange:
+    """The checked range of one item of `range_items`: as given, explicit, or from the spec."""
+    if isinstance(item, ParameterRange):
+        return _checked_range(item, model)
+    if isinstance(item, str):
+        check_parameter(model, item)
+        low, high, source, natural = _spec_range(model, item)
+        return _checked_range(ParameterRange(item, low, high, _scale(item, low, high, natural, log), source), model)
+    name, low, high = item
+    return _checked_range(ParameterRange(name, low, high, _scale(name, low, high, False, log), "explicit"), model)
+
+
+def range_items(params: Any) -> list[RangeItem]:
+    """The items of a `params` argument (names, (name, low, high) tuples or `ParameterRange`s;
+    a mapping name -> (low, high) or None), each read and every parameter named once."""
     if isinstance(params, Mapping):
-        return [name if value is None else (name, *value) for name, value in params.items()]
-    return [params] if isinstance(params, (str, ParameterRange)) else list(params)
-
-
-def distinct(ranges: Sequence[ParameterRange]) -> Sequence[ParameterRange]:
-    """`ranges`, after checking that no parameter is named twice."""
-    names = [r.name for r in ranges]
+        raw = [_mapping_item(name, value) for name, value in params.items()]
+    elif isinstance(params, (str, ParameterRange)):
+        raw = [params]
+    elif isinstance(params, Iterable):
+        raw = list(params)
+    else:
+        raise SimulationError(f"params must be parameter names, (name, low, high) tuples or ParameterRanges, or a "
+                              f"mapping name -> (low, high) or None; got {type(params).__name__}")
+    items = [_range_item(item) for item in raw]
+    if not items:
+        raise SimulationError("params is empty: name at least one parameter (NAME, or (NAME, LOW, HIGH))")
+    names = [item if isinstance(item, str) else item.name if isinstance(item, ParameterRange) else item[0]
+             for item in items]
     repeated = sorted({n for n in names if names.count(n) > 1})
     if repeated:
-        raise SimulationError(f"parameters named more than once: {', '.join(repeated)}")
-    return ranges
+        raise SimulationError(f"parameters named more than once: {', '.join(repeated)} (give each one range)")
+    return items
+
+
+def _mapping_item(name: Any, value: Any) -> Any:
+    """One entry of a `params` mapping as an item: the name (value None) or (name, low, high)."""
+    if value is None:
+        return name
+    if isinstance(value, str) or not isinstance(value, Sequence) or len(value) != 2:
+        raise SimulationError(f"params[{name!r}] must be None (the spec's range) or (low, high), got {value!r}")
+    return (name, *value)
+
+
+def _range_item(item: Any) -> RangeItem:
+    """One parameter item read: a name, a ParameterRange, or (name, low, high) with numbers."""
+    if isinstance(item, (str, ParameterRange)):
+        return item
+    try:
+        name, low, high = item
+        if isinstance(name, str):
+            return name, float(low), float(high)
+    except (TypeError, ValueError):
+        pass
+    raise SimulationError(f"cannot read parameter range {item!r}: give a name, (name, low, high) or a "
+                          "ParameterRange (one range alone goes in a list: [(name, low, high)])")
 
 
 def salib_problem(ranges: Iterable[ParameterRange]) -> dict[str, Any]:
@@ -217,6 +273,16 @@ class Design:
         return np.arange(self.n_runs) // self.block
 
 
+def _is_integer(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def _check_seed(seed: Any) -> None:
+    """Same seed, same design: an integer >= 0 (None would draw a new design every time)."""
+    if not _is_integer(seed) or seed < 0:
+        raise SimulationError(f"seed must be an integer >= 0 (same seed, same result), got {seed!r}")
+
+
 def sobol_design(ranges: Iterable[ParameterRange], n: int, seed: int = 0,
                  second_order: bool = False) -> Design:
     """Saltelli design from a scrambled Sobol' sequence (SALib.sample.sobol): n (a power of two)
@@ -224,6 +290,9 @@ def sobol_design(ranges: Iterable[ParameterRange], n: int, seed: int = 0,
     from SALib.sample import sobol as sobol_sample
 
     ranges = tuple(ranges)
+    _check_seed(seed)
+    if not _is_integer(n):
+        raise SimulationError(f"Sobol base sample size n must be an integer (a power of two >= 2), got {n!r}")
     if n < 2 or n & (n - 1):
         low = 1 << max(1, int(n).bit_length() - 1)
         raise SimulationError(f"Sobol base sample size n must be a power of two >= 2 (the Sobol' sequence's "
@@ -239,10 +308,11 @@ def morris_design(ranges: Iterable[ParameterRange], n: int, seed: int = 0, num_l
     from SALib.sample import morris as morris_sample
 
     ranges = tuple(ranges)
-    if n < 2:
-        raise SimulationError(f"Morris needs at least 2 trajectories, got n={n} (10-50 is usual)")
-    if num_levels < 2 or num_levels % 2:
-        raise SimulationError(f"Morris num_levels must be even and >= 2, got {num_levels} (4 is usual)")
+    _check_seed(seed)
+    if not _is_integer(n) or n < 2:
+        raise SimulationError(f"Morris needs an integer n >= 2 of trajectories, got n={n!r} (10-50 is usual)")
+    if not _is_integer(num_levels) or num_levels < 2 or num_levels % 2:
+        raise SimulationError(f"Morris num_levels must be an even integer >= 2, got {num_levels!r} (4 is usual)")
     k = len(ranges)
     X = morris_sample.sample(salib_problem(ranges), n, num_levels=num_levels, seed=seed)
     return Design("morris", ranges, X, n, seed, k + 1, num_levels=num_levels)

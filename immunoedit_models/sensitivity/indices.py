@@ -39,6 +39,12 @@ STATUS_RAISED = -2
 _LISTED = 5
 
 
+def check_on_failure(on_failure: Any) -> None:
+    """Raise SimulationError unless `on_failure` is 'raise' or 'drop' (checked before any run)."""
+    if on_failure not in ("raise", "drop"):
+        raise SimulationError(f"on_failure must be 'raise' or 'drop' (CLI: --on-failure), got {on_failure!r}")
+
+
 class FailedRunsError(SimulationError):
     """Runs of a sensitivity design failed; `runs` (indices), `status` and `parameters` (a
     DataFrame of their parameter values) say which."""
@@ -152,8 +158,7 @@ def _dataset(design: Design, batch: xr.Dataset, outputs: Sequence[Output], Y: np
 
 
 def _prepare(design: Design, batch: xr.Dataset, outputs, on_failure: OnFailure):
-    if on_failure not in ("raise", "drop"):
-        raise SimulationError(f"on_failure must be 'raise' or 'drop', got {on_failure!r}")
+    check_on_failure(on_failure)
     outputs = parse_outputs(outputs)
     split_kind(outputs)
     Y = evaluate_outputs(outputs, batch)
@@ -239,6 +244,7 @@ def sobol(model: CompiledModel, outputs: Sequence[str | Output] | str | Output,
     run `status` and `used`, scalar outputs `Y` per run, and provenance attributes.
     """
     model = require_compiled(model, "sobol")
+    check_on_failure(on_failure)
     parsed = parse_outputs(outputs, model)
     split_kind(parsed)
     design = sobol_design(parameter_ranges(model, params, log), n, seed, second_order)
@@ -257,6 +263,7 @@ def morris(model: CompiledModel, outputs: Sequence[str | Output] | str | Output,
     Arguments as for `sobol`; num_levels: grid levels per parameter (even).
     """
     model = require_compiled(model, "morris")
+    check_on_failure(on_failure)
     parsed = parse_outputs(outputs, model)
     split_kind(parsed)
     design = morris_design(parameter_ranges(model, params, log), n, seed, num_levels)

@@ -22,7 +22,7 @@ A parameter at 0 has dy/d ln p = 0.
 from __future__ import annotations
 
 import math
-from typing import Any, Literal, Mapping, Sequence
+from typing import Any, Iterable, Literal, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -159,16 +159,30 @@ def _finite_differences(model: CompiledModel, outputs: list[Output], names: list
     return Y[0], np.moveaxis(dy, 0, -1)
 
 
+def _parameter_names(model: CompiledModel, params: Sequence[str] | str | None) -> list[str]:
+    """The parameters to differentiate by: every one (None), one name, or distinct names."""
+    if params is None:
+        return list(model.parameters)
+    names = [params] if isinstance(params, str) else list(params) if isinstance(params, Iterable) else [params]
+    if not names or not all(isinstance(name, str) for name in names):
+        raise SimulationError(f"params must be parameter names (local sensitivities are taken at the nominal "
+                              f"values, without ranges), got {params!r}")
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise SimulationError(f"parameters named more than once: {', '.join(repeated)}")
+    return names
+
+
 def local_sensitivity(model: CompiledModel, outputs: Sequence[str | Output] | str | Output | None = None,
-                      params: Sequence[str] | None = None, *, times: Any = None,
+                      params: Sequence[str] | str | None = None, *, times: Any = None,
                       base: Mapping[str, float] | None = None, initial: Mapping[str, float] | None = None,
                       regimen: Any = None, derivative: Derivative = "auto", step: float | None = None,
                       rtol: float = 1e-6, atol: float = 1e-9, method: str | None = None,
                       max_steps: int = 100_000) -> xr.Dataset:
     """Normalised local sensitivity coefficients d ln y / d ln p at the nominal parameters.
 
-    outputs: see `parse_output` (default: every state, time-resolved); params: names (default
-    all); times: output days (see `output_grid`); base / initial: nominal parameter values and
+    outputs: see `parse_output` (default: every state, time-resolved); params: a name or names
+    (default all); times: output days (see `output_grid`); base / initial: nominal parameter values and
     initial states replacing the spec's; derivative: 'forward' (numba backend: sensitivity
     equations), 'autodiff' (JAX backend), 'fd' (central differences, any backend) or 'auto'
     (autodiff on JAX models, forward on numba models, fd for user-function outputs or other
@@ -179,9 +193,7 @@ def local_sensitivity(model: CompiledModel, outputs: Sequence[str | Output] | st
     model = require_compiled(model, "local_sensitivity")
     parsed = parse_outputs(list(model.states) if outputs is None else outputs, model)
     time_resolved = split_kind(parsed)
-    names = list(model.parameters) if params is None else [str(p) for p in params]
-    if not names or len(set(names)) != len(names):
-        raise SimulationError(f"params must name distinct parameters, got {names}")
+    names = _parameter_names(model, params)
     base, initial = dict(base or {}), dict(initial or {})
     nominal = _nominal(model, names, base)
     grid = output_grid(parsed, times)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import xarray as xr
@@ -28,6 +28,8 @@ from ..spec.expressions import suggest
 
 #: Horizon of the default output grid when no output names a time (days).
 DEFAULT_HORIZON = 365.0
+#: Longest daily output grid built for the analyses (days, about 274 years).
+MAX_DAILY_DAYS = 100_000
 
 _NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
 _NAME_RE = re.compile(r"^\s*([A-Za-z_]\w*)\s*$")
@@ -125,12 +127,12 @@ def parse_output(text: str | Output) -> Output:
     if m := _NAME_RE.match(text):
         return Output(m[1], time_resolved=True, variable=m[1])
     if m := _AT_RE.match(text):
-        t = float(m[2])
+        t = _day(text, float(m[2]))
         name = f"{m[1]}@{t:g}"
         return Output(name, variable=m[1], reduce=_at(name, t), times=(t,))
     if m := _WINDOW_RE.match(text):
         kind, variable = m[1], m[2]
-        a, b = (float(m[3]), float(m[4])) if m[3] is not None else (None, None)
+        a, b = (_day(text, float(m[3])), _day(text, float(m[4]))) if m[3] is not None else (None, None)
         if a is not None and not a < b:
             raise SimulationError(f"output '{text}': the window must have start < end, got {a:g}, {b:g}")
         name = f"{kind}({variable})" if a is None else f"{kind}({variable}, {a:g}, {b:g})"
@@ -140,9 +142,27 @@ def parse_output(text: str | Output) -> Output:
                           "observable), or pass Output(name, function) for any other quantity")
 
 
+def _day(text: str, t: float) -> float:
+    """An output's time `t`, checked: the simulation starts at day 0, so no output can be before it."""
+    if t < 0:
+        raise SimulationError(f"output '{text}': output times must be >= 0 (days after the simulation's start "
+                              f"at day 0), got {t:g}")
+    return t
+
+
+def _output_items(items: Any) -> list[Any]:
+    """The items of an `outputs` argument: one output (text or Output) or a list of them."""
+    if isinstance(items, (str, Output)):
+        return [items]
+    if isinstance(items, Iterable) and not isinstance(items, Mapping):
+        return list(items)
+    raise SimulationError(f"outputs must be an output ({FORMS}), an Output or a list of them, "
+                          f"got {type(items).__name__}")
+
+
 def parse_outputs(items: Sequence[str | Output] | str | Output, model=None) -> list[Output]:
     """Parse outputs; with `model`, check their variables exist, and names are unique."""
-    items = [items] if isinstance(items, (str, Output)) else list(items)
+    items = _output_items(items)
     if not items:
         raise SimulationError(f"no outputs to analyse: give at least one ({FORMS})")
     outputs = [parse_output(item) for item in items]
@@ -174,20 +194,39 @@ def split_kind(outputs: Sequence[Output]) -> bool:
     return kinds.pop()
 
 
+def daily_grid(horizon: float) -> np.ndarray:
+    """Days 0, 1, 2, ... up to `horizon` (>= 0), and `horizon` itself."""
+    return np.union1d(np.arange(0.0, np.floor(horizon) + 1.0), [float(horizon)])
+
+
 def output_grid(outputs: Sequence[Output], times: Any = None) -> np.ndarray:
-    """Sorted output times (days): `times` (default daily from 0 to the latest time any output
-    names, or to DEFAULT_HORIZON) plus every time the outputs need. As in `simulate`, integration
-    starts at the first of them (doses before it apply there)."""
-    needed = [t for o in outputs for t in o.times]
+    """Sorted output times (days >= 0): `times` (default `daily_grid` to the latest time any
+    output names, or to DEFAULT_HORIZON) plus every time the outputs need, none of them before
+    the first of `times`. As in `simulate`, integration starts at the first output time (doses
+    before it apply there)."""
+    needed = np.asarray([t for o in outputs for t in o.times], dtype=float)
+    if not np.all(np.isfinite(needed)) or needed.min(initial=0.0) < 0:
+        raise SimulationError(f"output times must be finite days >= 0 (after the simulation's start at day 0), "
+                              f"got {', '.join(f'{t:g}' for t in needed)}")
     if times is None:
-        horizon = max(needed, default=DEFAULT_HORIZON)
-        base = np.arange(0.0, np.floor(horizon) + 1.0)
+        horizon = needed.max() if needed.size else DEFAULT_HORIZON
+        if horizon > MAX_DAILY_DAYS:
+            raise SimulationError(f"an output needs day {horizon:g}: a daily output grid to it would hold more than "
+                                  f"{MAX_DAILY_DAYS} days; use an earlier time, or give the output times "
+                                  "explicitly (times=...; CLI: --days)")
+        base = daily_grid(horizon)
     else:
         base = np.asarray(times, dtype=float).ravel()
-    grid = np.unique(np.concatenate([base, np.asarray(needed, dtype=float)]))
-    if grid.size == 0 or not np.all(np.isfinite(grid)):
+    if base.size == 0 or not np.all(np.isfinite(base)):
         raise SimulationError("output times must be a non-empty array of finite days")
-    return grid
+    if base.min() < 0:
+        raise SimulationError(f"output times must be >= 0 (days after the simulation's start at day 0), got "
+                              f"{base.min():g}")
+    if needed.min(initial=np.inf) < base.min():
+        raise SimulationError(f"an output needs day {needed.min():g}, before the first output time {base.min():g} "
+                              f"where the simulation starts: start the output times at or before day "
+                              f"{needed.min():g}")
+    return np.unique(np.concatenate([base, needed]))
 
 
 def evaluate_outputs(outputs: Sequence[Output], batch: xr.Dataset) -> np.ndarray:

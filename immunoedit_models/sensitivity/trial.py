@@ -36,21 +36,22 @@ a non-zero `status` (FailedRunsError / on_failure, as for `sobol`).
 
 from __future__ import annotations
 
+import json
 import re
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 import xarray as xr
 from rich.progress import Progress
 
-from ..compile import CompiledModel, compile_model
+from ..compile import DEFAULT_METHOD, CompiledModel, compile_model
 from ..errors import ImmunoeditError, SimulationError
 from ..io.results import provenance
 from ..spec.expressions import suggest
-from .designs import (Design, ParameterRange, _scale, distinct, morris_design, parameter_ranges, range_items,
-                      sobol_design)
-from .indices import STATUS_RAISED, OnFailure, morris_indices, sobol_indices
+from .designs import (Design, ParameterRange, _scale, check_log_names, log_choice, model_range, morris_design,
+                      range_items, sobol_design)
+from .indices import STATUS_RAISED, OnFailure, check_on_failure, morris_indices, sobol_indices
 from .outputs import Output
 
 ENDPOINT_FORMS = "'pfs@12:ARM', 'os_median:ARM', 'orr:ARM', 'hr_pfs:EXPERIMENTAL_vs_CONTROL'"
@@ -122,15 +123,16 @@ def run_trial_design(trial_design: Any, design: Design, endpoints: Sequence[str 
     """
     from ..trials import run_trial
     from ..trials.cohort import sample_cohort
-    from ..trials.run import check_trial_model
+    from ..trials.run import check_trial_model, survival_settings
 
     trial_design, model = design_and_model(trial_design, model)
     check_trial_model(model, trial_design)      # the same for every run: raise, not a failed run
     arms = list(trial_design.arms)
     parsed = [e if isinstance(e, TrialEndpoint) else parse_endpoint(e, arms) for e in endpoints]
-    n = trial_design.patients_per_arm if patients_per_arm is None else int(patients_per_arm)
-    if n < 1:
-        raise SimulationError(f"patients_per_arm must be at least 1, got {patients_per_arm}")
+    n = trial_design.patients_per_arm if patients_per_arm is None else patients_per_arm
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise SimulationError(f"patients_per_arm must be an integer >= 1, got {patients_per_arm!r}")
+    survival_used = survival_settings(trial_design, survival)
     population = [name for name in design.names if "." in name]
     shared = [name for name in design.names if "." not in name]
     _check_design_parameters(model, shared, population, priors, fixed, trial_design.name)
@@ -172,10 +174,18 @@ def run_trial_design(trial_design: Any, design: Design, endpoints: Sequence[str 
     data["failed_patients"] = ("sample", failed)
     data["error"] = ("sample", errors.astype(str))
     attrs = {**provenance(model, backend=model.backend, seed=seed), "trial": trial_design.name,
-             "trial_design_hash": trial_design.design_hash, "patients_per_arm": n, "cohort_seed": seed,
+             "trial_design_hash": trial_design.design_hash, "trial_design_path": trial_design.path,
+             "patients_per_arm": n, "cohort_seed": seed,
+             "cohort_source": _cohort_source(priors, fixed, population),
              "random_numbers": ("common: one cohort, randomisation and outcome stream for every run" if base is not None
                                 else "common: each run's cohort drawn from the same seed (same normal deviates), "
-                                     "randomisation and outcome stream")}
+                                     "randomisation and outcome stream"),
+             "rtol": trial_design.solver.rtol, "atol": trial_design.solver.atol,
+             "max_steps": trial_design.solver.max_steps, "output_every_days": trial_design.solver.output_every_days,
+             "solver": DEFAULT_METHOD[model.backend], "visits": trial_design.visits.describe(),
+             "survival": json.dumps(asdict(survival_used), sort_keys=True, default=float)}
+    if survival:
+        attrs["survival_overrides"] = json.dumps(dict(survival), sort_keys=True, default=float)
     return xr.Dataset(data, coords={"sample": np.arange(design.n_runs)}, attrs=attrs)
 
 
@@ -204,6 +214,7 @@ def trial_morris(trial_design: Any, endpoints: Sequence[str | TrialEndpoint] | s
 def _analyse(method: str, trial_design: Any, endpoints: Any, params: Any, n: int, log: Any, seed: int,
              num_resamples: int, conf_level: float, on_failure: OnFailure, progress: bool,
              trial: dict[str, Any], **design_options: Any) -> xr.Dataset:
+    check_on_failure(on_failure)
     trial_design, model = design_and_model(trial_design, trial.pop("model", None))
     parsed = [parse_endpoint(e, list(trial_design.arms))
               for e in ([endpoints] if isinstance(endpoints, str) else endpoints)]
@@ -238,23 +249,24 @@ def trial_ranges(model: CompiledModel, params: Iterable[Any] | Mapping[str, Any]
                  priors: Mapping[str, Mapping[str, Any]] | None = None) -> tuple[ParameterRange, ...]:
     """Ranges of shared model parameters (as `parameter_ranges`, spec ranges allowed) and of
     population prior values 'NAME.KEY' (explicit ranges only), in the order given."""
+    choice = log_choice(log)
     ranges = []
     for item in range_items(params):
         name = item.name if isinstance(item, ParameterRange) else item if isinstance(item, str) else item[0]
-        if "." not in str(name):
-            ranges += parameter_ranges(model, [item], log)
+        if "." not in name:
+            ranges.append(model_range(model, item, choice))
             continue
         if isinstance(item, str):
             raise SimulationError(f"population value '{name}' needs an explicit range: ({name!r}, LOW, HIGH) "
                                   f"(CLI: --param {name}:LOW:HIGH)")
-        _population_prior(model, str(name), priors)
+        _population_prior(model, name, priors)
         if isinstance(item, ParameterRange):
             ranges.append(_checked_population_range(item))
             continue
-        low, high = float(item[1]), float(item[2])
+        _, low, high = item
         ranges.append(_checked_population_range(
-            ParameterRange(str(name), low, high, _scale(str(name), low, high, False, log), "explicit (prior value)")))
-    return tuple(distinct(ranges))
+            ParameterRange(name, low, high, _scale(name, low, high, False, choice), "explicit (prior value)")))
+    return check_log_names(choice, ranges)
 
 
 def _checked_population_range(r: ParameterRange) -> ParameterRange:
@@ -319,6 +331,16 @@ def _check_design_parameters(model: CompiledModel, shared: Sequence[str], popula
             f"'{trial}' (a prior samples {'it' if len(varying) == 1 else 'them'}): one design value for every "
             f"patient would remove the population's spread. Vary a value of the prior instead "
             f"('{first}.{keys[0]}'), or a parameter every patient shares")
+
+
+def _cohort_source(priors: Mapping[str, Any] | None, fixed: Mapping[str, float] | None,
+                   population: Sequence[str]) -> str:
+    """Where the patients' parameters came from, as `run_trial` records it, and the population
+    values each run's design replaces."""
+    from ..trials.run import cohort_source
+
+    source = cohort_source(False, priors, fixed)
+    return source + (f"; each run's design values of {', '.join(population)}" if population else "")
 
 
 def _lean_design(design: Any, endpoints: Sequence[TrialEndpoint]) -> Any:

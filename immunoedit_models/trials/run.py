@@ -31,7 +31,7 @@ from .analysis import biomarker_subgroups, summarise_trial
 from .biomarkers import baseline_covariates
 from .cohort import Cohort, sample_cohort
 from .design import DAYS_PER_MONTH, TrialDesign, load_trial
-from .endpoints import Censoring, patient_outcomes, truncate_doses
+from .endpoints import Censoring, SurvivalParameters, patient_outcomes, truncate_doses
 from .recist import confirmation_day
 
 #: Observables the trial engine reads by name (the composed models' contract).
@@ -62,10 +62,7 @@ def run_trial(design: TrialDesign | str, *, model: CompiledModel | None = None,
         raise SimulationError(f"run_trial: patients_per_arm must be an integer >= 1, got {patients_per_arm!r}")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise SimulationError(f"run_trial: seed must be an integer >= 0, got {seed!r}")
-    unknown = sorted(set(survival or {}) - {f.name for f in fields(design.survival)})
-    if unknown:
-        raise SimulationError(f"run_trial: survival has no parameter {', '.join(map(repr, unknown))}; its "
-                              f"parameters are {', '.join(f.name for f in fields(design.survival))}")
+    survival_params = survival_settings(design, survival)
     arms = list(design.arms)
     rng = np.random.default_rng(seed)
     if cohort is not None and (priors or fixed):
@@ -97,7 +94,6 @@ def run_trial(design: TrialDesign | str, *, model: CompiledModel | None = None,
 
     sld = np.stack([s["scans"] for s in sims])
     burden = np.stack([s["burden"] for s in sims])
-    survival_params = replace(design.survival, **(survival or {}))
     censoring = Censoring(design.accrual_months, design.data_cut_months)
     trial = patient_outcomes(sld, scan_day, burden, day, rng, censoring, survival=survival_params,
                              criteria=design.recist, visit_day=visit_day)
@@ -133,11 +129,22 @@ def run_trial(design: TrialDesign | str, *, model: CompiledModel | None = None,
                         "failed_runs": int((trial.status != 0).sum()),
                         "rtol": design.solver.rtol, "atol": design.solver.atol,
                         "visits": design.visits.describe(), "days_per_month": DAYS_PER_MONTH,
-                        "cohort_source": _cohort_source(cohort_given, priors, fixed)})
+                        "cohort_source": cohort_source(cohort_given, priors, fixed)})
     return trial
 
 
-def _cohort_source(given: bool, priors: Mapping | None, fixed: Mapping | None) -> str:
+def survival_settings(design: TrialDesign, survival: Mapping[str, float] | None) -> SurvivalParameters:
+    """The design's survival parameters with `survival` replacing some; SimulationError for names
+    it does not have."""
+    known = [f.name for f in fields(design.survival)]
+    unknown = sorted(set(survival or {}) - set(known))
+    if unknown:
+        raise SimulationError(f"survival has no parameter {', '.join(map(repr, unknown))}; its parameters are "
+                              f"{', '.join(known)}")
+    return replace(design.survival, **(survival or {}))
+
+
+def cohort_source(given: bool, priors: Mapping | None, fixed: Mapping | None) -> str:
     """Where the patients' parameters came from, for the provenance attributes: a ready cohort,
     the spec's priors, or the spec's with these priors / values replacing theirs (JSON)."""
     if given:
