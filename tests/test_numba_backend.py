@@ -242,6 +242,15 @@ def test_generated_file_is_named_by_hash_and_reused(kinky_sym, tmp_path):
     assert [p.name for p in tmp_path.iterdir() if p.suffix == ".tmp"] == []
 
 
+def test_a_damaged_cached_file_is_generated_again(kinky_sym, tmp_path):
+    damaged = tmp_path / f"model_{kinky_sym.structure_hash}_{VERSION_TAG}.py"
+    damaged.write_text("garbage  # e.g. a disk that filled up\n")
+    kern = compile_numba(kinky_sym, tmp_path)
+    assert damaged.read_text() == generate_source(kinky_sym)
+    reference = compile_numba(kinky_sym)
+    assert kern.n_kernel_params == reference.n_kernel_params and kern.source_path == damaged
+
+
 _PROBE = textwrap.dedent("""
     import json, sys, time
     t0 = time.perf_counter()

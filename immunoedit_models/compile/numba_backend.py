@@ -924,10 +924,17 @@ def compile_numba(sym: SymbolicModel, cache_dir: Path | None = None) -> NumbaKer
     """
     directory = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     path = directory / f"model_{sym.structure_hash}_{VERSION_TAG}.py"
-    if not path.exists():
+    cached = path.exists()
+    if not cached:
         directory.mkdir(parents=True, exist_ok=True)
         _write_atomic(path, generate_source(sym))
-    module = _import_generated(path)
+    try:
+        module = _import_generated(path)
+    except CompileError:
+        if not cached:
+            raise
+        _write_atomic(path, generate_source(sym))   # a damaged cached file (removed): generate it again
+        module = _import_generated(path)
     return NumbaKernels(
         model_name=sym.name, structure_hash=sym.structure_hash, source_path=path,
         state_names=tuple(sym.states), param_names=tuple(sym.parameters),
