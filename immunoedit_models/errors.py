@@ -54,3 +54,9 @@ class ResultError(ImmunoeditError, ValueError):
 
 class FitError(ImmunoeditError):
     """A fitting problem is ill-posed or an optimiser failed."""
+
+
+class SurvivalDataError(FitError, ValueError):
+    """Survival times and events, or a digitised KM curve, cannot be analysed (negative or NaN
+    times, events not 0/1, lengths that differ, no patients). A ValueError too, so that a fit
+    rejects a simulated trial that produced such data as a bad point instead of stopping."""

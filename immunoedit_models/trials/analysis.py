@@ -20,6 +20,8 @@ from lifelines.statistics import logrank_test
 from lifelines.utils import median_survival_times
 from scipy import stats
 
+from ..errors import SimulationError
+
 ENDPOINTS = ("pfs", "os")
 #: The boolean biomarker covariates of the trial-results contract, used for standard subgroups.
 BIOMARKERS = ("pdl1_high", "pdl1_negative", "teff_high", "lag3_positive")
@@ -145,11 +147,65 @@ def comparison_label(comparison: str | tuple[str, str]) -> tuple[str, str, str]:
     """("ABCP", "BCP") or "ABCP_vs_BCP" -> ("ABCP_vs_BCP", "ABCP", "BCP")."""
     if isinstance(comparison, str):
         experimental, sep, control = comparison.partition("_vs_")
-        if not sep:
-            raise ValueError(f"comparison {comparison!r}: write it as 'EXPERIMENTAL_vs_CONTROL' or a pair")
     else:
-        experimental, control = comparison
+        pair = tuple(comparison) if isinstance(comparison, (tuple, list)) else ()
+        sep = len(pair) == 2 and all(isinstance(arm, str) for arm in pair)
+        experimental, control = pair if sep else ("", "")
+    if not sep:
+        raise SimulationError(f"comparison {comparison!r}: write it as 'EXPERIMENTAL_vs_CONTROL' or a pair "
+                              "('EXPERIMENTAL', 'CONTROL') of arm names")
+    if experimental == control:
+        raise SimulationError(f"comparison {comparison!r} compares arm '{control}' with itself: name two "
+                              "different arms")
     return f"{experimental}_vs_{control}", experimental, control
+
+
+def check_trial(trial: xr.Dataset, endpoints: Sequence[str], what: str) -> None:
+    """SimulationError unless `trial` is a trial Dataset over (arm, patient) whose endpoints have
+    months >= 0 (NaN: an absent patient) and 0/1 events, with at least one patient in every arm."""
+    if not isinstance(trial, xr.Dataset) or "arm" not in trial.dims:
+        raise SimulationError(f"{what} takes a trial Dataset over (arm, patient), as run_trial returns; "
+                              f"got {type(trial).__name__}" + ("" if not isinstance(trial, xr.Dataset)
+                                                                 else " without an 'arm' dimension"))
+    for endpoint in endpoints:
+        if endpoint not in ENDPOINTS:
+            raise SimulationError(f"{what}: unknown endpoint {endpoint!r}; choose one of {', '.join(ENDPOINTS)}")
+        names = (f"{endpoint}_months", f"{endpoint}_event")
+        missing = [name for name in names if name not in trial]
+        if missing or any(trial[name].dims != ("arm", "patient") for name in names):
+            raise SimulationError(f"{what}: the trial needs {' and '.join(names)} over (arm, patient), as "
+                                  f"run_trial writes them; {'it lacks ' + ', '.join(missing) if missing else 'they have other dimensions'}")
+        _check_outcomes(trial, endpoint, what)
+
+
+def _check_outcomes(trial: xr.Dataset, endpoint: str, what: str) -> None:
+    """Months >= 0 and 0/1 events for every present patient; at least one present per arm."""
+    arms = [str(a) for a in trial["arm"].values]
+    months = np.asarray(trial[f"{endpoint}_months"].values, dtype=float)
+    event = np.asarray(trial[f"{endpoint}_event"].values)
+    present = np.isfinite(months)
+    empty = [arm for arm, row in zip(arms, present) if not row.any()]
+    if empty:
+        raise SimulationError(f"{what}: arm '{empty[0]}' has no patient with a {endpoint}_months value (all "
+                              "NaN or none): nothing to estimate; every arm needs patients")
+    for name, bad, rule in ((f"{endpoint}_months", present & (months < 0), "months since randomisation, >= 0"),
+                            (f"{endpoint}_event", present & ~np.isin(event, (0, 1)), "0 (censored) or 1 (event)")):
+        if bad.any():
+            arm, patient = np.argwhere(bad)[0]
+            value = (months if name.endswith("months") else event)[arm, patient].item()
+            count = int(bad.sum())
+            raise SimulationError(f"{what}: {name} must be {rule}; arm '{arms[arm]}' patient {patient} has "
+                                  f"{value!r} ({count} such value{'s' if count != 1 else ''} in all)")
+
+
+def check_alpha(alpha: float, what: str) -> None:
+    """SimulationError unless 0 < alpha < 1 (the two-sided level: 0.05 for 95 % intervals)."""
+    if not (isinstance(alpha, (int, float, np.floating)) and 0.0 < alpha < 1.0):
+        raise SimulationError(f"{what}: alpha must lie in (0, 1), got {alpha!r} (0.05 gives 95 % intervals)")
+
+
+def _is_count(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= 1
 
 
 def biomarker_subgroups(trial: xr.Dataset) -> dict[str, np.ndarray]:
@@ -231,12 +287,75 @@ def summarise_trial(trial: xr.Dataset, comparisons: Sequence[str | tuple[str, st
                     subgroups: Mapping[str, np.ndarray] | None | str = "biomarkers",
                     landmarks: Sequence[float] = (12.0, 24.0, 36.0), alpha: float = 0.05) -> xr.Dataset:
     """Per-arm and per-comparison summaries of a trial; subgroups default to `biomarker_subgroups`."""
+    check_trial(trial, ENDPOINTS, "summarise_trial")
+    _check_comparisons(trial, comparisons)
+    check_alpha(alpha, "summarise_trial")
+    _check_landmarks(landmarks)
     if isinstance(subgroups, str):
+        if subgroups != "biomarkers":
+            raise SimulationError(f"summarise_trial: subgroups={subgroups!r}: pass 'biomarkers', None or a "
+                                  "mapping name -> (arm, patient) boolean mask")
         subgroups = biomarker_subgroups(trial)
+    _check_subgroups(trial, subgroups)
     summary = xr.merge([arm_summary(trial, landmarks, alpha), comparison_summary(trial, comparisons, subgroups, alpha)])
     summary.attrs = {"alpha": alpha, "median": "Kaplan-Meier (lifelines), exponential Greenwood CI",
                      "orr_ci": "Clopper-Pearson", "hazard_ratio": "Cox PH (Efron ties), experimental vs control"}
     return summary
+
+
+def _check_comparisons(trial: xr.Dataset, comparisons) -> None:
+    """SimulationError unless comparisons is a list of distinct comparisons of this trial's arms."""
+    if isinstance(comparisons, str) or not isinstance(comparisons, Sequence):
+        raise SimulationError(f"summarise_trial: comparisons must be a list, e.g. ['EXPERIMENTAL_vs_CONTROL'] "
+                              f"([] for none), got {comparisons!r}")
+    labels = [comparison_label(c) for c in comparisons]
+    for _, experimental, control in labels:
+        _arm_index(trial, experimental), _arm_index(trial, control)
+    names = [label for label, _, _ in labels]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise SimulationError(f"summarise_trial: comparison {repeated[0]} is listed twice; list each once")
+
+
+def _check_landmarks(landmarks) -> None:
+    try:
+        at = None if isinstance(landmarks, str) else np.asarray(landmarks, dtype=float)
+    except (TypeError, ValueError):
+        at = None
+    if at is None or at.ndim != 1 or not np.all(np.isfinite(at) & (at >= 0)):
+        raise SimulationError(f"summarise_trial: landmarks must be a list of months >= 0, e.g. (12.0, 24.0), "
+                              f"got {landmarks!r}")
+
+
+def _check_subgroups(trial: xr.Dataset, subgroups) -> None:
+    if subgroups is None:
+        return
+    if not isinstance(subgroups, Mapping):
+        raise SimulationError("summarise_trial: subgroups must be 'biomarkers', None or a mapping name -> "
+                              f"(arm, patient) boolean mask, got {type(subgroups).__name__}")
+    shape = trial["pfs_months"].shape
+    for name, mask in subgroups.items():
+        if np.shape(mask) != shape:
+            raise SimulationError(f"summarise_trial: subgroup '{name}' has shape {np.shape(mask)}; a mask must "
+                                  f"cover the trial's (arm, patient) = {shape}")
+
+
+def _check_replicate_request(n_per_arm, n_replicates, rng, endpoint: str, success: str, alpha: float) -> None:
+    """SimulationError for a trial_replicates request that cannot be met."""
+    pair = tuple(n_per_arm) if isinstance(n_per_arm, (tuple, list)) else (n_per_arm, n_per_arm)
+    if not (len(pair) == 2 and all(_is_count(n) for n in pair)):
+        raise SimulationError(f"trial_replicates: n_per_arm must be an integer >= 1 or a pair (experimental, "
+                              f"control) of them, got {n_per_arm!r}")
+    if not _is_count(n_replicates):
+        raise SimulationError(f"trial_replicates: n_replicates must be an integer >= 1, got {n_replicates!r}")
+    if not isinstance(rng, np.random.Generator):
+        raise SimulationError(f"trial_replicates: rng must be a numpy Generator, e.g. np.random.default_rng(0), "
+                              f"got {type(rng).__name__}")
+    if endpoint not in ENDPOINTS:
+        raise SimulationError(f"trial_replicates: unknown endpoint {endpoint!r}; choose one of {', '.join(ENDPOINTS)}")
+    if success not in ("hr_upper", "logrank"):
+        raise SimulationError(f"success={success!r}: use 'hr_upper' (HR upper CI < 1) or 'logrank' (p < alpha, HR < 1)")
+    check_alpha(alpha, "trial_replicates")
 
 
 def trial_replicates(trial: xr.Dataset, comparison: str | tuple[str, str], n_per_arm: int | tuple[int, int],
@@ -249,8 +368,8 @@ def trial_replicates(trial: xr.Dataset, comparison: str | tuple[str, str], n_per
     `hr_lower`, `hr_upper`, `logrank_p`, `success` over `replicate`, and `probability_of_success`
     with its Clopper-Pearson bounds. Same generator state => same result.
     """
-    if success not in ("hr_upper", "logrank"):
-        raise ValueError(f"success={success!r}: use 'hr_upper' (HR upper CI < 1) or 'logrank' (p < alpha, HR < 1)")
+    _check_replicate_request(n_per_arm, n_replicates, rng, endpoint, success, alpha)
+    check_trial(trial, (endpoint,), "trial_replicates")
     label, experimental, control = comparison_label(comparison)
     n_exp, n_ctl = (n_per_arm, n_per_arm) if np.isscalar(n_per_arm) else n_per_arm
     pools = [_arm_pool(trial, arm, endpoint) for arm in (experimental, control)]
@@ -296,9 +415,9 @@ def _compare(trial, endpoint, experimental, control, mask, alpha, with_logrank=T
 
 
 def _arm_index(trial: xr.Dataset, arm: str) -> int:
-    arms = list(trial["arm"].values)
+    arms = [str(a) for a in trial["arm"].values]
     if arm not in arms:
-        raise ValueError(f"arm {arm!r} is not in this trial; its arms are {arms}")
+        raise SimulationError(f"arm {arm!r} is not in this trial; its arms are {', '.join(arms)}")
     return arms.index(arm)
 
 

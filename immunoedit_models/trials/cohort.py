@@ -523,16 +523,18 @@ def sample_cohort(model: CompiledModel, n: int, seed: int, *,
     rtol, atol: tolerances of the plausibility simulations; progress: show rich progress bars.
     """
     model = require_compiled(model, "sample_cohort")
-    if not (isinstance(n, (int, np.integer)) and n > 0):
+    if not _whole(n, 1):
         raise SimulationError(f"a cohort needs n > 0 patients, got {n!r}")
-    if not (isinstance(seed, (int, np.integer)) and max_rounds >= 1):
-        raise SimulationError(f"sample_cohort needs an integer seed and max_rounds >= 1, got seed={seed!r}, "
-                              f"max_rounds={max_rounds!r}")
+    if not (_whole(seed, 0) and _whole(max_rounds, 1)):
+        raise SimulationError(f"sample_cohort needs an integer seed >= 0 and an integer max_rounds >= 1, got "
+                              f"seed={seed!r}, max_rounds={max_rounds!r}")
+    _check_cohort_data(fixed, constraints, target)
     prior = JointPrior.from_model(model, priors, correlations, fixed)
     checks = [constraint(c) for c in constraints or ()]
     goal = target if isinstance(target, Target) or target is None else Target.from_mapping(target)
-    if goal is not None and oversample < 1:
-        raise SimulationError(f"oversample must be >= 1 (the plausible pool is oversample x n), got {oversample:g}")
+    if goal is not None and not (isinstance(oversample, (int, float, np.number)) and oversample >= 1):
+        raise SimulationError(f"oversample must be a number >= 1 (the plausible pool is oversample x n), got "
+                              f"{oversample!r}")
     _check_outputs(model, [c.output for c in checks] + ([goal.output] if goal else []))
     need = n if goal is None else int(math.ceil(oversample * n))
     times = np.unique([0.0, *(t for c in checks for t in c.times), *([goal.time] if goal else [])])
@@ -556,6 +558,25 @@ def sample_cohort(model: CompiledModel, n: int, seed: int, *,
                              method="Allen et al. 2016 (CPT PSP 5:140) plausible pool + prevalence selection")
     return Cohort(cohort_params, baseline, weights[chosen], chosen, int(seed),
                   stats_["n_plausible"] / stats_["n_drawn"], selection, prov)
+
+
+def _whole(value: Any, least: int) -> bool:
+    """Whether value is an integer (not a bool) >= least."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= least
+
+
+def _check_cohort_data(fixed: Any, constraints: Any, target: Any) -> None:
+    """SimulationError for sample_cohort data of the wrong form: fixed values that are not finite
+    numbers, constraints that are not a list of constraints, a target that is not one."""
+    for name, value in (fixed or {}).items():
+        if not (isinstance(value, (int, float, np.number)) and not isinstance(value, bool) and math.isfinite(value)):
+            raise SimulationError(f"fixed value of '{name}' must be a finite number, got {value!r}")
+    if constraints is not None and (isinstance(constraints, (str, Mapping)) or not isinstance(constraints, Sequence)):
+        raise SimulationError(f"constraints must be a list of constraints, e.g. [{{'output': 'sld_mm', 'time': 0, "
+                              f"'low': 10, 'high': 150}}] (wrap a single one in a list), got {constraints!r}")
+    if target is not None and not isinstance(target, (Target, Mapping)):
+        raise SimulationError(f"target must be a Target or its mapping (output, time, distribution, ...), got "
+                              f"{target!r}")
 
 
 def _check_outputs(model: CompiledModel, names: list[str]) -> None:

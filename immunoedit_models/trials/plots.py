@@ -15,7 +15,8 @@ from matplotlib.collections import LineCollection
 from matplotlib.figure import Figure
 from matplotlib.ticker import NullFormatter
 
-from immunoedit_models.trials.analysis import kaplan_meier, km_median
+from immunoedit_models.errors import SimulationError
+from immunoedit_models.trials.analysis import ENDPOINTS, check_alpha, check_trial, kaplan_meier, km_median
 from immunoedit_models.trials.endpoints import DAYS_PER_MONTH
 from immunoedit_models.trials.recist import assess
 
@@ -32,7 +33,12 @@ def plot_km(trial: xr.Dataset, endpoint: str = "pfs", arms: Sequence[str] | None
     the colour of the arm with the same label, else in black. risk_months: times of the at-risk
     columns (default every 6 months up to the last follow-up).
     """
-    arms = list(trial["arm"].values) if arms is None else list(arms)
+    check_trial(trial, (endpoint,), "plot_km")
+    arms = [str(a) for a in trial["arm"].values] if arms is None else _known_arms(trial, arms)
+    check_alpha(alpha, "plot_km")
+    check_observed(observed, "plot_km")
+    if risk_months is not None and not _months(risk_months):
+        raise SimulationError(f"plot_km: risk_months must be a list of months >= 0, e.g. [0, 6, 12], got {risk_months!r}")
     fig = Figure(figsize=(7.5, 5.6), layout="constrained")
     ax, table = fig.subplots(2, 1, gridspec_kw={"height_ratios": [5, 0.6 + 0.3 * len(arms)]}, sharex=True)
     t_all = trial[f"{endpoint}_months"].values
@@ -79,6 +85,7 @@ def plot_waterfall(trial: xr.Dataset, arm: str, max_bars: int = 500) -> Figure:
 
     More than `max_bars` patients are thinned to every k-th patient by rank (the shape is kept).
     """
+    _check_arm_plot(trial, arm, ("best_pct_change", "best_response"), "max_bars", max_bars, "plot_waterfall")
     change = trial["best_pct_change"].sel(arm=arm).values
     response = trial["best_response"].sel(arm=arm).values
     keep = np.isfinite(change)
@@ -107,6 +114,10 @@ def plot_spider(trial: xr.Dataset, arm: str, max_patients: int = 100) -> Figure:
     shows the first `max_patients` evaluable patients up to their first PD visit (RECIST 1.1
     defaults), coloured by best overall response.
     """
+    _check_arm_plot(trial, arm, ("sld_mm", "best_response"), "max_patients", max_patients, "plot_spider")
+    if "visit_day" not in trial and "scan_day" not in trial:
+        raise SimulationError("plot_spider: the trial has neither visit_day nor scan_day: the visit days are "
+                              "needed (a Dataset from run_trial has them)")
     sld = trial["sld_mm"].sel(arm=arm).values
     day = trial["visit_day"].sel(arm=arm).values if "visit_day" in trial else trial["scan_day"].values
     pd_index = assess(sld, day).pd_index[:, None]
@@ -132,6 +143,7 @@ def plot_spider(trial: xr.Dataset, arm: str, max_patients: int = 100) -> Figure:
 
 def plot_forest(summary: xr.Dataset, endpoint: str = "pfs", comparison: str | None = None) -> Figure:
     """Subgroup hazard ratios with CIs (log axis), from `hr_<endpoint>_subgroup` of a summary."""
+    _check_forest(summary, endpoint, comparison)
     comparison = str(summary["comparison"].values[0]) if comparison is None else comparison
     cell = summary.sel(comparison=comparison)
     hr = cell[f"hr_{endpoint}_subgroup"].values
@@ -157,6 +169,73 @@ def plot_forest(summary: xr.Dataset, endpoint: str = "pfs", comparison: str | No
     ax.set_xlabel(f"hazard ratio ({ENDPOINT_TITLES.get(endpoint, endpoint)}); < 1 favours experimental")
     ax.set_title(comparison.replace("_vs_", " vs "), fontsize=10)
     return fig
+
+
+def check_observed(observed: Mapping[str, tuple[np.ndarray, np.ndarray]] | None, what: str) -> None:
+    """SimulationError unless observed is None or label -> (months, events) with one 0/1 event per
+    month value >= 0."""
+    if observed is not None and not isinstance(observed, Mapping):
+        raise SimulationError(f"{what}: observed must map a label to (months, events), got {type(observed).__name__}")
+    for label, data in (observed or {}).items():
+        pair = tuple(data) if isinstance(data, (tuple, list)) else ()
+        sizes = {np.size(x) for x in pair}
+        if len(pair) != 2 or len(sizes) != 1 or 0 in sizes:
+            raise SimulationError(f"{what}: observed['{label}'] must be a pair (months, events) of equal, "
+                                  f"non-zero length, got {len(pair)} item(s) of sizes {sorted(sizes)}")
+        months, events = (np.asarray(x, dtype=float) for x in pair)
+        if not (_months(months) and np.all(np.isin(events, (0, 1)))):
+            raise SimulationError(f"{what}: observed['{label}'] needs months >= 0 and events 0 (censored) "
+                                  "or 1 (event)")
+
+
+def _months(values) -> bool:
+    """Whether values are a 1-D list of finite months >= 0."""
+    try:
+        at = np.asarray(values, dtype=float)
+    except (TypeError, ValueError):
+        return False
+    return at.ndim == 1 and bool(np.all(np.isfinite(at) & (at >= 0)))
+
+
+def _known_arms(trial: xr.Dataset, arms: Sequence[str]) -> list[str]:
+    """The requested arms, each one of the trial's (SimulationError otherwise)."""
+    names = [str(a) for a in trial["arm"].values]
+    chosen = [arms] if isinstance(arms, str) else list(arms)
+    if not chosen:
+        raise SimulationError(f"no arms to plot: name some of the trial's arms ({', '.join(names)})")
+    unknown = [a for a in chosen if a not in names]
+    if unknown:
+        raise SimulationError(f"arm {unknown[0]!r} is not in this trial; its arms are {', '.join(names)}")
+    return chosen
+
+
+def _check_arm_plot(trial: xr.Dataset, arm: str, needs: tuple[str, ...], limit_name: str, limit: int,
+                    what: str) -> None:
+    """SimulationError unless the trial has the arm and the variables a per-arm plot draws."""
+    if not isinstance(trial, xr.Dataset) or "arm" not in trial.dims:
+        raise SimulationError(f"{what} takes a trial Dataset over (arm, patient), as run_trial returns; "
+                              f"got {type(trial).__name__}")
+    if not isinstance(arm, str):
+        raise SimulationError(f"{what}: arm must be one arm's name, got {arm!r}")
+    _known_arms(trial, [arm])
+    missing = [name for name in needs if name not in trial]
+    if missing:
+        raise SimulationError(f"{what}: the trial lacks {', '.join(missing)}; a Dataset from run_trial has them")
+    if not (isinstance(limit, (int, np.integer)) and not isinstance(limit, bool) and limit >= 1):
+        raise SimulationError(f"{what}: {limit_name} must be an integer >= 1, got {limit!r}")
+
+
+def _check_forest(summary: xr.Dataset, endpoint: str, comparison: str | None) -> None:
+    """SimulationError unless the summary has subgroup HRs of this endpoint and comparison."""
+    if endpoint not in ENDPOINTS:
+        raise SimulationError(f"plot_forest: unknown endpoint {endpoint!r}; choose one of {', '.join(ENDPOINTS)}")
+    if not isinstance(summary, xr.Dataset) or f"hr_{endpoint}_subgroup" not in summary or "comparison" not in summary.coords:
+        raise SimulationError(f"plot_forest needs a summary with hr_{endpoint}_subgroup over (comparison, "
+                              "subgroup): summarise_trial(trial, comparisons) with subgroups")
+    names = [str(c) for c in summary["comparison"].values]
+    if comparison is not None and comparison not in names:
+        raise SimulationError(f"plot_forest: comparison {comparison!r} is not in the summary; its comparisons are "
+                              f"{', '.join(names)}")
 
 
 def _response_legend(ax, shown: np.ndarray) -> None:

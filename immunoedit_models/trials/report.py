@@ -4,21 +4,26 @@ from __future__ import annotations
 
 import html
 import json
+import re
 from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
 import xarray as xr
 
+from immunoedit_models.errors import ResultError
 from immunoedit_models.plots import save_figure
-from immunoedit_models.trials.analysis import summarise_trial
-from immunoedit_models.trials.plots import plot_forest, plot_km, plot_spider, plot_waterfall
+from immunoedit_models.trials.analysis import ENDPOINTS, check_trial, summarise_trial
+from immunoedit_models.trials.plots import check_observed, plot_forest, plot_km, plot_spider, plot_waterfall
 
 #: Dataset attributes listed under provenance, in this order, when present.
 PROVENANCE_KEYS = ("trial", "model", "seed", "spec_hash", "structure_hash", "backend", "solver", "rtol",
                    "atol", "visits", "n_patients", "created", "spec_path")
 
 Table = tuple[list[str], list[list[str]]]
+
+#: The files a trial report writes; a folder holding only these (and our report.md) is rewritten.
+REPORT_FILES = re.compile(r"report\.(md|html)|(km|waterfall|spider|forest)_.+\.png")
 
 
 def write_report(trial: xr.Dataset, out_dir: str | Path, *, summary: xr.Dataset | None = None,
@@ -31,9 +36,15 @@ def write_report(trial: xr.Dataset, out_dir: str | Path, *, summary: xr.Dataset 
     carries the summaries (`hr_pfs`), else computed here for `comparisons`. observed: optional
     data to overlay on the KM plots, endpoint -> {label: (months, events)}.
     """
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = report_folder(out_dir)
+    check_trial(trial, ENDPOINTS, "write_report")
+    for endpoint, data in (observed or {}).items():
+        if endpoint not in ENDPOINTS:
+            raise ResultError(f"write_report: observed has endpoint {endpoint!r}; its keys are endpoints "
+                              f"({', '.join(ENDPOINTS)}), each mapping a label to (months, events)")
+        check_observed(data, "write_report")
     summary = _summary(trial, summary, comparisons)
+    out.mkdir(parents=True, exist_ok=True)
     title = title or f"In-silico trial: {trial.attrs.get('trial', trial.attrs.get('model', 'simulation'))}"
     figures = _figures(trial, summary, out, observed or {})
     sections: list[tuple[str, Table, str]] = [
@@ -55,13 +66,37 @@ def write_report(trial: xr.Dataset, out_dir: str | Path, *, summary: xr.Dataset 
     return out / "report.md"
 
 
+def report_folder(out_dir: str | Path) -> Path:
+    """out_dir, checked before anything is computed: a new or empty folder, or one holding only an
+    earlier trial report (which is rewritten). A file, or a folder with anything else, is refused
+    (ResultError), so nothing a user saved is replaced."""
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ResultError(f"write_report: '{out}' is a file, not a folder: give a folder for report.md, "
+                          "report.html and the figures")
+    foreign = sorted(p.name for p in out.iterdir() if not REPORT_FILES.fullmatch(p.name)) if out.is_dir() else []
+    if not foreign and (out / "report.md").is_file() and not _is_trial_report(out / "report.md"):
+        foreign = ["report.md"]
+    if foreign:
+        raise ResultError(f"write_report: '{out}' holds files that are not an earlier trial report's "
+                          f"({', '.join(foreign[:5])}{', ...' if len(foreign) > 5 else ''}): not writing there, "
+                          "so none is replaced; choose a new or empty folder")
+    return out
+
+
+def _is_trial_report(path: Path) -> bool:
+    """Whether report.md was written by write_report (its Provenance and Figures sections)."""
+    text = path.read_text(errors="replace")
+    return "\n## Provenance\n" in text and "\n## Figures\n" in text
+
+
 def _summary(trial, summary, comparisons) -> xr.Dataset:
     if summary is not None:
         return summary
     if "pfs_median_months" in trial and comparisons is None:    # summaries of run_trial (single-arm: no HRs)
         return trial
     if comparisons is None:
-        raise ValueError("write_report: the trial carries no summaries (pfs_median_months); pass summary= from "
+        raise ResultError("write_report: the trial carries no summaries (pfs_median_months); pass summary= from "
                          "analysis.summarise_trial or comparisons=[('EXPERIMENTAL', 'CONTROL')]")
     return summarise_trial(trial, comparisons)
 

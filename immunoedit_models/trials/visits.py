@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import optimize, stats
 
-from ..errors import FitError
+from ..errors import FitError, SimulationError
 
 
 @dataclass(frozen=True)
@@ -43,10 +43,26 @@ class VisitTiming:
 
     def days(self, scan_day: np.ndarray, shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
         """Visit days (*shape, n_scan) from the scheduled scan_day (n_scan,), baseline first."""
+        self.check(scan_day, rng)
         offset = rng.normal(self.offset_mean_days, self.offset_sd_days, size=(*shape, len(scan_day) - 1))
-        limit = min(self.limit_days, np.min(np.diff(scan_day), initial=np.inf) / 2 - 1.0)
+        limit = max(0.0, min(self.limit_days, np.min(np.diff(scan_day), initial=np.inf) / 2 - 1.0))
         offset = np.clip(offset, -limit, limit)
         return scan_day + np.concatenate([np.zeros((*shape, 1)), offset], axis=-1)
+
+
+    def check(self, scan_day: np.ndarray, rng: np.random.Generator) -> None:
+        """SimulationError unless the offsets are finite (sd >= 0, limit > 0), scan_day a 1-D
+        increasing array of finite days and rng a numpy Generator."""
+        if not (math.isfinite(self.offset_mean_days) and math.isfinite(self.offset_sd_days)
+                and self.offset_sd_days >= 0 and self.limit_days > 0):
+            raise SimulationError(f"visit offsets need a finite mean, an sd >= 0 and a limit > 0 days, got "
+                                  f"mean {self.offset_mean_days:g}, sd {self.offset_sd_days:g}, limit {self.limit_days:g}")
+        days = np.asarray(scan_day, dtype=float)
+        if days.ndim != 1 or days.size == 0 or not np.all(np.isfinite(days)) or np.any(np.diff(days) <= 0):
+            raise SimulationError(f"scan_day must be the scheduled scan days in increasing order, baseline first, "
+                                  f"got {np.asarray(scan_day).tolist()!r}")
+        if not isinstance(rng, np.random.Generator):
+            raise SimulationError(f"rng must be a numpy Generator, e.g. np.random.default_rng(0), got {type(rng).__name__}")
 
 
 @dataclass(frozen=True)
@@ -71,8 +87,7 @@ def fit_visit_offsets(event_day: np.ndarray, scan_day: np.ndarray,
     A hand-written three-parameter likelihood (scipy has no mixture of a truncated normal and a
     uniform); maximised with scipy's Nelder-Mead from a grid of starts.
     """
-    event_day = np.asarray(event_day, dtype=float)
-    scan_day = np.asarray(scan_day, dtype=float)
+    event_day, scan_day = _offset_inputs(event_day, scan_day, half_width_days)
     nearest = scan_day[np.abs(event_day[:, None] - scan_day[None, :]).argmin(axis=1)]
     offset = (event_day - nearest)[np.abs(event_day - nearest) <= half_width_days]
     if offset.size < 10:
@@ -93,3 +108,27 @@ def fit_visit_offsets(event_day: np.ndarray, scan_day: np.ndarray,
     mu, log_sd, logit_w = best.x
     return VisitOffsetFit(float(mu), float(math.exp(log_sd)), float(1.0 / (1.0 + math.exp(-logit_w))),
                           int(offset.size), float(h))
+
+
+def _offset_inputs(event_day, scan_day, half_width_days: float) -> tuple[np.ndarray, np.ndarray]:
+    """(event days, scan days) as float arrays; FitError unless event days are finite and >= 0,
+    scans increase, the window is at most half the shortest scan interval and the events are days
+    (most of them nearer a later visit than the baseline scan; months would not be)."""
+    try:
+        events, scans = np.asarray(event_day, dtype=float), np.asarray(scan_day, dtype=float)
+    except (TypeError, ValueError):
+        raise FitError("fit_visit_offsets: event_day and scan_day must be numbers (days)") from None
+    if events.ndim != 1 or not np.all(np.isfinite(events) & (events >= 0)):
+        raise FitError("fit_visit_offsets: event_day must be a 1-D array of finite days >= 0 (one per event; drop "
+                       "patients without an event)")
+    if scans.ndim != 1 or scans.size < 2 or not np.all(np.isfinite(scans)) or np.any(np.diff(scans) <= 0):
+        raise FitError("fit_visit_offsets: scan_day must list at least 2 scheduled scan days in increasing order, "
+                       "baseline first")
+    widest = np.diff(scans).min() / 2
+    if not (isinstance(half_width_days, (int, float, np.number)) and 0 < half_width_days <= widest):
+        raise FitError(f"fit_visit_offsets: half_width_days must lie in (0, {widest:g}], half the shortest scan "
+                       f"interval (wider windows overlap the next visit's), got {half_width_days!r}")
+    if np.mean(events < (scans[0] + scans[1]) / 2) > 0.5:
+        raise FitError(f"fit_visit_offsets: most event days lie before day {(scans[0] + scans[1]) / 2:g}, nearer the "
+                       "baseline scan than any later visit: pass event days, not months")
+    return events, scans
