@@ -70,6 +70,14 @@ def issues(load: Callable[[Path], object], target: Path, error: type[Exception])
 
 # ---- time courses --------------------------------------------------------------------------------
 TIMECOURSE_CASES = {
+    "solver tolerances and method": (
+        [("problem.yaml", "solver: {rtol: 1.0e-6, atol: 1.0e-9}", "solver: {rtol: 2, atol: 1.0e-9, method: rodas4}")],
+        [("problem.yaml", "solver:", "solver: tolerances must satisfy 0 < rtol < 1 and atol > 0, got rtol=2, "
+          "atol=1e-09 (e.g. solver: {rtol: 1.0e-6, atol: 1.0e-9})"),
+         ("problem.yaml", "solver:", "solver: backend 'numba' has no method 'rodas4' (methods: rodas5p, tsit5)")]),
+    "unknown backend": (
+        [("problem.yaml", "backend: numba ", "backend: nunba ")],
+        [("problem.yaml", "backend: nunba", "problem: unknown backend 'nunba' (did you mean 'numba'?)")]),
     "condition parameter not a number": (
         [("problem.yaml", "treated: {regimen: q21d_x18,", "treated: {regimen: q21d_x18, parameters: {rT: abc},")],
         [("problem.yaml", "treated:", "condition 'treated' parameters: 'rT' must be a number, got 'abc'")]),
@@ -178,6 +186,11 @@ FIRST_TARGET = "id: pfs_median_nivo_rela, kind: median, endpoint: pfs, arm: NIVO
 ORR_TARGET = "id: orr_nivo_rela, kind: response, arm: NIVO_RELA, n: 355,"
 LANDMARK_TARGET = "id: pfs_12mo_nivo_rela, kind: landmark, endpoint: pfs, arm: NIVO_RELA, months: 12,"
 TRIAL_CASES = {
+    "duplicate target id": (
+        [("problem.yaml", "id: pfs_median_nivo, kind: median", "id: pfs_median_nivo_rela, kind: median")],
+        [("problem.yaml", "id: pfs_median_nivo_rela, kind: median, endpoint: pfs, arm: NIVO,",
+          "target 2: id 'pfs_median_nivo_rela' is used by an earlier target (give each target its own id "
+          "(reports and checkpoints name terms by id))")]),
     "weight not a number": (
         [("problem.yaml", FIRST_TARGET, FIRST_TARGET + " weight: abc,")],
         [("problem.yaml", "pfs_median_nivo_rela", "target 1: 'weight' must be a number, got 'abc'")]),

@@ -37,6 +37,7 @@ from typing import Any, Callable, Collection, Mapping
 import numpy as np
 import pandas as pd
 
+from ..compile import BACKENDS, METHODS
 from ..errors import FitError, Issue, SpecError
 from ..spec.expressions import suggest
 from ..spec.loader import SpecReader, load_spec, read_yaml
@@ -317,6 +318,7 @@ class _Reader:
         if not doc.get("model"):
             r.issue(loc, "problem", "missing 'model'", "a built-in spec name or a path relative to the folder")
         free, roles = self.free_parameters(doc)
+        backend = self.backend(doc, kind)
         populations = self.populations(doc) if kind == "trial" else ()
         free = free + [p for pop in populations for p in (pop.median, pop.sigma)]
         roles.update({p.name: "population" for pop in populations for p in (pop.median, pop.sigma)})
@@ -324,8 +326,7 @@ class _Reader:
                       model=str(doc.get("model", "")), parameters=ParameterSet(tuple(free), tuple(populations)),
                       fit=self.fit_settings(doc, free), roles=roles,
                       description=str(doc.get("description", "")).strip(),
-                      backend=str(doc.get("backend", "jax" if kind == "timecourse" else "numba")),
-                      solver=self.solver(doc), sources=self.sources(doc),
+                      backend=backend, solver=self.solver(doc, backend), sources=self.sources(doc),
                       source_text=Path(r.file).read_text(encoding="utf-8"))
         if kind == "trial":
             if not doc.get("trial"):
@@ -450,15 +451,33 @@ class _Reader:
             return {}, None
         return {k: dict(self.r.plain(data[k])) for k in CALIBRATION_KEYS if data.get(k)}, str(doc["calibration"])
 
-    def solver(self, doc) -> Solver:
+    def backend(self, doc, kind: str) -> str:
+        """The backend fits simulate with (jax for time courses, numba for trials, by default)."""
+        backend = str(doc.get("backend", "jax" if kind == "timecourse" else "numba"))
+        if backend not in BACKENDS:
+            self.r.issue(self.r.at(doc, "backend", self.r.loc(doc)), "problem", f"unknown backend '{backend}'",
+                         suggest(backend, BACKENDS) or f"backends: {', '.join(BACKENDS)}")
+        return backend
+
+    def solver(self, doc, backend: str) -> Solver:
+        """The solver settings: 0 < rtol < 1, atol > 0, a method of the backend (None: its default)."""
+        r = self.r
         body = doc.get("solver") or {}
         if not isinstance(body, Mapping):
-            self.r.issue(self.r.loc(doc, "solver"), "solver", "must be a mapping of " + ", ".join(SOLVER_KEYS))
+            r.issue(r.loc(doc, "solver"), "solver", "must be a mapping of " + ", ".join(SOLVER_KEYS))
             return Solver()
-        self.r.check_keys(body, SOLVER_KEYS, "solver")
-        loc = self.r.loc(doc, "solver")
-        return Solver(self.r.number(body, "rtol", loc, "solver", 1e-6), self.r.number(body, "atol", loc, "solver", 1e-9),
-                      body.get("method"), self.r.count(body, "max_steps", loc, "solver", 100_000))
+        r.check_keys(body, SOLVER_KEYS, "solver")
+        loc = r.loc(doc, "solver")
+        rtol, atol = r.number(body, "rtol", loc, "solver", 1e-6), r.number(body, "atol", loc, "solver", 1e-9)
+        if not (0 < rtol < 1 and atol > 0):     # NaN (reported by number()) fails too
+            r.issue(loc, "solver", f"tolerances must satisfy 0 < rtol < 1 and atol > 0, got rtol={rtol:g}, "
+                    f"atol={atol:g}", "e.g. solver: {rtol: 1.0e-6, atol: 1.0e-9}")
+        method = body.get("method")
+        methods = METHODS.get(backend, ())
+        if method is not None and methods and method not in methods:
+            r.issue(r.at(body, "method", loc), "solver", f"backend '{backend}' has no method '{method}'",
+                    f"methods: {', '.join(methods)}")
+        return Solver(rtol, atol, method, r.count(body, "max_steps", loc, "solver", 100_000))
 
     # ---- parameters --------------------------------------------------------------------------
     def free_parameter(self, name: str, body: Mapping, loc: Location, item: str) -> FreeParameter | None:
@@ -804,6 +823,9 @@ class _Reader:
             self.check_target(fields, reported, loc, item)
             if design is not None:
                 self.check_design_names(fields, design, loc, item)
+            if fields["id"] in {t.id for t in out}:
+                r.issue(loc, item, f"id '{fields['id']}' is used by an earlier target",
+                        "give each target its own id (reports and checkpoints name terms by id)")
             out.append(Target(**fields))
         return tuple(out)
 
