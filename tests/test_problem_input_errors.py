@@ -186,6 +186,15 @@ FIRST_TARGET = "id: pfs_median_nivo_rela, kind: median, endpoint: pfs, arm: NIVO
 ORR_TARGET = "id: orr_nivo_rela, kind: response, arm: NIVO_RELA, n: 355,"
 LANDMARK_TARGET = "id: pfs_12mo_nivo_rela, kind: landmark, endpoint: pfs, arm: NIVO_RELA, months: 12,"
 TRIAL_CASES = {
+    "predictions of arms and subgroups the design lacks": (
+        [("problem.yaml", "statistics: [hazard_ratio],\n     subgroups: [all, pdl1_high,",
+          "statistics: [hazard_ratio],\n     subgroups: [all, pdl1_hihg,"),
+         ("problem.yaml", "- {endpoint: os, arms: [NIVO_RELA, NIVO], statistics: [median, landmark_12, landmark_24]}",
+          "- {endpoint: os, arms: [NIVO_RELX], statistics: [median]}")],
+        [("problem.yaml", "predictions:", "predictions: 'os_median:NIVO_RELX': trial design 'relativity047' has no "
+          "arm 'NIVO_RELX' (did you mean 'NIVO_RELA'?)"),
+         ("problem.yaml", "predictions:", "predictions: 'os_hr:NIVO_RELA_vs_NIVO:pdl1_hihg': trial design "
+          "'relativity047' has no subgroup 'pdl1_hihg' (did you mean 'pdl1_high'?)")]),
     "duplicate target id": (
         [("problem.yaml", "id: pfs_median_nivo, kind: median", "id: pfs_median_nivo_rela, kind: median")],
         [("problem.yaml", "id: pfs_median_nivo_rela, kind: median, endpoint: pfs, arm: NIVO,",

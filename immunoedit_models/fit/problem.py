@@ -334,7 +334,7 @@ class _Reader:
             base, base_path = self.calibration(doc)
             design = self.loaded(doc, "trial", load_trial)
             return FitProblem(**common, trial=str(doc.get("trial", "")), cohort=self.cohort(doc),
-                              targets=self.targets(doc, design), predictions=self.predictions(doc),
+                              targets=self.targets(doc, design), predictions=self.predictions(doc, design),
                               calibration=base, calibration_path=base_path)
         if "calibration" in doc:
             r.issue(r.loc(doc, "calibration"), "calibration", "only a trial problem builds on a calibration",
@@ -357,8 +357,9 @@ class _Reader:
             return ()
         return tuple(str(s) for s in value)
 
-    def predictions(self, doc) -> tuple[Mapping[str, Any], ...]:
-        """`predictions:`, the statistics a calibrated trial problem predicts."""
+    def predictions(self, doc, design: TrialDesign | None) -> tuple[Mapping[str, Any], ...]:
+        """`predictions:`, the statistics a calibrated trial problem predicts (of the design's arms,
+        comparisons and subgroups)."""
         r = self.r
         value = doc.get("predictions") or []
         hint = ("entries: {endpoint, arms: [...], statistics: [median, landmark_<months>]} or "
@@ -368,10 +369,27 @@ class _Reader:
             return ()
         predictions = tuple(r.plain(value))
         try:
-            prediction_statistics(predictions)
+            statistics = prediction_statistics(predictions)
         except (FitError, TypeError, ValueError, AttributeError) as exc:
             r.issue(r.loc(doc, "predictions"), "predictions", str(exc), hint)
+            return predictions
+        if design is not None:
+            self.check_predicted_names(statistics, design, r.loc(doc, "predictions"))
         return predictions
+
+    def check_predicted_names(self, statistics, design: TrialDesign, loc: Location) -> None:
+        """Each predicted statistic's arms and subgroup are the design's ('all', a subgroup rule or
+        its complement 'not_<rule>')."""
+        arms = list(design.arms)
+        subgroups = ["all", *design.subgroups, *(f"not_{g}" for g in design.subgroups)]
+        for s in statistics:
+            named = s.comparison.split("_vs_") if s.comparison else [s.arm] if s.arm else []
+            for arm in (a for a in named if a not in arms):
+                self.r.issue(loc, "predictions", f"'{s.name}': trial design '{design.name}' has no arm '{arm}'",
+                             suggest(arm, arms) or f"its arms: {', '.join(arms)}")
+            if s.subgroup not in subgroups:
+                self.r.issue(loc, "predictions", f"'{s.name}': trial design '{design.name}' has no subgroup "
+                             f"'{s.subgroup}'", suggest(s.subgroup, subgroups) or f"its subgroups: {', '.join(subgroups)}")
 
     def loaded(self, doc, key: str, load: Callable[[str], Any]) -> Any:
         """The model spec or trial design that `key` names (`load` reads it); its own problems join
