@@ -7,10 +7,10 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from ..errors import BackendUnavailable, CompileError, SpecError
-from ..spec.expressions import not_finite
+from ..spec.expressions import not_finite, suggest
 from ..spec.schema import ModelSpec
 from ..symbolic import SymbolicModel, build_symbolic
 
@@ -77,15 +77,12 @@ def compile_model(spec: ModelSpec | str | Path, backend: str = "numba") -> Compi
 
     Code is printed from sympy once per model structure and cached on disk.
     """
-    if not isinstance(spec, ModelSpec):
-        from ..spec.loader import load_spec
-
-        spec = load_spec(spec)
-    if backend not in BACKENDS:
-        raise CompileError(f"unknown backend '{backend}': choose one of {', '.join(BACKENDS)}")
+    _check_backend(backend)
+    spec = _model_spec(spec)
     if not spec.states:
         raise CompileError(f"{spec.path}: '{spec.name}' has no states, so there is nothing to simulate; "
                            "a module like this supplies parameters to the models that use it")
+    compile_backend = _backend_compiler(backend)
     start = time.perf_counter()
     try:
         symbolic = build_symbolic(spec)
@@ -99,18 +96,53 @@ def compile_model(spec: ModelSpec | str | Path, backend: str = "numba") -> Compi
         raise CompileError(f"{spec.path}: not a finite real number once named expressions are substituted: "
                            f"{', '.join(broken)} of '{spec.name}' (a division by zero, or a log of zero?)")
     try:
-        if backend == "numba":
-            from .numba_backend import compile_numba as compile_backend
-        elif backend == "cuda":
-            from .cuda_backend import compile_cuda as compile_backend
-        else:
-            from .jax_backend import compile_jax as compile_backend
-    except ImportError as exc:
-        raise BackendUnavailable(f"backend '{backend}' needs {exc.name}: pip install {exc.name}") from exc
-    try:
         kernels = compile_backend(symbolic)
     except (SpecError, BackendUnavailable):
         raise
     except Exception as exc:  # a code-generation failure is a bug or an unsupported construct
         raise CompileError(f"{spec.path}: could not compile '{spec.name}' for {backend}: {exc}") from exc
     return CompiledModel(spec, symbolic, backend, kernels, time.perf_counter() - start)
+
+
+def _check_backend(backend: Any) -> None:
+    """CompileError unless `backend` is one of BACKENDS (exactly: names are lower case)."""
+    if isinstance(backend, str) and backend in BACKENDS:
+        return
+    hint = suggest(backend.lower(), BACKENDS) if isinstance(backend, str) else None
+    raise CompileError(f"unknown backend {backend!r}: choose one of {', '.join(BACKENDS)}"
+                       + (f" ({hint})" if hint else ""))
+
+
+def _model_spec(spec: Any) -> ModelSpec:
+    """The ModelSpec to compile: `spec` itself, or loaded from a built-in name or a path."""
+    if isinstance(spec, ModelSpec):
+        return spec
+    if isinstance(spec, CompiledModel):
+        raise CompileError(f"'{spec.name}' is compiled already (backend '{spec.backend}'); to compile it for "
+                           "another backend pass its spec: compile_model(model.spec, backend=...)")
+    if not isinstance(spec, (str, os.PathLike)):
+        raise CompileError(f"compile_model takes a ModelSpec, a built-in spec name or a path to a YAML spec, "
+                           f"got {type(spec).__name__}; e.g. compile_model('kuznetsov_1994')")
+    from ..spec.loader import load_spec
+
+    return load_spec(spec)
+
+
+def _backend_compiler(backend: str) -> Callable[[SymbolicModel], Any]:
+    """The compile function of `backend`; BackendUnavailable when its libraries are missing, or,
+    for 'cuda', when there is neither a GPU nor numba's simulator (checked before any work)."""
+    try:
+        if backend == "numba":
+            from .numba_backend import compile_numba as compiler
+        elif backend == "cuda":
+            from .cuda_backend import compile_cuda as compiler
+            from .cuda_backend import require_device
+        else:
+            from .jax_backend import compile_jax as compiler
+    except BackendUnavailable:
+        raise
+    except ImportError as exc:
+        raise BackendUnavailable(f"backend '{backend}' needs {exc.name}: pip install {exc.name}") from exc
+    if backend == "cuda":
+        require_device()
+    return compiler

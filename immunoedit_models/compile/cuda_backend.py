@@ -386,8 +386,13 @@ class CudaKernels:
 def use_precision(model: Any, precision: str) -> Any:
     """A copy of a CUDA-compiled model whose kernels solve in `precision` ('float32' or
     'float64'). Note: a model sent to Dask workers is recompiled there in float64."""
-    if model.backend != "cuda":
-        raise SimulationError(f"precision applies to backend 'cuda', not '{model.backend}'")
+    backend = getattr(model, "backend", None)
+    if not isinstance(backend, str):
+        raise SimulationError(f"use_precision takes a model compiled with backend='cuda', got "
+                              f"{type(model).__name__}; e.g. use_precision(compile_model(spec, backend='cuda'), "
+                              "'float32')")
+    if backend != "cuda":
+        raise SimulationError(f"precision applies to backend 'cuda', not '{backend}'")
     return dataclasses.replace(model, kernels=model.kernels.with_precision(precision))
 
 
@@ -398,6 +403,9 @@ def compile_cuda(sym: SymbolicModel, cache_dir: Path | None = None,
 
     cache_dir defaults to the numba backend's `default_cache_dir()`.
     """
+    if not isinstance(sym, SymbolicModel):
+        raise CompileError(f"compile_cuda takes a SymbolicModel, got {type(sym).__name__}; for a spec, a "
+                           "built-in name or a path use compile_model(spec, backend='cuda')")
     require_device()
     if precision not in PRECISIONS:
         raise CompileError(f"unknown precision {precision!r}: choose one of "

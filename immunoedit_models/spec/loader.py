@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast
 import math
+import os
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -587,6 +588,36 @@ def _apply_overrides(doc: Mapping, reader: SpecReader, merged: dict[str, Any]) -
                          suggest(name, known))
 
 
+def _argument_issue(message: str, hint: str | None) -> SpecError:
+    """A SpecError about `load_spec`'s argument itself."""
+    return SpecError(Issue("load_spec", None, "argument", message, hint))
+
+
+def _spec_argument(name_or_path: Any) -> str | Path:
+    """`load_spec`'s argument checked: a built-in name or a path to a file (with ~ expanded); not
+    another object, a directory, YAML text or the name of a trial design."""
+    if not isinstance(name_or_path, (str, os.PathLike)):
+        loaded = isinstance(name_or_path, ModelSpec) or isinstance(getattr(name_or_path, "spec", None), ModelSpec)
+        raise _argument_issue(f"must be a built-in spec name or a path to a YAML spec, got "
+                              f"{type(name_or_path).__name__}",
+                              "it is loaded already: use it (or its .spec) as is" if loaded else
+                              "e.g. load_spec('kuznetsov_1994') or load_spec('my_model.yaml')")
+    text = str(name_or_path)
+    if "\n" in text:
+        raise _argument_issue("is text with line breaks, not a spec name or path",
+                              "load_spec reads a file: save the YAML as a .yaml file and pass its path")
+    path = Path(text).expanduser() if text.startswith("~") else Path(text)
+    if text and path.is_dir():
+        found = sorted(p.name for p in path.glob("*.yaml"))
+        raise _argument_issue(f"'{text}' is a directory, not a spec file",
+                              f"pass one of its specs, e.g. '{path / found[0]}'" if found else "it holds no .yaml specs")
+    plain_name = text and Path(text).name == text and not path.is_file()
+    if plain_name and (SPEC_ROOT / "trials" / f"{text}.yaml").is_file() and text not in builtin_specs():
+        raise _argument_issue(f"'{text}' is a trial design, not a model spec",
+                              f"load it with immunoedit_models.trials.load_trial('{text}')")
+    return path if text.startswith("~") else name_or_path
+
+
 def load_spec(name_or_path: str | Path) -> ModelSpec:
     """Load, compose and validate a spec (a built-in name such as 'benchmark_reference', or a path).
 
@@ -594,7 +625,7 @@ def load_spec(name_or_path: str | Path) -> ModelSpec:
     """
     from .validate import validate  # local import: validate depends on this module's types
 
-    path = resolve_spec_path(name_or_path)
+    path = resolve_spec_path(_spec_argument(name_or_path))
     issues: list[Issue] = []
     raw = _read_spec(path, issues, (path.resolve(),))
     if raw is None:
