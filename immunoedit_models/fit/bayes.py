@@ -24,7 +24,12 @@ import xarray as xr
 from numpyro.diagnostics import summary
 from numpyro.infer import MCMC, NUTS
 
+from ..errors import FitError
+from .optimize import check_count, check_point, check_seed, require_free
 from .parameters import ParameterSet
+
+#: Split R-hat (numpyro.diagnostics) needs at least four draws per chain.
+MIN_SAMPLES = 4
 
 
 def _to_x(z, lo, span):
@@ -62,6 +67,17 @@ def host_function(value_and_grad: Callable[[np.ndarray], tuple[float, np.ndarray
     return f
 
 
+def check_value_and_grad(value_and_grad: Callable, x: np.ndarray) -> None:
+    """FitError unless value_and_grad(x) is (a number, a gradient like x): checked once before sampling."""
+    got = value_and_grad(x)
+    ok = isinstance(got, tuple) and len(got) == 2 and np.ndim(got[0]) == 0 and np.shape(got[1]) == x.shape
+    if not ok:
+        shapes = [np.shape(part) for part in got] if isinstance(got, tuple) else np.shape(got)
+        raise FitError(f"nuts_posterior needs value_and_grad(x) -> (value, gradient of shape {x.shape}), got a "
+                       f"{type(got).__name__} of shape {shapes}; pass e.g. objective.raw_value_and_grad, "
+                       "not objective.value")
+
+
 def nuts_posterior(value_and_grad: Callable[[np.ndarray], tuple[float, np.ndarray]], params: ParameterSet,
                    x_init: np.ndarray,
                    num_warmup: int = 300, num_samples: int = 300, num_chains: int = 1, seed: int = 0,
@@ -72,6 +88,17 @@ def nuts_posterior(value_and_grad: Callable[[np.ndarray], tuple[float, np.ndarra
     Returns draws in natural units over (chain, draw, parameter) with R-hat and effective sample
     size per parameter and the divergence count.
     """
+    require_free(params, "nuts_posterior")
+    x_init = check_point(params, x_init, "nuts_posterior x_init")
+    num_warmup = check_count(num_warmup, "nuts_posterior num_warmup", 0, "num_warmup=300")
+    num_samples = check_count(num_samples, "nuts_posterior num_samples", MIN_SAMPLES, "num_samples=300; "
+                              f"R-hat needs {MIN_SAMPLES} draws per chain")
+    num_chains = check_count(num_chains, "nuts_posterior num_chains", 1, "num_chains=1")
+    seed = check_seed(seed, "nuts_posterior")
+    if isinstance(target_accept, (bool, str, bytes)) or np.ndim(target_accept) != 0 or not 0 < target_accept < 1:
+        raise FitError(f"nuts_posterior target_accept must be a number in (0, 1), got {target_accept!r} "
+                       "(e.g. target_accept=0.8)")
+    check_value_and_grad(value_and_grad, x_init)
     bounds = jnp.asarray(params.x_bounds)
     lo, span = bounds[:, 0], bounds[:, 1] - bounds[:, 0]
     nll = host_function(value_and_grad)

@@ -40,8 +40,77 @@ ValueAndGrad = Callable[[np.ndarray], tuple[float, np.ndarray]]
 PROFILE_THRESHOLD = float(stats.chi2.ppf(0.95, 1) / 2)  # 1.9207: 95 % pointwise, one parameter
 
 
+#: Largest seed: cma's seeds are 32-bit, and cma reads 0 as "seed from the clock" (see `_cma_seed`).
+MAX_SEED = 2**32 - 2
+
+
 def _progress(enabled: bool) -> Progress:
     return Progress(disable=not enabled, transient=True)
+
+
+# ---- argument checks of the public functions (once per call, outside the optimiser loops) --------
+def check_count(value: Any, what: str, minimum: int, example: str) -> int:
+    """value as an int >= minimum; FitError naming `what` otherwise."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise FitError(f"{what} must be an integer >= {minimum}, got {value!r} (e.g. {example})")
+    return int(value)
+
+
+def check_seed(seed: Any, what: str) -> int:
+    """A seed: an integer in [0, MAX_SEED] (None would make the fit irreproducible and unresumable)."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed <= MAX_SEED:
+        raise FitError(f"{what}: seed must be an integer in [0, {MAX_SEED}], got {seed!r} (a fixed seed makes "
+                       "the fit reproducible and resumable, e.g. seed=0)")
+    return int(seed)
+
+
+def check_positive(value: Any, what: str, example: str) -> float:
+    """value as a finite float > 0; FitError naming `what` otherwise."""
+    if isinstance(value, (bool, str, bytes)) or np.ndim(value) != 0 or not np.isfinite(value) or value <= 0:
+        raise FitError(f"{what} must be a finite number > 0, got {value!r} (e.g. {example})")
+    return float(value)
+
+
+def require_free(params: ParameterSet, what: str) -> None:
+    """FitError if there is nothing to fit."""
+    if not params.free:
+        raise FitError(f"{what}: the parameter set has no free parameters (list at least one under 'parameters:')")
+
+
+def fit_vector(params: ParameterSet, x: Any, what: str) -> np.ndarray:
+    """x as a float array (k,) on the fit scale; FitError for another shape or non-numbers."""
+    arr = np.asarray(x)
+    if arr.dtype.kind not in "iuf" or arr.shape != (len(params.free),):
+        raise FitError(vector_message(params, what, arr))
+    return arr.astype(float)
+
+
+def vector_message(params: ParameterSet, what: str, arr: Any) -> str:
+    """What a fit vector must be, and what arr is."""
+    return (f"{what} must be {len(params.free)} numbers on the fit scale, one per free parameter "
+            f"({', '.join(params.names)}), got a {arr.ndim}-d {arr.dtype} array of shape {arr.shape}")
+
+
+def check_finite(params: ParameterSet, x: np.ndarray, what: str) -> None:
+    """FitError naming the parameters where x is NaN or infinite."""
+    if not np.all(np.isfinite(x)):
+        bad = [n for n, v in zip(params.names, x) if not np.isfinite(v)]
+        raise FitError(f"{what} is not finite for {bad}: give finite fit-scale values (ln value for "
+                       "scale 'log')")
+
+
+def check_point(params: ParameterSet, x: Any, what: str) -> np.ndarray:
+    """A starting point or estimate: fit_vector, finite, and within the bounds (to rounding)."""
+    x = fit_vector(params, x, what)
+    check_finite(params, x, what)
+    bounds = params.x_bounds
+    slack = 1e-9 * (bounds[:, 1] - bounds[:, 0])
+    outside = [n for n, v, (lo, hi), e in zip(params.names, x, bounds, slack) if not lo - e <= v <= hi + e]
+    if outside:
+        raise FitError(f"{what} is outside the bounds for {outside}: the values are on the fit scale (ln value "
+                       "for scale 'log'; ParameterSet.to_x converts natural values); start inside the bounds "
+                       "or widen them")
+    return np.clip(x, bounds[:, 0], bounds[:, 1])
 
 
 # ---- multistart ---------------------------------------------------------------------------------
@@ -86,8 +155,11 @@ def multistart(fun: ValueAndGrad, params: ParameterSet, n_starts: int = 8, seed:
     extra values the checkpoint must match (e.g. the problem hash). on_start(i, result) is called
     after each start (after the checkpoint is written).
     """
-    if n_starts < 1:
-        raise FitError(f"multistart needs n_starts >= 1, got {n_starts}")
+    require_free(params, "multistart")
+    n_starts = check_count(n_starts, "multistart n_starts", 1, "n_starts=8")
+    max_iter = check_count(max_iter, "multistart max_iter", 1, "max_iter=200")
+    seed = check_seed(seed, "multistart")
+    first = None if first is None else check_point(params, first, "multistart first")
     X0 = start_points(params, n_starts, seed, first)
     key = {"method": "multistart", "n_starts": n_starts, "seed": seed, "max_iter": max_iter,
            "x0_hash": hashlib.sha256(X0.tobytes()).hexdigest(), **(settings_key or {})}
@@ -148,9 +220,15 @@ def cmaes(fun: Callable[[np.ndarray], float], params: ParameterSet, x0: np.ndarr
     Search runs in the unit box u = (x - low) / (high - low); sigma0 is in those units.
     Non-finite objective values are replaced by the worst finite value of the generation + 1.
     """
+    require_free(params, "cmaes")
+    sigma0 = check_positive(sigma0, "cmaes sigma0", "sigma0=0.25, a quarter of the unit box")
+    seed = check_seed(seed, "cmaes")
+    max_iter = check_count(max_iter, "cmaes max_iter", 1, "max_iter=100")
+    popsize = None if popsize is None else check_count(popsize, "cmaes popsize", 2, "popsize=8, or None for cma's default")
+    x0 = None if x0 is None else check_point(params, x0, "cmaes x0")
     bounds = params.x_bounds
     lo, span = bounds[:, 0], bounds[:, 1] - bounds[:, 0]
-    u0 = np.full(len(lo), 0.5) if x0 is None else np.clip((np.asarray(x0, float) - lo) / span, 0, 1)
+    u0 = np.full(len(lo), 0.5) if x0 is None else (x0 - lo) / span
     key = {"method": "cmaes", "seed": seed, "sigma0": sigma0, "popsize": popsize, "max_iter": max_iter,
            "u0": tuple(np.round(u0, 12)), **(settings_key or {})}
     state = load_state(checkpoint, key) if checkpoint else None
@@ -158,7 +236,7 @@ def cmaes(fun: Callable[[np.ndarray], float], params: ParameterSet, x0: np.ndarr
         es, trace, archive = state["es"], state["trace"], state["archive"]
         np.random.set_state(state["numpy_random_state"])
     else:
-        opts = {"bounds": [0.0, 1.0], "seed": seed, "maxiter": max_iter, "verbose": -9}
+        opts = {"bounds": [0.0, 1.0], "seed": _cma_seed(seed), "maxiter": max_iter, "verbose": -9}
         if popsize:
             opts["popsize"] = popsize
         es = cma.CMAEvolutionStrategy(u0, sigma0, opts)  # seeds numpy's global generator with `seed`
@@ -167,7 +245,7 @@ def cmaes(fun: Callable[[np.ndarray], float], params: ParameterSet, x0: np.ndarr
         task = bar.add_task("CMA-ES", total=max_iter, completed=len(trace))
         while not es.stop():
             U = es.ask()
-            f = np.array([fun(lo + span * np.asarray(u)) for u in U], dtype=float)
+            f = _generation_values(fun, [lo + span * np.asarray(u) for u in U])
             archive.append((lo + span * np.asarray(U, float), np.where(np.isfinite(f), f, np.nan)))
             if not np.any(np.isfinite(f)):
                 raise FitError("every point of a CMA-ES generation failed (non-finite objective); check the "
@@ -184,6 +262,22 @@ def cmaes(fun: Callable[[np.ndarray], float], params: ParameterSet, x0: np.ndarr
             if on_iteration:
                 on_iteration(len(trace), current)
     return _cma_result(es, lo, span, trace, archive)
+
+
+def _cma_seed(seed: int) -> int:
+    """cma's seed for `seed`: cma reads 0 as "seed from the clock" (a different run each time), so 0
+    maps to the one seed the check leaves unused, 2**32 - 1."""
+    return seed if seed > 0 else MAX_SEED + 1
+
+
+def _generation_values(fun: Callable[[np.ndarray], float], X: list[np.ndarray]) -> np.ndarray:
+    """fun at each point of a generation, (popsize,); FitError if fun does not return one number."""
+    values = [fun(x) for x in X]
+    odd = [v for v in values if isinstance(v, (tuple, list)) or np.ndim(v) != 0]
+    if odd:
+        raise FitError(f"cmaes needs fun(x) -> one number (the objective), got a {type(odd[0]).__name__}; pass "
+                       "the objective's value, e.g. objective.value, not value_and_grad")
+    return np.array(values, dtype=float)
 
 
 def _cma_result(es, lo, span, trace, archive) -> CmaResult:
@@ -261,9 +355,15 @@ def profile_likelihood(fun: ValueAndGrad, params: ParameterSet, x_best: np.ndarr
     not identifiable there. Returns a Dataset with `profile_value` (natural units) and
     `profile_objective` over (parameter, point), and `estimate`, `ci_lower`, `ci_upper`.
     """
-    names = list(names or params.names)
+    require_free(params, "profile_likelihood")
+    names = profile_names(params, names)
+    x_best = check_point(params, x_best, "profile_likelihood x_best")
+    if isinstance(f_best, (bool, str, bytes)) or np.ndim(f_best) != 0 or not np.isfinite(f_best):
+        raise FitError(f"profile_likelihood f_best must be a finite number (the objective at x_best), got {f_best!r}")
+    n_points = check_count(n_points, "profile_likelihood n_points", 3, "n_points=12")
+    max_iter = check_count(max_iter, "profile_likelihood max_iter", 1, "max_iter=100")
+    threshold = check_positive(threshold, "profile_likelihood threshold", f"the 95 % level {PROFILE_THRESHOLD:.4f}")
     bounds = params.x_bounds
-    x_best = np.asarray(x_best, float)
     se = _hessian_diag_se(fun, x_best, bounds)
     n_side = max(n_points // 2, 2)
     values = np.full((len(names), 2 * n_side + 1), np.nan)
@@ -307,6 +407,22 @@ def profile_likelihood(fun: ValueAndGrad, params: ParameterSet, x_best: np.ndarr
         coords={"parameter": names, "point": np.arange(-n_side, n_side + 1)},
         attrs={"threshold": threshold, "confidence": "95 % profile-likelihood (chi2(1)/2 = 1.92)",
                "note": "NaN bound: the profile stays below the threshold over the profiled range"})
+
+
+def profile_names(params: ParameterSet, names: Sequence[str] | None) -> list[str]:
+    """The parameters to profile: all free ones for None, else distinct free parameter names."""
+    if names is None:
+        return list(params.names)
+    if isinstance(names, str):
+        raise FitError(f"profile_likelihood names must be a list of free parameter names, got the string "
+                       f"{names!r} (write [{names!r}])")
+    names = list(names)
+    unknown = [n for n in names if n not in params.names]
+    if not names or unknown or len(set(names)) != len(names):
+        what = f"{unknown} are not free parameters" if unknown else ("is empty" if not names else f"repeat a name: {names}")
+        raise FitError(f"profile_likelihood names {what}; give distinct names among the free parameters "
+                       f"({', '.join(params.names)}), or None for all")
+    return names
 
 
 def _crossing(fun, i, inside, outside, bounds, max_iter, level, xtol) -> float:

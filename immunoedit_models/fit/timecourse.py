@@ -22,10 +22,11 @@ import pandas as pd
 
 from ..compile import CompiledModel, compile_model
 from ..errors import FitError
-from ..simulate.core import parameter_matrix
+from ..simulate.core import parameter_matrix, time_grid
 from ..simulate.differentiable import differentiable_simulator
 from ..simulate.sensitivities import ForwardSensitivities
 from .likelihoods import NOISE, transform
+from .optimize import check_finite, fit_vector, vector_message
 from .problem import FitProblem, check_free_parameters
 
 #: Value (and zero gradient) returned where the solver fails, so line searches back off.
@@ -119,9 +120,22 @@ class TimecourseObjective:
         return fs, row[0], outputs
 
     # ---- pure JAX functions of x ---------------------------------------------------------------
+    def _traced_vector(self, x) -> jax.Array:
+        """x as a float64 JAX vector (k,); its shape is static, so this check costs nothing per call under jit."""
+        x = jnp.asarray(x, dtype=jnp.float64)
+        if x.shape != (len(self.params.free),):
+            raise FitError(vector_message(self.params, "x", x))
+        return x
+
+    def _point(self, x) -> np.ndarray:
+        """x checked at a numpy entry point: k finite numbers (O(k))."""
+        x = fit_vector(self.params, x, "x")
+        check_finite(self.params, x, "x")
+        return x
+
     def predictions(self, x) -> jax.Array:
         """Model outputs (before transformation) at every measurement row, (n_measurements,)."""
-        x = jnp.asarray(x, dtype=jnp.float64)
+        x = self._traced_vector(x)
         theta = self.params.natural_jax(x)[self._model_idx]
         flat = jnp.concatenate([sim(theta).reshape(-1) for sim in self._sims])
         out = jnp.zeros(self.n_measurements)
@@ -136,7 +150,7 @@ class TimecourseObjective:
 
     def nll_from_predictions(self, x, pred, constants: bool = True) -> jax.Array:
         """The negative log-likelihood given the model outputs pred (n_measurements,) at x."""
-        x = jnp.asarray(x, dtype=jnp.float64)
+        x = self._traced_vector(x)
         values = self.params.natural_jax(x)
         total = jnp.asarray(0.0)
         for g in self._groups:
@@ -150,7 +164,7 @@ class TimecourseObjective:
     def predictions_and_jacobian(self, x) -> tuple[np.ndarray, np.ndarray] | None:
         """(pred (n_measurements,), d pred / d theta (n_measurements, k)) with the numba backend,
         theta the model parameters among the free ones; None if a solve fails."""
-        theta = self.params.natural(np.asarray(x, dtype=float))[self._model_idx]
+        theta = self.params.natural(fit_vector(self.params, x, "x"))[self._model_idx]
         k = len(theta)
         flats, jacs = [], []
         for fs, row, outputs in self._sims:
@@ -200,6 +214,8 @@ class TimecourseObjective:
         return jax.jit(jax.value_and_grad(self.nll))
 
     def value(self, x) -> float:
+        """J(x); FAILED_VALUE where the solver fails. FitError unless x is k finite numbers."""
+        x = self._point(x)
         if self.model.backend == "numba":
             v = self._numba_value_and_grad(x)[0]
         else:
@@ -210,7 +226,9 @@ class TimecourseObjective:
         """(J, dJ/dx) as computed: NaN where the solver fails (samplers treat it as a divergence).
 
         A failed forward solve leaves NaN states, and the adjoint's Newton linear solves (lineax)
-        then raise a runtime error instead of returning NaN; that is a failed point too."""
+        then raise a runtime error instead of returning NaN; that is a failed point too. FitError
+        unless x is k numbers (NaN allowed: a sampler's diverged point)."""
+        x = fit_vector(self.params, x, "x")
         if self.model.backend == "numba":
             return self._numba_value_and_grad(x)
         try:
@@ -222,8 +240,8 @@ class TimecourseObjective:
         return float(v), np.asarray(g, dtype=float)
 
     def value_and_grad(self, x) -> tuple[float, np.ndarray]:
-        """(J, dJ/dx); a failed solve gives (FAILED_VALUE, 0)."""
-        v, g = self.raw_value_and_grad(x)
+        """(J, dJ/dx); a failed solve gives (FAILED_VALUE, 0). FitError unless x is k finite numbers."""
+        v, g = self.raw_value_and_grad(self._point(x))
         if not (np.isfinite(v) and np.all(np.isfinite(g))):
             return FAILED_VALUE, np.zeros_like(g)
         return v, g
@@ -241,7 +259,11 @@ class TimecourseObjective:
         """Dense trajectories of every observable's output per condition (for plots): condition ->
         DataFrame(time, <output>...)."""
         p = self.problem
-        theta = self.params.natural(x)[self._model_idx]
+        theta = self.params.natural(self._point(x))[self._model_idx]
+        times = None if times is None else time_grid(times)
+        if times is not None and times[0] < p.t0:
+            raise FitError(f"simulate: times start at {times[0]:g}, before the problem's t0 = {p.t0:g} where "
+                           "the initial states hold; give times >= t0")
         out = {}
         table = p.measurements
         for cond in p.conditions.values():
@@ -249,7 +271,7 @@ class TimecourseObjective:
             if sub.empty:
                 continue
             t_end = float(sub["time"].max())
-            grid = np.linspace(min(p.t0, 0.0), t_end, 200) if times is None else np.asarray(times, float)
+            grid = np.linspace(p.t0, t_end, 200) if times is None else times
             outputs = sorted({p.observables[o].output for o in sub["observableId"]})
             Y = self._outputs_at(self._condition_simulator(cond, grid, outputs), theta)
             out[cond.name] = pd.DataFrame({"time": grid, **{o: Y[:, i] for i, o in enumerate(outputs)}})

@@ -39,6 +39,7 @@ import numpy as np
 from scipy import optimize, stats
 
 from ..errors import FitError
+from .optimize import check_count, check_positive
 
 #: Curvature floor in unit-box coordinates: the precision of a flat prior over the box (variance 1/12).
 FLAT_PRECISION = 12.0
@@ -177,25 +178,45 @@ def laplace_from_evaluations(X: np.ndarray, f: np.ndarray, x_best: np.ndarray, b
     the `min_points` (default 3 x the number of quadratic coefficients, at most all finite
     evaluations) lowest; its Hessian's eigenvalues are floored at the precision of a flat prior over
     the box (FLAT_PRECISION), then inverted."""
-    X, f = np.atleast_2d(np.asarray(X, float)), np.asarray(f, float)
-    bounds = np.asarray(bounds, float)
+    X, f, x_best, bounds = _evaluations(X, f, x_best, bounds)
     k = X.shape[1]
-    window = default_window(k) if window is None else float(window)
+    window = default_window(k) if window is None else check_positive(window, "window", "None for chi2(k, 0.99)/2")
     finite = int(np.isfinite(f).sum())
-    need = min(3 * n_coefficients(k), finite) if min_points is None else int(min_points)
+    need = (min(3 * n_coefficients(k), finite) if min_points is None
+            else check_count(min_points, "min_points", 1, "None for 3 x the coefficients"))
     f_best = float(np.nanmin(f))
     use = select_points(f, f_best, window, need)
     span = bounds[:, 1] - bounds[:, 0]
-    surface = fit_quadratic(X[use], f[use], np.asarray(x_best, float), span, positive_definite=True)
+    surface = fit_quadratic(X[use], f[use], x_best, span, positive_definite=True)
     lam, V = np.linalg.eigh(0.5 * (surface.hessian + surface.hessian.T))
     n_flat = int(np.sum(lam < FLAT_PRECISION))
     lam = np.maximum(lam, FLAT_PRECISION)
     cov_unit = (V / lam) @ V.T
-    return Laplace(np.asarray(x_best, float), cov_unit * np.outer(span, span), bounds, surface, window, n_flat)
+    return Laplace(x_best, cov_unit * np.outer(span, span), bounds, surface, window, n_flat)
+
+
+def _evaluations(X, f, x_best, bounds) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The inputs of `laplace_from_evaluations` as float arrays, FitError where their shapes disagree,
+    the bounds are not finite with low < high, or x_best is not a finite point within them."""
+    X, f = np.atleast_2d(np.asarray(X, float)), np.asarray(f, float)
+    x_best, bounds = np.asarray(x_best, float), np.asarray(bounds, float)
+    n, k = X.shape if X.ndim == 2 else (-1, -1)
+    if X.ndim != 2 or f.shape != (n,) or x_best.shape != (k,) or bounds.shape != (k, 2):
+        raise FitError(f"evaluations X must be (n, k), f (n,), x_best (k,) and bounds (k, 2); got X {X.shape}, "
+                       f"f {f.shape}, x_best {x_best.shape}, bounds {bounds.shape}")
+    if not (np.all(np.isfinite(bounds)) and np.all(bounds[:, 0] < bounds[:, 1])):
+        raise FitError(f"bounds must be finite with low < high in every row, got {bounds.tolist()}")
+    if not (np.all(np.isfinite(x_best)) and np.all((bounds[:, 0] <= x_best) & (x_best <= bounds[:, 1]))):
+        raise FitError(f"x_best {x_best.tolist()} must be finite and within the bounds (the best evaluated point)")
+    return X, f, x_best, bounds
 
 
 def draw_parameters(laplace: Laplace, n: int, rng: np.random.Generator, max_rounds: int = 100) -> np.ndarray:
     """(n, k) fit-scale draws from the truncated normal posterior (rejection outside the bounds)."""
+    n = check_count(n, "n", 0, "n=40")
+    max_rounds = check_count(max_rounds, "max_rounds", 1, "max_rounds=100")
+    if not isinstance(rng, np.random.Generator):
+        raise FitError(f"rng must be a numpy Generator, got {type(rng).__name__} (e.g. np.random.default_rng(0))")
     L = np.linalg.cholesky(laplace.covariance)   # positive definite: eigenvalues floored
     lo, hi = laplace.bounds[:, 0], laplace.bounds[:, 1]
     kept: list[np.ndarray] = []

@@ -24,10 +24,11 @@ import jax.numpy as jnp
 import numpy as np
 import sympy as sp
 
-from ..compile import METHODS, CompiledModel
+from ..compile import CompiledModel
 from ..errors import CompileError, SimulationError
 from .core import check_names, parameter_expression, regimen_list, require_compiled, time_grid
 from .regimen import BOLUS, INFUSION_RATE, Regimen
+from .sensitivities import checked_solver, checked_t0, checked_values, name_list
 
 
 @dataclass(frozen=True)
@@ -120,24 +121,19 @@ def differentiable_simulator(model: Any, times: Any, params: Sequence[str], *, r
     if model.backend != "jax":
         raise CompileError(f"differentiable_simulator needs a model compiled with backend='jax', got "
                            f"'{model.backend}' for '{model.name}': call ie.compile_model(spec, backend='jax')")
-    if method not in METHODS["jax"]:
-        raise SimulationError(f"backend 'jax' has no method '{method}': choose one of {', '.join(METHODS['jax'])}")
-    if not (rtol > 0 and atol > 0 and max_steps >= 1):
-        raise SimulationError(f"need rtol > 0, atol > 0, max_steps >= 1; got {rtol}, {atol}, {max_steps}")
-    params = [str(p) for p in params]
-    outputs = list(model.states) if outputs is None else [str(o) for o in outputs]
-    base, initial = dict(base or {}), dict(initial or {})
+    solver = checked_solver(model, rtol, atol, max_steps, method)
+    rtol, atol, method, max_steps = solver.rtol, solver.atol, solver.method, solver.max_steps
+    params = name_list(params, "params")
+    outputs = list(model.states) if outputs is None else name_list(outputs, "outputs")
     check_names(model, params, model.parameters, "a parameter")
-    check_names(model, list(base), model.parameters, "a parameter")
-    check_names(model, list(initial), model.states, "a state")
+    base = checked_values(model, base, model.parameters, "a parameter")
+    initial = checked_values(model, initial, model.states, "a state")
     check_names(model, outputs, list(model.states) + list(model.output_names), "a state or output")
     if len(set(params)) != len(params):
         raise SimulationError(f"params lists a parameter twice: {params}")
 
     t_out = jnp.asarray(time_grid(times))
-    start = float(t_out[0]) if t0 is None else float(t0)
-    if start > float(t_out[0]):
-        raise SimulationError(f"t0 = {start} is after the first output time {float(t_out[0])}")
+    start = checked_t0(t0, float(t_out[0]))
     P_base = np.asarray(model.symbolic.param_values, dtype=float).copy()
     for name, value in base.items():
         P_base[model.parameters.index(name)] = float(value)
@@ -172,6 +168,9 @@ def differentiable_simulator(model: Any, times: Any, params: Sequence[str], *, r
 
     def simulate(theta: jax.Array) -> jax.Array:
         theta = jnp.asarray(theta, dtype=jnp.float64)
+        if theta.shape != idx.shape:  # static under jit and vmap: checked when traced, not per call
+            raise SimulationError(f"theta must have shape ({len(params)},), one value per name in params "
+                                  f"{params}, got shape {theta.shape}")
         values = jnp.exp(theta) if log_params else theta
         P = jnp.asarray(P_base).at[idx].set(values)
         y0 = kernels._initial(P[None])[0]

@@ -29,8 +29,8 @@ from ..compile.numba_solvers import STATUS_NAMES
 from ..compile.sensitivity_kernels import sensitivity_kernels
 from ..errors import CompileError, SimulationError
 from ..io.results import STATUS_MEANINGS, provenance
-from .core import (check_names, parameter_expression, parameter_function, parameter_matrix, regimen_list,
-                   require_compiled, time_grid)
+from .core import (SolverSettings, _real, check_names, parameter_expression, parameter_function, parameter_matrix,
+                   regimen_list, require_compiled, time_grid)
 from .regimen import Regimen, event_arrays
 
 
@@ -55,6 +55,43 @@ def _amount_gradient(model: CompiledModel, text: str, index: np.ndarray) -> Call
     return lambda P: np.asarray(grad(P), dtype=float).reshape(len(index))
 
 
+def name_list(names: Any, what: str) -> list[str]:
+    """Names as a list of str; SimulationError for a bare string, which would be read letter by letter."""
+    if isinstance(names, str):
+        raise SimulationError(f"{what} must be a list of names, got the string {names!r} (write [{names!r}])")
+    return [str(n) for n in names]
+
+
+def checked_solver(model: CompiledModel, rtol: Any, atol: Any, max_steps: Any, method: str | None = None
+                   ) -> SolverSettings:
+    """The solver settings checked as for `simulate` (0 < rtol < 1, 0 < atol < inf, integer max_steps >= 1)."""
+    return SolverSettings(rtol, atol, method, max_steps).resolved(model)
+
+
+def checked_t0(t0: Any, first_time: float) -> float:
+    """The start of integration: first_time if None, else a finite number not after it."""
+    start = first_time if t0 is None else _real(t0, "t0")
+    if not np.isfinite(start):
+        raise SimulationError(f"t0 must be a finite number of days, got {t0!r}")
+    if start > first_time:
+        raise SimulationError(f"t0 = {start} is after the first output time {first_time}")
+    return float(start)
+
+
+def checked_values(model: CompiledModel, values: Mapping[str, Any] | None, known: Sequence[str], what: str
+                   ) -> dict[str, float]:
+    """{name: finite float} for names among `known` (`what`: 'a parameter', 'a state'); log-scaled
+    states must be positive."""
+    values = dict(values or {})
+    check_names(model, list(values), known, what)
+    out = {name: _real(v, f"{what[2:]} '{name}'") for name, v in values.items()}
+    for name, v in out.items():
+        if not np.isfinite(v) or (name in model.symbolic.log_states and v <= 0):
+            need = "a positive" if name in model.symbolic.log_states else "a finite"
+            raise SimulationError(f"{what[2:]} '{name}' must be {need} number, got {values[name]!r}")
+    return out
+
+
 class ForwardSensitivities:
     """Forward sensitivities of one model, regimen and output grid w.r.t. parameters `wrt`.
 
@@ -73,27 +110,23 @@ class ForwardSensitivities:
             raise CompileError(f"forward sensitivities run on backend 'numba', got '{model.backend}' for "
                                f"'{model.name}': compile with backend='numba', or use "
                                "differentiable_simulator for a JAX model")
-        wrt = [str(w) for w in wrt]
+        wrt = name_list(wrt, "wrt")
         if not wrt or len(set(wrt)) != len(wrt):
             raise SimulationError(f"wrt must name one or more distinct parameters, got {wrt}")
         check_names(model, wrt, model.parameters, "a parameter")
-        initial = dict(initial or {})
-        check_names(model, list(initial), model.states, "a state")
-        if not (rtol > 0 and atol > 0 and max_steps >= 1):
-            raise SimulationError(f"need rtol > 0, atol > 0, max_steps >= 1; got {rtol}, {atol}, {max_steps}")
+        initial = checked_values(model, initial, model.states, "a state")
+        solver = checked_solver(model, rtol, atol, max_steps)
         self.model = model
         self.wrt = tuple(wrt)
         self.times = time_grid(times)
-        self.t0 = float(self.times[0] if t0 is None else t0)
-        if self.t0 > self.times[0]:
-            raise SimulationError(f"t0 = {self.t0} is after the first output time {self.times[0]}")
+        self.t0 = checked_t0(t0, float(self.times[0]))
         self.regimen = regimen_list(model, regimen, 1)[0]
         if any(d.stoppable for d in self.regimen.doses):
             raise SimulationError(f"regimen '{self.regimen.name}' gives doses until progression, which is "
                                   "not a differentiable function of the parameters; use a fixed schedule")
         self.initial = {model.states.index(s): (np.log(v) if s in model.symbolic.log_states else float(v))
                         for s, v in initial.items()}
-        self.rtol, self.atol, self.sens_error, self.max_steps = float(rtol), float(atol), bool(sens_error), int(max_steps)
+        self.rtol, self.atol, self.sens_error, self.max_steps = solver.rtol, solver.atol, bool(sens_error), solver.max_steps
         self.kernels = sensitivity_kernels(model.symbolic, self.wrt)
         index = self.kernels.index
         texts = sorted({d.amount for d in self.regimen.doses if isinstance(d.amount, str)})
@@ -135,10 +168,8 @@ class ForwardSensitivities:
 
     def solve(self, P: Any) -> SensitivityArrays:
         """Integrate B trajectories with parameter rows P (B, n_par) (order `model.parameters`)."""
-        P = np.require(np.atleast_2d(np.asarray(P, dtype=float)), requirements=("C", "W"))
+        P = np.require(self._rows(P), requirements=("C", "W"))
         model = self.model
-        if P.shape[1] != len(model.parameters):
-            raise SimulationError(f"P must have shape (B, {len(model.parameters)}), got {P.shape}")
         y0, s0 = self._start(P)
         ev, dvalue = self._events(P)
         n, k = model.symbolic.n_states, len(self.wrt)
@@ -155,16 +186,27 @@ class ForwardSensitivities:
         B, n_t = len(P), self.times.size
         return SensitivityArrays(out[..., :n], out[..., n:].reshape(B, n_t, n, k), status, n_acc, n_rej)
 
+    def _rows(self, P: Any) -> np.ndarray:
+        """P as float rows (B >= 1, n_par); SimulationError otherwise."""
+        raw = np.atleast_2d(np.asarray(P))
+        n_par = len(self.model.parameters)
+        if raw.dtype.kind not in "iuf" or raw.ndim != 2 or raw.shape[0] == 0 or raw.shape[1] != n_par:
+            raise SimulationError(f"P must be numbers of shape (B, {n_par}) with B >= 1 (one row per trajectory, "
+                                  f"columns in model.parameters order), got {raw.ndim}-d {raw.dtype} {raw.shape}")
+        return raw.astype(float)
+
     # ---- readouts ---------------------------------------------------------------------------
     def outputs(self, got: SensitivityArrays, P: Any, names: Sequence[str] | None = None
                 ) -> tuple[np.ndarray, np.ndarray]:
         """Values (B, n_t, n_names) and derivatives (B, n_t, n_names, k) of states, expressions or
         observables `names` (default: the states), in natural units."""
         model = self.model
-        names = list(model.states) if names is None else [str(x) for x in names]
+        names = list(model.states) if names is None else name_list(names, "names")
         check_names(model, names, list(model.states) + list(model.output_names), "a state or output")
-        P = np.atleast_2d(np.asarray(P, dtype=float))
+        P = self._rows(P)
         B, n_t = got.y.shape[:2]
+        if len(P) != B:
+            raise SimulationError(f"P has {len(P)} rows but the solve has {B} trajectories: pass the P given to solve()")
         k = len(self.wrt)
         values = np.empty((B, n_t, len(names)))
         derivs = np.empty((B, n_t, len(names), k))
@@ -205,7 +247,7 @@ def forward_sensitivities(model: CompiledModel, times: Any, wrt: Sequence[str],
                               sens_error=sens_error, max_steps=max_steps, t0=t0)
     P, _ = parameter_matrix(fs.model, {k: [v] for k, v in (params or {}).items()}, 1)
     got = fs.solve(P)
-    names = list(fs.model.states) if outputs is None else [str(o) for o in outputs]
+    names = list(fs.model.states) if outputs is None else name_list(outputs, "outputs")
     values, derivs = fs.outputs(got, P, names)
     units = fs.model.symbolic.units
     data: dict[str, Any] = {name: ("time", values[0, :, c], {"units": units.get(name, "")})
