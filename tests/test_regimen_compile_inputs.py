@@ -185,7 +185,8 @@ def test_cuda_entry_points_name_what_they_got(pk):
 def test_without_gpu_the_cuda_backend_is_refused_before_the_equations_are_built(monkeypatch):
     cuda = pytest.importorskip("numba.cuda")
     if cuda.is_available():
-        pytest.skip("a GPU (or the simulator) is available in this process")
+        pytest.skip("this checks the refusal on machines without a GPU; here a GPU (or "
+                    "NUMBA_ENABLE_CUDASIM) makes the cuda backend available, and test_cuda_backend runs it")
 
     def never(spec):
         raise AssertionError("build_symbolic ran")
